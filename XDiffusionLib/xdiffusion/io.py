@@ -1,0 +1,239 @@
+"""Volume I/O with exact geometry, through SimpleITK.
+
+Arrays are kept in ITK index order: ``array[i, j, k]`` is the voxel at ITK index (i, j, k), so column ``a`` of
+``Geometry.direction`` is the physical (LPS) direction of array axis ``a``. SimpleITK's own arrays are (k, j, i);
+we transpose once, here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+GENERATED_DESCRIPTION = "XDiffusion generated volume - synthetic, not for diagnosis"
+# single-file formats only: a detached header (.mhd, .nhdr) names its data file, which an atomic rename would break
+WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+MAX_VOXELS = 1024**3  # refuse headers whose arrays would not fit any workstation
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a voxel grid sits in patient space (LPS, millimetres)."""
+
+    shape: tuple[int, int, int]
+    spacing: np.ndarray
+    origin: np.ndarray
+    direction: np.ndarray  # 3x3, column a = physical direction of array axis a
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+        object.__setattr__(self, "spacing", np.asarray(self.spacing, dtype=np.float64).reshape(3))
+        object.__setattr__(self, "origin", np.asarray(self.origin, dtype=np.float64).reshape(3))
+        object.__setattr__(self, "direction", np.asarray(self.direction, dtype=np.float64).reshape(3, 3))
+
+    @property
+    def index_to_physical_matrix(self) -> np.ndarray:
+        return self.direction * self.spacing[None, :]
+
+    def index_to_physical(self, index: np.ndarray) -> np.ndarray:
+        """Continuous ITK index (..., 3) to LPS millimetres (..., 3)."""
+        return np.asarray(index, dtype=np.float64) @ self.index_to_physical_matrix.T + self.origin
+
+    def physical_to_index(self, point: np.ndarray) -> np.ndarray:
+        """LPS millimetres (..., 3) to continuous ITK index (..., 3)."""
+        inverse = np.linalg.inv(self.index_to_physical_matrix)
+        return (np.asarray(point, dtype=np.float64) - self.origin) @ inverse.T
+
+    @property
+    def extent_mm(self) -> np.ndarray:
+        """Physical length covered along each array axis (voxel centres ± half a voxel)."""
+        return np.asarray(self.shape, dtype=np.float64) * self.spacing
+
+    @property
+    def center(self) -> np.ndarray:
+        """Physical position of the grid's centre."""
+        return self.index_to_physical((np.asarray(self.shape, dtype=np.float64) - 1.0) / 2.0)
+
+    def same_as(self, other: "Geometry", atol: float = 1e-6) -> bool:
+        return (
+            self.shape == other.shape
+            and np.allclose(self.spacing, other.spacing, atol=atol)
+            and np.allclose(self.origin, other.origin, atol=atol)
+            and np.allclose(self.direction, other.direction, atol=atol)
+        )
+
+
+@dataclass
+class Volume:
+    """A 3D array with its geometry; a single 2D slice is a volume with one voxel along its third axis."""
+
+    array: np.ndarray
+    geometry: Geometry
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 3 or tuple(self.array.shape) != self.geometry.shape:
+            raise ValueError(f"array shape {self.array.shape} does not match geometry shape {self.geometry.shape}")
+
+    @property
+    def is_slice(self) -> bool:
+        return self.array.shape[2] == 1
+
+    def with_array(self, array: np.ndarray, **metadata: str) -> "Volume":
+        """A new volume on the same grid (the geometry is shared, never recomputed)."""
+        return Volume(array, self.geometry, {**self.metadata, **metadata})
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def _dicom_series_files(folder: Path) -> list[str]:
+    reader = sitk.ImageSeriesReader
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(f"{folder}: folder holds no DICOM series")
+    if len(series) > 1:
+        raise InputError(f"{folder}: folder holds {len(series)} DICOM series; pass a folder with exactly one")
+    return list(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
+
+
+def _check_header_size(path: Path) -> None:
+    """Refuse absurd header dimensions before SimpleITK tries to allocate them."""
+    header = sitk.ImageFileReader()
+    header.SetFileName(str(path))
+    header.ReadImageInformation()
+    size = header.GetSize()
+    voxels = int(np.prod([int(n) for n in size], dtype=np.float64)) * header.GetNumberOfComponents()
+    if voxels == 0 or 0 in size:
+        raise InputError(f"{path}: image has an empty axis (size {list(size)})")
+    if voxels > MAX_VOXELS:
+        raise InputError(f"{path}: header declares {list(size)} voxels, too large to load")
+
+
+def _read_sitk(path: Path) -> sitk.Image:
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    try:
+        if path.is_dir():
+            series = sitk.ImageSeriesReader()
+            series.SetFileNames(_dicom_series_files(path))
+            series.MetaDataDictionaryArrayUpdateOn()
+            return series.Execute()
+        if _suffix(path) not in VOLUME_SUFFIXES:
+            raise InputError(f"{path}: unsupported file type; use one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder")
+        _check_header_size(path)
+        return sitk.ReadImage(str(path))
+    except InputError:
+        raise
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()
+        reason = next((line.strip() for line in first_line if "rror" in line or "annot" in line), "unreadable")
+        raise InputError(f"{path}: cannot read image ({reason[:160]})") from None
+
+
+def _to_volume(image: sitk.Image, path: Path) -> Volume:
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: image has {image.GetNumberOfComponentsPerPixel()} components per voxel; need a scalar image")
+    dimension = image.GetDimension()
+    if dimension == 4:
+        if image.GetSize()[3] != 1:
+            raise InputError(f"{path}: 4D image with {image.GetSize()[3]} time points; give one 3D volume")
+        image = image[:, :, :, 0]
+        dimension = 3
+    if dimension not in (2, 3):
+        raise InputError(f"{path}: {dimension}D image; need a 2D slice or a 3D volume")
+    array = sitk.GetArrayFromImage(image).T  # (k, j, i) -> (i, j, k)
+    if dimension == 2:
+        spacing = [*image.GetSpacing(), image.GetSpacing()[0]]
+        origin = [*image.GetOrigin(), 0.0]
+        d2 = np.asarray(image.GetDirection(), dtype=np.float64).reshape(2, 2)
+        direction = np.eye(3)
+        direction[:2, :2] = d2
+        array = array[:, :, None]
+    else:
+        spacing, origin = image.GetSpacing(), image.GetOrigin()
+        direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    if array.size == 0:
+        raise InputError(f"{path}: image is empty")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).any():
+        raise InputError(f"{path}: image holds no finite values (all NaN or Inf)")
+    if np.any(np.asarray(spacing) <= 0) or abs(np.linalg.det(direction)) < 1e-6:
+        raise InputError(f"{path}: image geometry is degenerate (spacing {list(spacing)})")
+    metadata = {key: image.GetMetaData(key) for key in image.GetMetaDataKeys() if key == "descrip"}
+    geometry = Geometry(array.shape, spacing, origin, direction)
+    return Volume(np.ascontiguousarray(array), geometry, metadata)
+
+
+def read_image(path: str | os.PathLike) -> Volume:
+    """Read a 3D volume or a single 2D slice (NIfTI, NRRD/NHDR, MetaImage, DICOM file or series folder)."""
+    path = Path(path)
+    return _to_volume(_read_sitk(path), path)
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Read a 3D volume, refusing single slices."""
+    volume = read_image(path)
+    if volume.is_slice:
+        raise InputError(f"{path}: this is a single 2D slice; a 3D volume is needed here")
+    return volume
+
+
+def to_sitk(volume: Volume) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array.T))
+    geometry = volume.geometry
+    image.SetSpacing([float(s) for s in geometry.spacing])
+    image.SetOrigin([float(o) for o in geometry.origin])
+    image.SetDirection([float(d) for d in geometry.direction.ravel()])
+    return image
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
+
+    The temporary name keeps the real suffix so writers pick the right format. A crash leaves the old file (or
+    nothing) at ``path``, never a partial one.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"{target}: output folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{target}: output folder {folder} is not writable")
+    suffix = _suffix(target) or target.suffix
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=folder)
+    os.close(handle)
+    temporary_path = Path(temporary)
+    try:
+        yield temporary_path
+        os.replace(temporary_path, target)
+    finally:
+        if temporary_path.exists():
+            temporary_path.unlink()
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, description: str | None = None) -> Path:
+    """Write atomically with the volume's exact geometry; ``description`` goes into the file header."""
+    target = Path(path)
+    if _suffix(target) not in WRITABLE_SUFFIXES:
+        raise InputError(f"{target}: unsupported output type; use one of {', '.join(WRITABLE_SUFFIXES)}")
+    image = to_sitk(volume)
+    text = description if description is not None else volume.metadata.get("descrip")
+    if text:
+        image.SetMetaData("descrip", text[:79])
+        image.SetMetaData("Description", text)
+    with atomic_output(target) as temporary:
+        sitk.WriteImage(image, str(temporary), useCompression=_suffix(target) in (".nii.gz", ".nrrd", ".mha"))
+    return target
