@@ -250,16 +250,22 @@ def rotate_cube(cube: np.ndarray, rotation: np.ndarray, order: int = 1, fill: fl
 
 
 def realign_view(view_volume: np.ndarray, rotation: np.ndarray, order: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Undo a view (apply R^T) and say which cube voxels the view covered (1) or not (0)."""
+    """Undo a view (apply R^T) and say which cube voxels the view fully covered (1) or not (0).
+
+    A cube voxel counts as covered only if every view voxel its interpolation reads was itself sampled from inside
+    the cube, so neither the view's empty corners nor its fill-blurred edges leak into the average.
+    """
     side = view_volume.shape[-1]
     inverse = rotation.T
     permutation = _as_signed_permutation(inverse)
     if permutation is not None:
         return _permute(view_volume, *permutation), np.ones((side,) * 3, dtype=np.float32)
+    forward = _rotation_sample_points(rotation, side)
+    sampled_inside = np.all((forward >= -1e-6) & (forward <= side - 1 + 1e-6), axis=0)
     points = _rotation_sample_points(inverse, side)
-    valid = np.all((points >= -0.5) & (points <= side - 0.5), axis=0).astype(np.float32)
+    covered = ndimage.map_coordinates(sampled_inside.astype(np.float32), points, order=1, mode="constant", cval=0.0)
     realigned = ndimage.map_coordinates(view_volume, points, order=order, mode="nearest")
-    return realigned.astype(view_volume.dtype), valid
+    return realigned.astype(view_volume.dtype), (covered >= 1.0 - 1e-5).astype(np.float32)
 
 
 def realign_and_average(
