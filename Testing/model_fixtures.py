@@ -1,0 +1,25 @@
+"""Random conditioning batches in the training-sample format of docs/architecture.md, shared by the model tests."""
+
+from __future__ import annotations
+
+import torch
+
+
+def random_batch(config, batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    size, slots = config.cube_size, config.max_inputs
+    present = (torch.rand(batch_size, slots, generator=g) < 0.5).float()
+    present[:, 0] = 1.0
+    rotation, _ = torch.linalg.qr(torch.randn(batch_size, 3, 3, generator=g))
+    return {
+        "target": torch.randn(batch_size, 4, size, size, generator=g).clamp(-1, 1),
+        "inputs": torch.randn(batch_size, slots, size, size, generator=g) * present[..., None, None],
+        "input_present": present,
+        "input_plane": torch.randint(0, 3, (batch_size, slots), generator=g).float(),
+        "input_position": torch.rand(batch_size, slots, generator=g) * 2 - 1,
+        "guess": torch.randn(batch_size, 1, size, size, generator=g),
+        "known_distance": torch.rand(batch_size, 1, size, size, generator=g),
+        "rotation": rotation,
+        "depth": torch.rand(batch_size, generator=g) * 2 - 1,
+        "modality": torch.randint(0, len(config.modalities), (batch_size,), generator=g).float(),
+    }

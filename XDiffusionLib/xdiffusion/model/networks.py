@@ -1,0 +1,197 @@
+"""Construction of the denoising U-Net and the autoencoder (both stock diffusers models), and the one function that
+turns a noisy target plus a conditioning dict into a U-Net prediction.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch import nn
+
+from ..errors import ModelError
+from .conditioning import ConditionEncoder
+from .config import IMAGE_CHANNELS, XDiffusionConfig
+
+
+def build_unet(config: XDiffusionConfig) -> UNet2DConditionModel:
+    """A fresh U-Net; `class_embed_type="identity"` lets the condition vector add straight to the time embedding."""
+    u = config.unet
+    return UNet2DConditionModel(
+        sample_size=config.unet_size,
+        in_channels=config.unet_in_channels,
+        out_channels=config.target_channels,
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in u.cross_attention),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(u.cross_attention)),
+        block_out_channels=u.block_out_channels,
+        layers_per_block=u.layers_per_block,
+        cross_attention_dim=u.cross_attention_dim,
+        attention_head_dim=u.attention_head_dim,
+        norm_num_groups=u.norm_num_groups,
+        class_embed_type="identity",
+    )
+
+
+def init_unet_from_pretrained(local_dir: Union[str, Path], config: XDiffusionConfig) -> UNet2DConditionModel:
+    """Start from a local diffusers Stable Diffusion / Zero-123 folder (`local_dir/unet/`), keeping all its weights
+    except conv_in/conv_out, which are widened to our channels: overlapping channels are copied and the new input
+    channels start at zero, so at step 0 the network sees exactly what it was pretrained on.
+    """
+    folder = Path(local_dir)
+    if not (folder / "unet" / "config.json").is_file():
+        raise ModelError(f"no diffusers U-Net at {folder / 'unet'} (expected config.json and weights there)")
+    try:
+        source = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+    except Exception as error:  # diffusers raises many types for unreadable folders; the user needs one line
+        raise ModelError(f"cannot load the pretrained U-Net in {folder}: {str(error).splitlines()[0]}") from None
+    found = {
+        "block_out_channels": tuple(source.config.block_out_channels),
+        "layers_per_block": source.config.layers_per_block,
+        "cross_attention": tuple("CrossAttn" in t for t in source.config.down_block_types),
+        "cross_attention_dim": source.config.cross_attention_dim,
+        "time_embed_dim": source.time_embedding.linear_2.out_features,
+    }
+    wanted = {name: getattr(config.unet, name) for name in found}
+    differ = [f"{n}={found[n]} (config has {wanted[n]})" for n in found if found[n] != wanted[n]]
+    if differ:
+        raise ModelError(f"set model.unet to match the pretrained U-Net in {folder}: " + ", ".join(differ))
+
+    settings = dict(source.config)
+    settings.update(in_channels=config.unet_in_channels, out_channels=config.target_channels,
+                    class_embed_type="identity", sample_size=config.unet_size)
+    unet = UNet2DConditionModel.from_config(settings)
+    state = source.state_dict()
+    for name in ("conv_in", "conv_out"):
+        old_w, old_b = state.pop(f"{name}.weight"), state.pop(f"{name}.bias")
+        layer: nn.Conv2d = getattr(unet, name)
+        with torch.no_grad():
+            if name == "conv_in":
+                layer.weight.zero_()
+            out_n, in_n = min(layer.out_channels, old_w.shape[0]), min(layer.in_channels, old_w.shape[1])
+            layer.weight[:out_n, :in_n] = old_w[:out_n, :in_n]
+            layer.bias[:out_n] = old_b[:out_n]
+    unet.load_state_dict(state, strict=False)
+    return unet
+
+
+def condition_images(batch: Mapping[str, torch.Tensor], size: int, drop: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Pixel-aligned conditioning [B, (2K+2)*f^2, size, size]: inputs, presence maps, guess, known distance.
+
+    In latent space (`size` < S) they are folded with `pixel_unshuffle`, which is lossless, unlike resizing.
+    Rows in `drop` are zeroed (the unconditional branch of classifier-free guidance).
+    """
+    inputs = batch["inputs"]
+    present = batch["input_present"].to(inputs.dtype)[..., None, None].expand_as(inputs)
+    images = torch.cat([inputs, present, batch["guess"].to(inputs.dtype), batch["known_distance"].to(inputs.dtype)], 1)
+    if drop is not None:
+        images = images * (~drop.to(device=images.device, dtype=torch.bool)).to(images.dtype)[:, None, None, None]
+    factor = images.shape[-1] // size
+    if factor * size != images.shape[-1]:
+        raise ValueError(f"cube side {images.shape[-1]} is not a multiple of the U-Net grid {size}")
+    return F.pixel_unshuffle(images, factor) if factor > 1 else images
+
+
+def denoiser_forward(unet: UNet2DConditionModel, condition_encoder: ConditionEncoder, noisy: torch.Tensor,
+                     timesteps: torch.Tensor, batch_conditioning: Mapping[str, torch.Tensor],
+                     drop_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The U-Net's prediction (v or epsilon, per the config) for `noisy` [B, C, s, s] at `timesteps` [B] or scalar.
+
+    For guidance, stack the conditional and unconditional halves in one batch with `drop_mask` True on the second.
+    """
+    dtype = next(unet.parameters()).dtype
+    images = condition_images(batch_conditioning, noisy.shape[-1], drop_mask)
+    vector, tokens = condition_encoder(batch_conditioning, drop_mask)
+    sample = torch.cat([noisy, images.to(noisy.dtype)], dim=1).to(dtype)
+    return unet(sample, timesteps, encoder_hidden_states=tokens.to(dtype), class_labels=vector.to(dtype)).sample
+
+
+class Denoiser(nn.Module):
+    """U-Net + condition encoder as one module, so training has one optimiser, one EMA and one `prepare` call."""
+
+    def __init__(self, unet: UNet2DConditionModel, condition_encoder: ConditionEncoder) -> None:
+        super().__init__()
+        self.unet = unet
+        self.condition_encoder = condition_encoder
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, batch: Mapping[str, torch.Tensor],
+                drop_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return denoiser_forward(self.unet, self.condition_encoder, noisy, timesteps, batch, drop_mask)
+
+
+def build_autoencoder(config: XDiffusionConfig) -> AutoencoderKL:
+    """KL autoencoder for the 4 image+tumour channels; spatial factor `config.autoencoder.downsample`."""
+    a = config.autoencoder
+    levels = len(a.block_out_channels)
+    return AutoencoderKL(
+        in_channels=IMAGE_CHANNELS, out_channels=IMAGE_CHANNELS, latent_channels=a.latent_channels,
+        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+        block_out_channels=a.block_out_channels, layers_per_block=a.layers_per_block,
+        norm_num_groups=a.norm_num_groups, sample_size=config.cube_size)
+
+
+def encode_target(autoencoder: AutoencoderKL, target: torch.Tensor, latent_scale: float) -> torch.Tensor:
+    """[B, 4, S, S] -> scaled latents; the posterior mode keeps encoding deterministic for training targets."""
+    return autoencoder.encode(target).latent_dist.mode() * latent_scale
+
+
+def decode_latent(autoencoder: AutoencoderKL, latents: torch.Tensor, latent_scale: float) -> torch.Tensor:
+    """Inverse of `encode_target`: scaled latents -> [B, 4, S, S] in [-1, 1]-ish units."""
+    return autoencoder.decode(latents / latent_scale).sample
+
+
+def autoencoder_metrics(autoencoder: AutoencoderKL, target: torch.Tensor) -> dict[str, float]:
+    """Reconstruction PSNR of the image channel (range [-1, 1], so peak-to-peak 2) and Dice of each tumour channel
+    (positive = inside); a label absent from both truth and reconstruction counts as Dice 1.
+    """
+    with torch.no_grad():
+        recon = autoencoder.decode(autoencoder.encode(target).latent_dist.mode()).sample.clamp(-1, 1)
+    mse = F.mse_loss(recon[:, 0].float(), target[:, 0].float()).item()
+    metrics = {"psnr": 10.0 * math.log10(4.0 / max(mse, 1e-12))}
+    dices = []
+    for channel in range(1, target.shape[1]):
+        truth, guess = target[:, channel] > 0, recon[:, channel] > 0
+        total = truth.sum().item() + guess.sum().item()
+        dice = 1.0 if total == 0 else 2.0 * (truth & guess).sum().item() / total
+        metrics[f"dice_label{channel}"] = dice
+        dices.append(dice)
+    metrics["dice"] = sum(dices) / len(dices)
+    return metrics
+
+
+def train_autoencoder(autoencoder: AutoencoderKL, targets: Iterable[torch.Tensor], steps: int, lr: float = 1e-3,
+                      kl_weight: float = 1e-6, device: Union[str, torch.device] = "cpu") -> dict[str, float]:
+    """Fit the autoencoder on batches of targets [B, 4, S, S] with L1 + a small KL (enough to keep latents bounded
+    for diffusion without blurring), then return `autoencoder_metrics` on the last batch seen.
+    """
+    autoencoder.to(device).train()
+    optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=lr)
+    batches: Iterator[torch.Tensor] = iter(targets)
+    target = None
+    for _ in range(steps):
+        target = next(batches).to(device)
+        posterior = autoencoder.encode(target).latent_dist
+        recon = autoencoder.decode(posterior.sample()).sample
+        loss = F.l1_loss(recon, target) + kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(autoencoder.parameters(), 1.0)
+        optimizer.step()
+    autoencoder.eval().requires_grad_(False)
+    if target is None:
+        raise ValueError("train_autoencoder needs steps >= 1")
+    return autoencoder_metrics(autoencoder, target)
+
+
+def measure_latent_scale(autoencoder: AutoencoderKL, targets: Iterable[torch.Tensor], batches: int = 8,
+                         device: Union[str, torch.device] = "cpu") -> float:
+    """1 / std of the latents over a few batches, so the diffusion sees unit-variance data as its noise schedule
+    assumes."""
+    values = []
+    with torch.no_grad():
+        for _, target in zip(range(batches), targets):
+            values.append(autoencoder.encode(target.to(device)).latent_dist.mode().flatten().float())
+    return float(1.0 / torch.cat(values).std().clamp(min=1e-6))
