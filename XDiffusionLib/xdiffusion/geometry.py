@@ -232,7 +232,7 @@ def view_rotations(count: int) -> np.ndarray:
     return np.stack([rotation_with_stacking_normal(n) for n in normals[:count]])
 
 
-def _rotation_sample_points(rotation: np.ndarray, side: int) -> np.ndarray:
+def view_sample_points(rotation: np.ndarray, side: int) -> np.ndarray:
     """For every voxel c of the view, the cube coordinate R^T (c - m) + m it samples, shape (3, S, S, S)."""
     middle = (side - 1) / 2.0
     grid = np.indices((side,) * 3, dtype=np.float64).reshape(3, -1) - middle
@@ -245,7 +245,7 @@ def rotate_cube(cube: np.ndarray, rotation: np.ndarray, order: int = 1, fill: fl
     permutation = _as_signed_permutation(rotation)
     if permutation is not None:
         return _permute(cube, *permutation)
-    points = _rotation_sample_points(rotation, side)
+    points = view_sample_points(rotation, side)
     return ndimage.map_coordinates(cube, points, order=order, mode="constant", cval=fill).astype(cube.dtype)
 
 
@@ -260,9 +260,9 @@ def realign_view(view_volume: np.ndarray, rotation: np.ndarray, order: int = 1) 
     permutation = _as_signed_permutation(inverse)
     if permutation is not None:
         return _permute(view_volume, *permutation), np.ones((side,) * 3, dtype=np.float32)
-    forward = _rotation_sample_points(rotation, side)
+    forward = view_sample_points(rotation, side)
     sampled_inside = np.all((forward >= -1e-6) & (forward <= side - 1 + 1e-6), axis=0)
-    points = _rotation_sample_points(inverse, side)
+    points = view_sample_points(inverse, side)
     covered = ndimage.map_coordinates(sampled_inside.astype(np.float32), points, order=1, mode="constant", cval=0.0)
     realigned = ndimage.map_coordinates(view_volume, points, order=order, mode="nearest")
     return realigned.astype(view_volume.dtype), (covered >= 1.0 - 1e-5).astype(np.float32)

