@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ GENERATED_DESCRIPTION = "XDiffusion generated volume - synthetic, not for diagno
 # single-file formats only: a detached header (.mhd, .nhdr) names its data file, which an atomic rename would break
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 MAX_VOXELS = 1024**3  # refuse headers whose arrays would not fit any workstation
+DESCRIPTION_KEY = "ITK_FileNotes"  # ITK's free-text note: NIfTI `descrip`, a plain key in NRRD and MetaImage
+NIFTI_DESCRIPTION_LENGTH = 79  # `descrip` is char[80], NUL-terminated
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,32 @@ def _check_header_size(path: Path) -> None:
         raise InputError(f"{path}: header declares {list(size)} voxels, too large to load")
 
 
+def _check_nifti_data(path: Path) -> None:
+    """Refuse damaged NIfTI data: ITK's NIfTI reader zero-fills a truncated file and turns NaN/Inf into 0."""
+    import nibabel
+
+    try:
+        raw = nibabel.load(str(path)).dataobj.get_unscaled()
+    except Exception as error:  # nibabel reports damage with many exception types
+        raise InputError(f"{path}: NIfTI data is truncated or corrupt ({_first_line(error)})") from None
+    if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).any():
+        raise InputError(f"{path}: image holds no finite values (all NaN or Inf)")
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:160] if lines else type(error).__name__
+
+
+def _itk_reason(error: RuntimeError) -> str:
+    """The informative line of a SimpleITK exception, without its source location and object address."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    lines = [line for line in lines if not line.startswith("Exception thrown in SimpleITK")]
+    if not lines:
+        return "unreadable"
+    return re.sub(r"^(?:sitk::|itk::|ITK )ERROR:\s*(?:\w+\(0x[0-9a-fA-F]+\):\s*)?", "", lines[0])[:160]
+
+
 def _read_sitk(path: Path) -> sitk.Image:
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
@@ -134,13 +163,13 @@ def _read_sitk(path: Path) -> sitk.Image:
         if _suffix(path) not in VOLUME_SUFFIXES:
             raise InputError(f"{path}: unsupported file type; use one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder")
         _check_header_size(path)
+        if _suffix(path) in (".nii", ".nii.gz"):
+            _check_nifti_data(path)
         return sitk.ReadImage(str(path))
     except InputError:
         raise
     except RuntimeError as error:
-        first_line = str(error).strip().splitlines()
-        reason = next((line.strip() for line in first_line if "rror" in line or "annot" in line), "unreadable")
-        raise InputError(f"{path}: cannot read image ({reason[:160]})") from None
+        raise InputError(f"{path}: cannot read image ({_itk_reason(error)})") from None
 
 
 def _to_volume(image: sitk.Image, path: Path) -> Volume:
@@ -171,7 +200,8 @@ def _to_volume(image: sitk.Image, path: Path) -> Volume:
         raise InputError(f"{path}: image holds no finite values (all NaN or Inf)")
     if np.any(np.asarray(spacing) <= 0) or abs(np.linalg.det(direction)) < 1e-6:
         raise InputError(f"{path}: image geometry is degenerate (spacing {list(spacing)})")
-    metadata = {key: image.GetMetaData(key) for key in image.GetMetaDataKeys() if key == "descrip"}
+    description = image.GetMetaData(DESCRIPTION_KEY) if image.HasMetaDataKey(DESCRIPTION_KEY) else ""
+    metadata = {"description": description} if description else {}
     geometry = Geometry(array.shape, spacing, origin, direction)
     return Volume(np.ascontiguousarray(array), geometry, metadata)
 
@@ -199,6 +229,12 @@ def to_sitk(volume: Volume) -> sitk.Image:
     return image
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
@@ -212,12 +248,14 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise InputError(f"{target}: output folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise InputError(f"{target}: output folder {folder} is not writable")
-    suffix = _suffix(target) or target.suffix
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=folder)
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{_suffix(target)}", dir=folder)
     os.close(handle)
     temporary_path = Path(temporary)
     try:
         yield temporary_path
+        os.chmod(temporary_path, 0o666 & ~_umask())  # mkstemp makes the file private (0600); outputs are not
+        with open(temporary_path, "rb") as written:
+            os.fsync(written.fileno())  # the data is on disk before the name points at it
         os.replace(temporary_path, target)
     finally:
         if temporary_path.exists():
@@ -225,15 +263,21 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, description: str | None = None) -> Path:
-    """Write atomically with the volume's exact geometry; ``description`` goes into the file header."""
+    """Write atomically with the volume's exact geometry; ``description`` goes into the file header.
+
+    The description (default: ``volume.metadata["description"]``) reads back as ``metadata["description"]``;
+    NIfTI keeps its first 79 characters. NRRD and MetaImage keep geometry exactly; NIfTI stores spacing and origin
+    as float32 and the direction as a float32 quaternion/sform (about 1e-7).
+    """
     target = Path(path)
-    if _suffix(target) not in WRITABLE_SUFFIXES:
+    suffix = _suffix(target)
+    if suffix not in WRITABLE_SUFFIXES:
         raise InputError(f"{target}: unsupported output type; use one of {', '.join(WRITABLE_SUFFIXES)}")
     image = to_sitk(volume)
-    text = description if description is not None else volume.metadata.get("descrip")
+    text = description if description is not None else volume.metadata.get("description")
     if text:
-        image.SetMetaData("descrip", text[:79])
-        image.SetMetaData("Description", text)
+        text = " ".join(text.split())  # one header line
+        image.SetMetaData(DESCRIPTION_KEY, text[:NIFTI_DESCRIPTION_LENGTH] if suffix in (".nii", ".nii.gz") else text)
     with atomic_output(target) as temporary:
-        sitk.WriteImage(image, str(temporary), useCompression=_suffix(target) in (".nii.gz", ".nrrd", ".mha"))
+        sitk.WriteImage(image, str(temporary), useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
     return target
