@@ -254,7 +254,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield temporary_path
         os.chmod(temporary_path, 0o666 & ~_umask())  # mkstemp makes the file private (0600); outputs are not
-        with open(temporary_path, "rb") as written:
+        with open(temporary_path, "r+b") as written:  # writable: Windows cannot flush a read-only handle
             os.fsync(written.fileno())  # the data is on disk before the name points at it
         os.replace(temporary_path, target)
     finally:
@@ -266,8 +266,8 @@ def write_volume(volume: Volume, path: str | os.PathLike, description: str | Non
     """Write atomically with the volume's exact geometry; ``description`` goes into the file header.
 
     The description (default: ``volume.metadata["description"]``) reads back as ``metadata["description"]``;
-    NIfTI keeps its first 79 characters. NRRD and MetaImage keep geometry exactly; NIfTI stores spacing and origin
-    as float32 and the direction as a float32 quaternion/sform (about 1e-7).
+    NIfTI keeps its first 79 characters. MetaImage keeps geometry bit for bit, NRRD to 1e-12; NIfTI stores spacing
+    and origin as float32 and the direction as a float32 quaternion/sform (about 1e-7).
     """
     target = Path(path)
     suffix = _suffix(target)
