@@ -202,6 +202,8 @@ def _to_volume(image: sitk.Image, path: Path) -> Volume:
         raise InputError(f"{path}: image geometry is degenerate (spacing {list(spacing)})")
     description = image.GetMetaData(DESCRIPTION_KEY) if image.HasMetaDataKey(DESCRIPTION_KEY) else ""
     metadata = {"description": description} if description else {}
+    if dimension == 2:
+        metadata["source_dimension"] = "2"  # its third direction is made up: a caller must be told the plane
     geometry = Geometry(array.shape, spacing, origin, direction)
     return Volume(np.ascontiguousarray(array), geometry, metadata)
 

@@ -167,39 +167,57 @@ class XDiffusionPipeline:
         known_rows = [v * side + depth for v, view_known in enumerate(known) for depth in view_known]
         known_images = torch.from_numpy(np.stack([view_known[d] for view_known in known for d in view_known])) if known_rows else None
 
+        decoded, evaluations = self.generate_slices(conditioning, steps, guidance, seed, solver, chunk_size, known_rows, known_images, progress)
+        volumes = [np.ascontiguousarray(np.moveaxis(view, 0, -1)) for view in decoded.numpy().reshape(views, side, -1, side, side)]
+        self._report(progress, 0.95, "averaging views")
+        mean, spread, coverage = geometry.realign_and_average(volumes, rotations)  # views are (C, S, S, depth)
+        probability = np.clip((mean[1:] + 1.0) / 2.0, 0.0, 1.0)
+        return CubeReconstruction(mean[0], probability, spread[0], coverage, evaluations)
+
+    @torch.inference_mode()
+    def generate_slices(
+        self,
+        conditioning: dict[str, torch.Tensor],
+        steps: int,
+        guidance: float = 1.0,
+        seed: int = 0,
+        solver: str = "dpmsolver++",
+        chunk_size: int = 256,
+        known_rows: Sequence[int] = (),
+        known_images: Optional[torch.Tensor] = None,
+        progress: Optional[ProgressCallback] = None,
+    ) -> tuple[torch.Tensor, int]:
+        """Denoise a batch of independent target slices (all sharing each solver step) and decode them.
+
+        Returns (B, 4, S, S) in model units (image, then tumour channels) and the number of U-Net evaluations.
+        """
+        count, size = conditioning["depth"].shape[0], self.config.unet_size
         scheduler = self.make_scheduler(solver)
         scheduler.set_timesteps(steps)
         generator = torch.Generator().manual_seed(int(seed))
-        latents = torch.randn((views * side, self.config.target_channels, size, size), generator=generator) * scheduler.init_noise_sigma
+        latents = torch.randn((count, self.config.target_channels, size, size), generator=generator) * scheduler.init_noise_sigma
+        known_rows = list(known_rows)
         evaluations = 0
         for number, timestep in enumerate(scheduler.timesteps):
             model_input = scheduler.scale_model_input(latents, timestep)
             output = self._predict(model_input, timestep.reshape(1), conditioning, guidance, chunk_size)
-            evaluations += latents.shape[0] * (1 if guidance == 1.0 else 2)
-            if known_images is not None:
-                x0 = self._x0(scheduler, latents, output, timestep)[known_rows]
-                clean = self._encode_known(known_images, x0)
+            evaluations += count * (1 if guidance == 1.0 else 2)
+            if known_rows:
+                clean = self._encode_known(known_images, self._x0(scheduler, latents, output, timestep)[known_rows])
             latents = scheduler.step(output, timestep, latents).prev_sample
-            if known_images is not None:
+            if known_rows:
                 following = scheduler.timesteps[number + 1] if number + 1 < len(scheduler.timesteps) else None
                 noise = torch.randn(clean.shape, generator=generator)
                 latents[known_rows] = clean if following is None else scheduler.add_noise(clean, noise, following.reshape(1))
             self._report(progress, 0.9 * (number + 1) / steps, f"step {number + 1}/{steps}")
-        volumes = self._decode(latents, views, side, chunk_size)
-        self._report(progress, 0.95, "averaging views")
-        mean, spread, coverage = geometry.realign_and_average(volumes, rotations)
-        probability = np.clip((mean[1:] + 1.0) / 2.0, 0.0, 1.0)
-        return CubeReconstruction(mean[0], probability, spread[0], coverage, evaluations)
+        return self._decode(latents, chunk_size), evaluations
 
-    def _decode(self, latents: torch.Tensor, views: int, side: int, chunk_size: int) -> list[np.ndarray]:
+    def _decode(self, latents: torch.Tensor, chunk_size: int) -> torch.Tensor:
         if self.model.autoencoder is None:
-            decoded = latents
-        else:
-            parts = [decode_latent(self.model.autoencoder, latents[i:i + chunk_size].to(self.device, self.dtype), self.config.latent_scale).float().cpu()
-                     for i in range(0, latents.shape[0], chunk_size)]
-            decoded = torch.cat(parts)
-        decoded = decoded.clamp(-1.0, 2.0).numpy().reshape(views, side, decoded.shape[1], side, side)
-        return [np.ascontiguousarray(np.moveaxis(view, 0, -1)) for view in decoded]  # (C, S, S, depth)
+            return latents.clamp(-1.0, 2.0)
+        parts = [decode_latent(self.model.autoencoder, latents[i:i + chunk_size].to(self.device, self.dtype), self.config.latent_scale).float().cpu()
+                 for i in range(0, latents.shape[0], chunk_size)]
+        return torch.cat(parts).clamp(-1.0, 2.0)
 
     @staticmethod
     def _report(progress: Optional[ProgressCallback], fraction: float, stage: str) -> None:
