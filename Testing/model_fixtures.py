@@ -1,7 +1,9 @@
-"""Random conditioning batches in the training-sample format of docs/architecture.md, shared by the model tests."""
+"""Shared by the model tests: random conditioning batches in the sample format of docs/architecture.md, and one
+thread per test."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 
@@ -23,3 +25,13 @@ def random_batch(config, batch_size: int, seed: int = 0) -> dict[str, torch.Tens
         "depth": torch.rand(batch_size, generator=g) * 2 - 1,
         "modality": torch.randint(0, len(config.modalities), (batch_size,), generator=g).float(),
     }
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny networks gain nothing from threads, and OpenMP spin-waiting on a shared 2-core machine can slow them
+    fifty-fold; one thread keeps these tests fast and their timing stable."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from model_fixtures import random_batch
+from model_fixtures import random_batch, single_thread  # noqa: F401 (autouse fixture)
 
 from xdiffusion.errors import ModelError
 from xdiffusion.model import (ConditionEncoder, build_autoencoder, build_unet, denoiser_forward, load_model, preset,

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
-from model_fixtures import random_batch
+from model_fixtures import random_batch, single_thread  # noqa: F401 (autouse fixture)
 
 from xdiffusion.errors import InputError, ModelError
 from xdiffusion.model import (ConditionEncoder, XDiffusionConfig, autoencoder_metrics, build_autoencoder, build_unet,

@@ -1,0 +1,403 @@
+"""Training of the denoiser (and, in latent mode, first the autoencoder), driven by a YAML/JSON config.
+
+Data is whatever torch Dataset/IterableDataset the caller passes, yielding the sample dicts of docs/architecture.md,
+so training does not depend on how samples are made. Everything distributed goes through accelerate, so
+`accelerate launch -m xdiffusion.cli train ...` scales to several GPUs or nodes unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import is_tensorboard_available, set_seed
+from diffusers import AutoencoderKL, DDPMScheduler
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..errors import InputError
+from .checkpoint import XDiffusionModel, save_model
+from .conditioning import ConditionEncoder
+from .config import XDiffusionConfig, preset
+from .networks import (Denoiser, build_autoencoder, build_unet, encode_target, init_unet_from_pretrained,
+                       measure_latent_scale, train_autoencoder)
+
+Validator = Callable[[XDiffusionModel], Mapping[str, float]]
+CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainConfig:
+    """The `train:` section. `resume` is "", "latest" or a checkpoint folder; `init_from` a local diffusers
+    SD/Zero-123 folder; `autoencoder_from` a saved AutoencoderKL folder to reuse instead of training one."""
+
+    output_dir: str = "runs/xdiffusion"
+    steps: int = 10000
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    mixed_precision: str = "no"
+    ema_decay: float = 0.999
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    validate_every: int = 1000
+    log_every: int = 50
+    seed: int = 0
+    num_workers: int = 0
+    resume: str = ""
+    init_from: str = ""
+    autoencoder_from: str = ""
+    autoencoder_steps: int = 2000
+    autoencoder_lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        casts = {"int": int, "float": float, "str": str}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            try:
+                setattr(self, f.name, casts[f.type](value))
+            except (TypeError, ValueError):
+                raise InputError(f"train.{f.name} must be {f.type}, not {value!r}") from None
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise InputError(f"train.mixed_precision must be no, fp16 or bf16, not {self.mixed_precision!r}")
+        if min(self.steps, self.batch_size, self.grad_accum, self.checkpoint_every, self.validate_every,
+               self.log_every, self.keep_checkpoints) < 1:
+            raise InputError("train.steps, batch_size, grad_accum, *_every and keep_checkpoints must be >= 1")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """`section.key=value` strings (values parsed as YAML) applied to a nested config dict, returned as a copy."""
+    result = json.loads(json.dumps(raw))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"override {item!r} is not of the form section.key=value")
+        node = result
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputError(f"override {item!r}: {part} is not a section")
+        node[leaf] = yaml.safe_load(text) if text.strip() else ""
+    return result
+
+
+def resolve_config(config: Union[str, os.PathLike, Mapping[str, Any]],
+                   overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Config file or dict + overrides -> {"model": full model dict, "train": full train dict, **other sections}.
+
+    `model.preset` names a starting point (`tiny`, `cpu_default`) that the other model keys refine.
+    """
+    if isinstance(config, Mapping):
+        raw = dict(config)
+    else:
+        path = Path(config)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}  # YAML is a superset of JSON: one parser for both
+        except (OSError, yaml.YAMLError) as error:
+            raise InputError(f"cannot read training config {path}: {str(error).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise InputError(f"training config {path} must be a mapping of sections")
+    raw = apply_overrides(raw, overrides)
+    model = dict(raw.get("model") or {})
+    name = model.pop("preset", None)
+    base = preset(name).to_dict() if name else {}
+    merged = _deep_merge(base, model)
+    resolved = dict(raw)
+    resolved["model"] = XDiffusionConfig.from_dict(merged).to_dict()
+    train_section = raw.get("train") or {}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(train_section) - known)
+    if unknown:
+        raise InputError(f"unknown key(s) in train: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    resolved["train"] = dataclasses.asdict(TrainConfig(**train_section))
+    return resolved
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key),
+                                                                                              dict) else value
+    return out
+
+
+def _replace_dir(staging: Path, final: Path) -> None:
+    """Move a fully written folder into place; an older folder of the same name is removed only afterwards."""
+    if final.exists():
+        retired = final.with_name(f".{final.name}.old")
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(final, retired)
+        os.replace(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, final)
+
+
+def checkpoints(output_dir: Union[str, Path]) -> list[tuple[int, Path]]:
+    """Complete checkpoints (those with their step file written last) as (step, folder), oldest first."""
+    folder = Path(output_dir) / "checkpoints"
+    found = []
+    for entry in folder.iterdir() if folder.is_dir() else []:
+        match = CHECKPOINT_NAME.match(entry.name)
+        if match and (entry / "train_step.json").is_file():
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+class Trainer:
+    """One training run. Construction builds (or resumes) everything; `run()` trains and writes the model folder."""
+
+    def __init__(self, config: Mapping[str, Any], samples: Union[Dataset, IterableDataset],
+                 validate: Optional[Validator] = None) -> None:
+        self.resolved = dict(config)
+        self.config = XDiffusionConfig.from_dict(config["model"])
+        self.train = TrainConfig(**config["train"])
+        self.samples, self.validate = samples, validate
+        self.output_dir = Path(self.train.output_dir)
+        self.accelerator = Accelerator(
+            mixed_precision=self.train.mixed_precision, gradient_accumulation_steps=self.train.grad_accum,
+            log_with="tensorboard" if is_tensorboard_available() else None, project_dir=str(self.output_dir))
+        set_seed(self.train.seed, device_specific=True)
+        self.autoencoder_metrics: dict[str, float] = {}
+        self.last_validation: dict[str, float] = {}
+        if self.accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.accelerator.wait_for_everyone()
+        self.autoencoder = self._prepare_autoencoder() if self.config.latent else None
+        if self.accelerator.is_main_process:  # after the autoencoder: it fixes model.latent_scale
+            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(self.resolved, sort_keys=False))
+        if self.train.init_from:
+            unet = init_unet_from_pretrained(self.train.init_from, self.config)
+        else:
+            unet = build_unet(self.config)
+        model = Denoiser(unet, ConditionEncoder.from_config(self.config))
+        self.noise = DDPMScheduler(num_train_timesteps=self.config.num_train_timesteps,
+                                   beta_schedule="squaredcos_cap_v2", prediction_type=self.config.prediction_type)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=self.train.lr, weight_decay=self.train.weight_decay)
+        warmup = max(1, self.train.warmup_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        self.model, self.optimizer, self.loader, self.schedule = self.accelerator.prepare(
+            model, optimizer, self._loader(), schedule)
+        # EMA decay ramps up from 0, so short runs still export trained (not initial) weights
+        self.ema = EMAModel(self._denoiser().parameters(), decay=self.train.ema_decay, use_ema_warmup=True,
+                            power=2 / 3)
+        self.ema.to(self.accelerator.device)
+        self.accelerator.register_for_checkpointing(self.ema)
+        self.step = 0
+        if self.train.resume:
+            self._resume(self.train.resume)
+        if is_tensorboard_available():
+            self.accelerator.init_trackers("xdiffusion")
+
+    def _denoiser(self) -> Denoiser:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _loader(self) -> DataLoader:
+        shuffle = not isinstance(self.samples, IterableDataset)
+        return DataLoader(self.samples, batch_size=self.train.batch_size, shuffle=shuffle, drop_last=True,
+                          num_workers=self.train.num_workers)
+
+    def _prepare_autoencoder(self) -> AutoencoderKL:
+        """Train (main process only) or reuse the autoencoder, then freeze it; every process loads the same copy."""
+        folder = self.output_dir / "autoencoder"
+        if self.accelerator.is_main_process and not (folder / "latent_scale.json").is_file():
+            if self.train.autoencoder_from:
+                autoencoder = AutoencoderKL.from_pretrained(self.train.autoencoder_from, use_safetensors=True,
+                                                            local_files_only=True)
+            else:
+                autoencoder = build_autoencoder(self.config)
+            targets = (batch["target"] for batch in self._forever(self._loader()))
+            device = self.accelerator.device
+            if not self.train.autoencoder_from:
+                self.autoencoder_metrics = train_autoencoder(
+                    autoencoder, targets, self.train.autoencoder_steps, lr=self.train.autoencoder_lr,
+                    kl_weight=self.config.autoencoder.kl_weight, device=device)
+            scale = measure_latent_scale(autoencoder.to(device).eval(), targets, device=device)
+            staging = folder.with_name(".autoencoder.tmp")
+            shutil.rmtree(staging, ignore_errors=True)
+            autoencoder.save_pretrained(staging, safe_serialization=True)
+            (staging / "latent_scale.json").write_text(json.dumps(
+                {"latent_scale": scale, "metrics": self.autoencoder_metrics}) + "\n")
+            _replace_dir(staging, folder)
+        self.accelerator.wait_for_everyone()
+        saved = json.loads((folder / "latent_scale.json").read_text())
+        self.config.latent_scale = saved["latent_scale"]
+        self.autoencoder_metrics = saved["metrics"]
+        self.resolved["model"] = self.config.to_dict()
+        autoencoder = AutoencoderKL.from_pretrained(folder, use_safetensors=True, local_files_only=True)
+        return autoencoder.to(self.accelerator.device).eval().requires_grad_(False)
+
+    @staticmethod
+    def _forever(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
+        while True:
+            yielded = False
+            for batch in loader:
+                yielded = True
+                yield batch
+            if not yielded:
+                raise InputError("the training samples are fewer than one batch (lower train.batch_size)")
+
+    def _resume(self, which: str) -> None:
+        if which == "latest":
+            found = checkpoints(self.output_dir)
+            if not found:
+                return  # nothing saved yet: `resume=latest` also starts a fresh run
+            folder = found[-1][1]
+        else:
+            folder = Path(which)
+            if not (folder / "train_step.json").is_file():
+                raise InputError(f"{folder} is not a complete training checkpoint")
+        self.accelerator.load_state(str(folder))
+        self.step = json.loads((folder / "train_step.json").read_text())["step"]
+
+    def save_checkpoint(self) -> Path:
+        """accelerate state (model, optimiser, schedule, EMA, RNG) in a temp folder, renamed when complete."""
+        folder = self.output_dir / "checkpoints"
+        final, staging = folder / f"step-{self.step}", folder / f".step-{self.step}.tmp"
+        if self.accelerator.is_main_process:
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(staging))
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            (staging / "train_step.json").write_text(json.dumps({"step": self.step}) + "\n")
+            _replace_dir(staging, final)
+            for _, old in checkpoints(self.output_dir)[:-self.train.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Diffusion loss on one batch: noise the target (or its latent), predict v or epsilon, with CFG dropout."""
+        target = batch["target"]
+        if self.autoencoder is not None:
+            with torch.no_grad():
+                target = encode_target(self.autoencoder, target, self.config.latent_scale)
+        noise = torch.randn_like(target)
+        timesteps = torch.randint(0, self.config.num_train_timesteps, (target.shape[0],), device=target.device)
+        noisy = self.noise.add_noise(target, noise, timesteps)
+        goal = self.noise.get_velocity(target, noise, timesteps) if self.config.prediction_type == "v_prediction" \
+            else noise
+        drop = torch.rand(target.shape[0], device=target.device) < self.config.cfg_dropout
+        prediction = self.model(noisy, timesteps, batch, drop)
+        return F.mse_loss(prediction.float(), goal.float())
+
+    def ema_model(self) -> XDiffusionModel:
+        """The parts with EMA weights copied in (call `restore_training_weights` afterwards to keep training)."""
+        denoiser = self._denoiser()
+        self.ema.store(denoiser.parameters())
+        self.ema.copy_to(denoiser.parameters())
+        denoiser.eval()
+        return XDiffusionModel(self.config, denoiser.unet, denoiser.condition_encoder, self.autoencoder,
+                               dict(self.noise.config))
+
+    def restore_training_weights(self) -> None:
+        denoiser = self._denoiser()
+        self.ema.restore(denoiser.parameters())
+        denoiser.train()
+
+    def _log(self, metrics: Mapping[str, float]) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        path = self.output_dir / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["step", "name", "value"])
+            writer.writerows([self.step, name, f"{value:.6g}"] for name, value in metrics.items())
+        self.accelerator.log(dict(metrics), step=self.step)
+
+    def _run_validation(self) -> None:
+        if self.validate is not None and self.accelerator.is_main_process:
+            with torch.no_grad():
+                self.last_validation = {f"val/{k}": float(v) for k, v in self.validate(self.ema_model()).items()}
+            self.restore_training_weights()
+            self._log(self.last_validation)
+        self.accelerator.wait_for_everyone()
+
+    def run(self) -> Path:
+        """Train to `train.steps` optimiser steps, then write `output_dir/model` with the EMA weights."""
+        if self.step == 0 and self.autoencoder_metrics:
+            self._log({f"autoencoder/{k}": v for k, v in self.autoencoder_metrics.items()})
+        self.model.train()
+        batches = self._forever(self.loader)
+        progress = tqdm(total=self.train.steps, initial=self.step, desc="training", unit="step",
+                        disable=not self.accelerator.is_main_process)
+        running: list[float] = []
+        while self.step < self.train.steps:
+            with self.accelerator.accumulate(self.model):
+                loss = self.loss(next(batches))
+                self.accelerator.backward(loss)
+                if self.accelerator.sync_gradients:
+                    self.accelerator.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
+                self.optimizer.step()
+                self.schedule.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            running.append(loss.detach().item())
+            if not self.accelerator.sync_gradients:
+                continue
+            self.ema.step(self._denoiser().parameters())
+            self.step += 1
+            progress.update(1)
+            if self.step % self.train.log_every == 0:
+                mean = sum(running) / len(running)
+                self._log({"train/loss": mean, "train/lr": self.schedule.get_last_lr()[0]})
+                progress.set_postfix(loss=f"{mean:.4f}")
+                running = []
+            if self.step % self.train.validate_every == 0:
+                self._run_validation()
+            if self.step % self.train.checkpoint_every == 0:
+                self.save_checkpoint()
+        progress.close()
+        return self._export()
+
+    def _export(self) -> Path:
+        parts = self.ema_model()
+        folder = self.output_dir / "model"
+        if self.accelerator.is_main_process:
+            card = {
+                "training_data": self.resolved.get("data", getattr(self.samples, "description",
+                                                                   type(self.samples).__name__)),
+                "steps": self.step,
+                "batch_size": self.train.batch_size * self.train.grad_accum * self.accelerator.num_processes,
+                "validation": self.last_validation,
+                "autoencoder": self.autoencoder_metrics,
+                "prediction_type": self.config.prediction_type,
+                "latent_scale": self.config.latent_scale,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "xdiffusion_version": __version__,
+                "training_config": self.resolved,
+                "intended_use": "research only; generated volumes are synthetic and not for diagnosis",
+            }
+            save_model(folder, parts.unet, parts.condition_encoder, self.autoencoder, parts.scheduler_config,
+                       self.config, card)
+        self.restore_training_weights()
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return folder
+
+
+def train(config: Union[str, os.PathLike, Mapping[str, Any]], overrides: Sequence[str] = (), *,
+          samples: Union[Dataset, IterableDataset], validate: Optional[Validator] = None) -> Path:
+    """`xdiffusion train CONFIG [key=value ...]`: resolve the config, train on `samples`, return the model folder."""
+    return Trainer(resolve_config(config, overrides), samples, validate).run()
