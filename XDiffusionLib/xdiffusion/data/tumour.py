@@ -24,7 +24,7 @@ TUMOUR_CONTRAST: dict[str, dict[int, float]] = {
     "t2": {NECROTIC: 1.8, OEDEMA: 1.5, ENHANCING: 1.25},
     "flair": {NECROTIC: 1.1, OEDEMA: 1.65, ENHANCING: 1.3},
 }
-DIAMETER_MM = (10.0, 45.0)  # whole tumour (oedema included)
+DIAMETER_MM = (20.0, 70.0)  # whole tumour (oedema included); BraTS whole tumours are typically 30-80 mm across
 AXIS_SCALE = (0.75, 1.25)  # ellipsoid semi-axes as multiples of the drawn radius
 MASS_EFFECT = (0.1, 0.3)  # peak fraction by which tissue near the tumour is pushed outwards
 MASS_EFFECT_REACH = 3.0  # displacement fades to zero at this many tumour radii

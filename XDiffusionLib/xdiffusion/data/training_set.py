@@ -1,0 +1,135 @@
+"""The training and validation cubes: few real subjects multiplied honestly, cached on disk.
+
+Each variant of a subject is one of: a real image (full head or skull-stripped), or a label-driven synthesis with a
+random contrast (modality ``any``); every variant is elastically and affinely warped, and a share of them get a
+synthetic BraTS-style tumour (or keep the subject's real tumour labels when it has them). The validation source is
+only ever turned into validation cubes, never warped or trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..io import Volume
+from .loaders import Subject
+from .samples import TrainingCube, make_training_cube
+from .synthesis import augment_subject, downsample, synthesise_from_labels
+from .tumour import TUMOUR_CONTRAST, paint_tumour
+
+ANY_MODALITY = "any"  # label-synthesised contrasts: teaches contrast-agnostic reconstruction
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainingSetConfig:
+    """How many variants to make of each subject, and of which kinds; part of the cache key."""
+
+    cube_size: int = 64
+    variants_per_subject: int = 48
+    synthetic_share: float = 0.35
+    tumour_share: float = 0.5
+    skull_strip_share: float = 0.4
+    work_side: int = 96
+    seed: int = 0
+
+
+def _tumour_modality(modality: str, rng: np.random.Generator) -> str:
+    return modality if modality in TUMOUR_CONTRAST else str(rng.choice(sorted(TUMOUR_CONTRAST)))
+
+
+def subject_variant(subject: Subject, modalities: Sequence[str], config: TrainingSetConfig, rng: np.random.Generator) -> tuple[Volume, str, Optional[Volume]]:
+    """One random variant of a subject: (image on a work grid, its modality, tumour labels or None)."""
+    real = [m for m in modalities if m in subject.modalities]
+    can_synthesise = subject.labels is not None and ANY_MODALITY in modalities
+    if not real and not can_synthesise:
+        raise InputError(f"subject {subject.id} has none of the model's modalities {list(modalities)} and no label map")
+    if can_synthesise and (not real or rng.random() < config.synthetic_share):
+        labels = downsample(subject.labels, config.work_side, labels=True)
+        image = labels.with_array(synthesise_from_labels(labels, rng))
+        modality = ANY_MODALITY
+        mask_array = labels.array > 0
+    else:
+        modality = str(rng.choice(real))
+        image = downsample(subject.modalities[modality], config.work_side)
+        mask = downsample(subject.brain_mask, config.work_side, labels=True) if subject.brain_mask is not None else None
+        mask_array = mask.array > 0 if mask is not None else image.array > np.percentile(image.array, 60)
+        if mask is not None and rng.random() < config.skull_strip_share:
+            image = image.with_array(image.array * mask_array)
+    label_maps = {"brain": mask_array.astype(np.uint8)}
+    if subject.tumour_seg is not None:
+        label_maps["tumour"] = downsample(subject.tumour_seg, config.work_side, labels=True).array.astype(np.uint8)
+    warped, warped_labels = augment_subject({"image": image.array}, label_maps, rng, image.geometry.spacing)
+    array = np.maximum(warped["image"], 0.0)
+    tumour = warped_labels.get("tumour")
+    if tumour is None and rng.random() < config.tumour_share and warped_labels["brain"].sum() > 1000:
+        array, tumour = paint_tumour(array, warped_labels["brain"] > 0, _tumour_modality(modality, rng), rng, image.geometry.spacing)
+    return image.with_array(array.astype(np.float32)), modality, (image.with_array(tumour) if tumour is not None else None)
+
+
+def _cache_key(subject: Subject, modalities: Sequence[str], config: TrainingSetConfig) -> str:
+    text = json.dumps({"subject": subject.id, "modalities": list(modalities), **asdict(config)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _save_cube(path: Path, cube: TrainingCube) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.part.npz")
+    np.savez_compressed(temporary, image=cube.image, tumour=cube.tumour, modality=np.array(cube.modality))
+    os.replace(temporary, path)
+
+
+def _load_cube(path: Path) -> TrainingCube:
+    with np.load(path, allow_pickle=False) as data:
+        return TrainingCube(data["image"], data["tumour"], str(data["modality"]))
+
+
+def build_training_cubes(
+    subjects: Sequence[Subject],
+    modalities: Sequence[str],
+    config: TrainingSetConfig,
+    cache_dir: Optional[Path] = None,
+    progress: Optional[Progress] = None,
+) -> list[TrainingCube]:
+    """All variants of all subjects as cubes; cached per subject and config, so a rerun (or a resume) is instant."""
+    cubes = []
+    for number, subject in enumerate(subjects):
+        folder = Path(cache_dir) / f"{subject.id}-{_cache_key(subject, modalities, config)}" if cache_dir else None
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        for variant in range(config.variants_per_subject):
+            path = folder / f"variant-{variant:04d}.npz" if folder is not None else None
+            if path is not None and path.exists():
+                cubes.append(_load_cube(path))
+                continue
+            rng = np.random.default_rng([config.seed, number, variant])
+            image, modality, tumour = subject_variant(subject, modalities, config, rng)
+            cube = make_training_cube(image, modality, config.cube_size, tumour)
+            if path is not None:
+                _save_cube(path, cube)
+            cubes.append(cube)
+        if progress is not None:
+            progress(f"training cubes: {subject.id} ready ({config.variants_per_subject} variants)")
+    return cubes
+
+
+def build_validation_cubes(subjects: Sequence[Subject], modalities: Sequence[str], cube_size: int, tumour_seeds: Sequence[int] = (0, 1)) -> list[TrainingCube]:
+    """Held-out cubes, unwarped: each validation image as it is, and with synthetic tumours from fixed seeds."""
+    cubes = []
+    for subject in subjects:
+        for modality in [m for m in modalities if m in subject.modalities]:
+            image = subject.modalities[modality]
+            cubes.append(make_training_cube(image, modality, cube_size))
+            mask = subject.brain_mask.array > 0 if subject.brain_mask is not None else image.array > 0
+            for seed in tumour_seeds:
+                painted, labels = paint_tumour(image.array.astype(np.float32), mask, _tumour_modality(modality, np.random.default_rng(seed)), np.random.default_rng(seed), image.geometry.spacing)
+                cubes.append(make_training_cube(image.with_array(painted), modality, cube_size, image.with_array(labels)))
+    if not cubes:
+        raise InputError("no validation cubes: the validation subjects have none of the model's modalities")
+    return cubes

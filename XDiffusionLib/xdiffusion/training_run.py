@@ -1,0 +1,117 @@
+"""`xdiffusion train CONFIG`: the config's `data:` section becomes training cubes, samples and a held-out validator.
+
+The split is explicit: the fetched manifest's validation source (or a user folder's held-out subjects) only ever
+reaches `build_validation_cubes`, never the training cubes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from .data.fetch import default_cache_dir
+from .data.loaders import Subject, iter_brats_folder, iter_volume_folder, load_training_subjects, subject_from_brats
+from .data.samples import SampleGenerator
+from .data.training_set import TrainingSetConfig, build_training_cubes, build_validation_cubes
+from .errors import InputError
+from .model import XDiffusionConfig, XDiffusionModel
+from .model.training import resolve_config, train
+from .pipeline import XDiffusionPipeline
+
+
+@dataclass
+class DataConfig:
+    """The `data:` section. `source`: `fetched` (the manifest's PyPI volumes), `brats:PATH` or `folder:PATH`."""
+
+    source: str = "fetched"
+    cache_dir: str = ""
+    cube_cache: str = ""
+    folder_modality: str = "t1"
+    validation_subjects: int = 1
+    variants_per_subject: int = 48
+    synthetic_share: float = 0.35
+    tumour_share: float = 0.5
+    skull_strip_share: float = 0.4
+    seed: int = 0
+    validation_samples: int = 24
+    validation_steps: int = 10
+
+
+def split_subjects(data: DataConfig) -> tuple[list[Subject], list[Subject]]:
+    """(training, validation) subjects; for user folders the last `validation_subjects` by name are held out."""
+    if data.source == "fetched":
+        cache = Path(data.cache_dir) if data.cache_dir else default_cache_dir()
+        return load_training_subjects(cache, "train"), load_training_subjects(cache, "validation")
+    kind, _, path = data.source.partition(":")
+    if kind == "brats" and path:
+        subjects = [subject_from_brats(case) for case in iter_brats_folder(path)]
+    elif kind == "folder" and path:
+        subjects = [Subject(id=file.name, modalities={data.folder_modality: volume}) for file, volume in iter_volume_folder(path)]
+    else:
+        raise InputError(f"data.source must be fetched, brats:PATH or folder:PATH, not {data.source!r}")
+    subjects.sort(key=lambda subject: subject.id)
+    held = data.validation_subjects
+    if len(subjects) <= held:
+        raise InputError(f"{path} holds {len(subjects)} subjects; need more than data.validation_subjects={held}")
+    return subjects[:-held] if held else subjects, subjects[-held:] if held else []
+
+
+def _image_metrics(generated: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """PSNR and SSIM of a slice in [0, 1] units (model range [-1, 1] mapped and clipped)."""
+    a, b = (np.clip((x + 1.0) / 2.0, 0.0, 1.0) for x in (generated, target))
+    psnr = min(float(peak_signal_noise_ratio(b, a, data_range=1.0)), 100.0)
+    return psnr, float(structural_similarity(b, a, data_range=1.0))
+
+
+def make_validator(cubes, modalities: Sequence[str], max_inputs: int, count: int, steps: int, seed: int = 12345):
+    """A fixed set of held-out samples; each validation generates them and scores PSNR/SSIM against the truth and
+    against the extrude prior (the model must beat it to be worth running)."""
+    generator = SampleGenerator(cubes, modalities, max_inputs, seed=seed)
+    samples = [generator[i] for i in range(count)]
+    batch = {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
+    conditioning = {key: value for key, value in batch.items() if key != "target"}
+    target = batch["target"][:, 0].numpy()
+    guess = batch["guess"][:, 0].numpy()
+
+    def validate(model: XDiffusionModel) -> dict[str, float]:
+        device = next(model.unet.parameters()).device
+        decoded, _ = XDiffusionPipeline(model, device=device).generate_slices(conditioning, steps, seed=seed)
+        ours = [_image_metrics(g, t) for g, t in zip(decoded[:, 0].numpy(), target)]
+        prior = [_image_metrics(g, t) for g, t in zip(guess, target)]
+        return {
+            "psnr": float(np.mean([m[0] for m in ours])), "ssim": float(np.mean([m[1] for m in ours])),
+            "psnr_extrude": float(np.mean([m[0] for m in prior])), "ssim_extrude": float(np.mean([m[1] for m in prior])),
+        }
+
+    return validate
+
+
+def train_from_config(config: Union[str, os.PathLike, Mapping[str, Any]], overrides: Sequence[str] = ()) -> Path:
+    resolved = resolve_config(config, overrides)
+    known = {field.name for field in dataclasses.fields(DataConfig)}
+    section = resolved.get("data") or {}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise InputError(f"unknown key(s) in data: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    data = DataConfig(**section)
+    resolved["data"] = dataclasses.asdict(data)
+    model = XDiffusionConfig.from_dict(resolved["model"])
+    training_subjects, validation_subjects = split_subjects(data)
+    set_config = TrainingSetConfig(model.cube_size, data.variants_per_subject, data.synthetic_share, data.tumour_share, data.skull_strip_share, seed=data.seed)
+    cube_cache = Path(data.cube_cache) if data.cube_cache else Path(resolved["train"]["output_dir"]) / "cube_cache"
+    cubes = build_training_cubes(training_subjects, model.modalities, set_config, cube_cache, progress=print)
+    train_section = resolved["train"]
+    length = max(1000, train_section["steps"] * train_section["batch_size"] * train_section["grad_accum"])
+    samples = SampleGenerator(cubes, model.modalities, model.max_inputs, seed=data.seed, length=length)
+    validate = None
+    if validation_subjects:
+        validation_cubes = build_validation_cubes(validation_subjects, model.modalities, model.cube_size)
+        validate = make_validator(validation_cubes, model.modalities, model.max_inputs, data.validation_samples, data.validation_steps)
+    return train(resolved, samples=samples, validate=validate)
