@@ -1,0 +1,253 @@
+"""Compare a reconstruction with its ground truth: image fidelity, brain volume and, given labels, tumour agreement.
+
+Intensity rule: both volumes are mapped to [0, 1] by the *reference's* [0.5, 99.5] percentile range (over all its
+voxels) and clipped, so the prediction is judged in the reference's units and one bright outlier cannot set the
+scale. PSNR uses a data range of 1 and is capped at ``PSNR_CAP_DB`` (identical volumes give a finite, JSON-safe
+number instead of infinity). Every metric that cannot be computed is ``None`` (JSON ``null``), never NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+from skimage.metrics import structural_similarity
+
+from .errors import InputError
+from .geometry import plane_axis
+from .io import Volume, read_volume
+
+PSNR_CAP_DB = 100.0  # what an MSE of 0 (or below 1e-10) reports
+PERCENTILES = (0.5, 99.5)
+GRID_ATOL = 1e-4  # mm and direction cosines: NIfTI keeps geometry as float32 (about 1e-7 relative)
+SSIM_WINDOW = 7  # scikit-image's default window; every axis must be at least this long
+WHOLE_TUMOUR, TUMOUR_CORE, ENHANCING = (1, 2, 3), (1, 3), (3,)
+BRATS_LABELS = (0, 1, 2, 3, 4)  # 4 is the enhancing label of BraTS releases before 2023; read as 3
+METRIC_KEYS = (
+    "psnr",
+    "psnr_slice_mean",
+    "ssim",
+    "psnr_mask",
+    "ssim_mask",
+    "brain_volume_rel_err",
+    "dice_wt",
+    "dice_tc",
+    "dice_et",
+    "tumour_volume_ml_err",
+    "centroid_mm",
+)
+UNITS = {"psnr": "dB", "psnr_slice_mean": "dB", "psnr_mask": "dB", "tumour_volume_ml_err": "ml", "centroid_mm": "mm"}
+
+
+def check_same_grid(reference: Volume, other: Volume, name: str) -> None:
+    """Refuse ``other`` unless it lies voxel for voxel on the reference's grid: metrics compare voxels by index."""
+    ref, geo = reference.geometry, other.geometry
+    if ref.shape != geo.shape:
+        raise InputError(f"{name}: shape {list(geo.shape)} does not match the reference's {list(ref.shape)}")
+    if not geo.same_as(ref, atol=GRID_ATOL):
+        differing = [
+            part for part in ("spacing", "origin", "direction")
+            if not np.allclose(getattr(geo, part), getattr(ref, part), atol=GRID_ATOL)
+        ]
+        raise InputError(f"{name}: {' and '.join(differing)} differ from the reference's; resample it onto the reference grid")
+
+
+def _check_finite(volume: Volume, name: str) -> None:
+    if not np.isfinite(volume.array).all():
+        raise InputError(f"{name}: holds NaN or infinite voxels")
+
+
+def scale_to_reference(reference: np.ndarray, *arrays: np.ndarray) -> list[np.ndarray]:
+    """Map the reference and ``arrays`` by the reference's [0.5, 99.5] percentile range into [0, 1], clipped."""
+    low, high = np.percentile(reference, PERCENTILES)
+    if high <= low:
+        raise InputError("reference: its intensities are (almost) constant, so no intensity range can be set")
+    return [np.clip((np.asarray(a, dtype=np.float64) - low) / (high - low), 0.0, 1.0) for a in (reference, *arrays)]
+
+
+def psnr_from_mse(mse: np.ndarray | float) -> np.ndarray | float:
+    """PSNR for data range 1 (scikit-image's formula), capped at ``PSNR_CAP_DB`` so a perfect match stays finite."""
+    mse = np.asarray(mse, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        psnr = np.minimum(10.0 * np.log10(1.0 / mse), PSNR_CAP_DB)
+    return psnr if psnr.ndim else float(psnr)
+
+
+def _slice_psnr(reference: np.ndarray, prediction: np.ndarray, axis: int) -> np.ndarray:
+    """Per-slice PSNR of already scaled arrays; NaN where the scaled reference slice is constant (e.g. empty)."""
+    ref = np.moveaxis(reference, axis, 0).reshape(reference.shape[axis], -1)
+    pred = np.moveaxis(prediction, axis, 0).reshape(prediction.shape[axis], -1)
+    psnr = psnr_from_mse(np.mean((ref - pred) ** 2, axis=1))
+    return np.where(np.ptp(ref, axis=1) > 0, psnr, np.nan)
+
+
+def per_slice_psnr(reference: Volume, prediction: Volume, axis: int) -> np.ndarray:
+    """PSNR (dB) of every slice along array ``axis``, for profiles such as PSNR vs distance from the input slice.
+
+    Same scaling as ``evaluate_volumes``. Slices whose scaled reference is constant (empty background) have no
+    meaningful PSNR and are NaN, so indices stay aligned with the grid.
+    """
+    check_same_grid(reference, prediction, "prediction")
+    ref, pred = scale_to_reference(reference.array, prediction.array)
+    return _slice_psnr(ref, pred, axis)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two boolean masks; 1.0 when both are empty (both agree there is nothing there)."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def brain_mask(scaled: np.ndarray, threshold: float) -> np.ndarray:
+    """Voxels above ``threshold``, kept to the largest 6-connected component with its enclosed holes filled.
+
+    The component step drops background noise and skull fragments; hole filling takes in dark structures the brain
+    encloses (ventricles). The caller passes one threshold for both volumes so the rule is the same for each.
+    """
+    components, count = ndimage.label(scaled > threshold)
+    if count == 0:
+        return np.zeros(scaled.shape, dtype=bool)
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return ndimage.binary_fill_holes(components == int(np.argmax(sizes)))
+
+
+def _labels(segmentation: Volume, name: str) -> np.ndarray:
+    """Integer BraTS labels with 4 read as 3; anything else is refused rather than silently ignored."""
+    array = segmentation.array
+    labels = np.rint(array).astype(np.int64)
+    if not np.array_equal(labels, array):
+        raise InputError(f"{name}: holds non-integer values; a label map of BraTS labels 0-4 is needed")
+    unknown = sorted(set(np.unique(labels).tolist()) - set(BRATS_LABELS))
+    if unknown:
+        raise InputError(f"{name}: holds labels {unknown[:5]}; only BraTS labels 0-4 are understood")
+    labels[labels == 4] = 3
+    return labels
+
+
+def _tumour_metrics(reference: np.ndarray, prediction: np.ndarray, volume: Volume) -> dict[str, Optional[float]]:
+    """Dice per BraTS region, whole-tumour volume error (ml) and whole-tumour centroid distance (mm)."""
+    ref_wt, pred_wt = np.isin(reference, WHOLE_TUMOUR), np.isin(prediction, WHOLE_TUMOUR)
+    voxel_ml = float(np.prod(volume.geometry.spacing)) / 1000.0
+    centroid = None
+    if ref_wt.any() and pred_wt.any():
+        points = volume.geometry.index_to_physical(np.stack([np.argwhere(ref_wt).mean(0), np.argwhere(pred_wt).mean(0)]))
+        centroid = float(np.linalg.norm(points[1] - points[0]))
+    return {
+        "dice_wt": dice(ref_wt, pred_wt),
+        "dice_tc": dice(np.isin(reference, TUMOUR_CORE), np.isin(prediction, TUMOUR_CORE)),
+        "dice_et": dice(np.isin(reference, ENHANCING), np.isin(prediction, ENHANCING)),
+        "tumour_volume_ml_err": (int(pred_wt.sum()) - int(ref_wt.sum())) * voxel_ml,
+        "centroid_mm": centroid,
+    }
+
+
+def evaluate_volumes(
+    reference: Volume,
+    prediction: Volume,
+    mask: Optional[Volume] = None,
+    reference_segmentation: Optional[Volume] = None,
+    prediction_segmentation: Optional[Volume] = None,
+) -> dict[str, Optional[float]]:
+    """All metrics of ``METRIC_KEYS`` (``None`` where not computable), on the shared grid of all inputs.
+
+    - ``psnr``, ``ssim``: whole 3D volume (SSIM: scikit-image defaults, 7-voxel window, data range 1; ``None`` if an
+      axis is shorter than 7 voxels).
+    - ``psnr_slice_mean``: mean of per-slice PSNR along the reference's axial axis (the plane rule of
+      ``geometry.plane_axis``), as the X-Diffusion paper reports it; constant (empty) reference slices are skipped;
+      ``None`` if the axial axis is ambiguous on an oblique grid or every slice is skipped.
+    - ``psnr_mask``, ``ssim_mask``: inside ``mask`` (non-zero voxels), else inside ``reference > 0``; the SSIM map is
+      averaged over the mask. ``None`` for an empty mask.
+    - ``brain_volume_rel_err``: (pred - ref) / ref of the ``brain_mask`` voxel counts, both thresholded at the Otsu
+      threshold of the scaled reference.
+    - With both segmentations: ``dice_wt`` (labels 1-3), ``dice_tc`` (1, 3), ``dice_et`` (3; 4 counts as 3), each 1.0
+      when both are empty; ``tumour_volume_ml_err`` = predicted - reference whole-tumour volume; ``centroid_mm`` =
+      physical distance of the whole-tumour centroids (``None`` if either is empty).
+    """
+    inputs = {"prediction": prediction, "mask": mask, "reference segmentation": reference_segmentation,
+              "prediction segmentation": prediction_segmentation}
+    for name, volume in inputs.items():
+        if volume is not None:
+            check_same_grid(reference, volume, name)
+    _check_finite(reference, "reference")
+    _check_finite(prediction, "prediction")
+    if (reference_segmentation is None) != (prediction_segmentation is None):
+        raise InputError("give both the reference and the prediction segmentation, or neither")
+
+    ref, pred = scale_to_reference(reference.array, prediction.array)
+    metrics: dict[str, Optional[float]] = dict.fromkeys(METRIC_KEYS)
+    metrics["psnr"] = psnr_from_mse(np.mean((ref - pred) ** 2))
+    try:
+        slices = _slice_psnr(ref, pred, plane_axis(reference.geometry, "axial"))
+    except InputError:  # oblique grid with no clear axial axis: no slice direction to average along
+        slices = np.array([np.nan])
+    if not np.isnan(slices).all():
+        metrics["psnr_slice_mean"] = float(np.nanmean(slices))
+
+    inside = (mask.array != 0) if mask is not None else (reference.array > 0)
+    if inside.any():
+        metrics["psnr_mask"] = psnr_from_mse(np.mean((ref[inside] - pred[inside]) ** 2))
+    if min(ref.shape) >= SSIM_WINDOW:
+        ssim, ssim_map = structural_similarity(ref, pred, data_range=1.0, full=True)
+        metrics["ssim"] = float(ssim)
+        if inside.any():
+            metrics["ssim_mask"] = float(ssim_map[inside].mean())
+
+    threshold = float(threshold_otsu(ref))
+    ref_brain = int(brain_mask(ref, threshold).sum())
+    if ref_brain:
+        metrics["brain_volume_rel_err"] = (int(brain_mask(pred, threshold).sum()) - ref_brain) / ref_brain
+
+    if reference_segmentation is not None and prediction_segmentation is not None:
+        metrics.update(_tumour_metrics(_labels(reference_segmentation, "reference segmentation"),
+                                       _labels(prediction_segmentation, "prediction segmentation"), reference))
+    return metrics
+
+
+def evaluate_files(
+    reference: str | os.PathLike,
+    prediction: str | os.PathLike,
+    mask: Optional[str | os.PathLike] = None,
+    reference_segmentation: Optional[str | os.PathLike] = None,
+    prediction_segmentation: Optional[str | os.PathLike] = None,
+) -> dict[str, Optional[float]]:
+    """``evaluate_volumes`` on files, with every grid, NaN and label error naming the offending file."""
+    if (reference_segmentation is None) != (prediction_segmentation is None):
+        raise InputError("give both --reference-segmentation and --prediction-segmentation, or neither")
+    ref = read_volume(reference)
+    _check_finite(ref, str(reference))
+    paths = {"prediction": prediction, "mask": mask, "reference_segmentation": reference_segmentation,
+             "prediction_segmentation": prediction_segmentation}
+    volumes: dict[str, Optional[Volume]] = {role: None for role in paths}
+    for role, path in paths.items():
+        if path is not None:
+            volumes[role] = read_volume(path)
+            check_same_grid(ref, volumes[role], str(path))
+            if role == "prediction":
+                _check_finite(volumes[role], str(path))
+            if role.endswith("segmentation"):
+                _labels(volumes[role], str(path))
+    return evaluate_volumes(ref, **volumes)
+
+
+def format_json(metrics: dict[str, Optional[float]]) -> str:
+    """One JSON object; ``allow_nan=False`` guarantees it parses in strict JSON readers."""
+    return json.dumps({key: metrics.get(key) for key in METRIC_KEYS}, allow_nan=False)
+
+
+def format_table(metrics: dict[str, Optional[float]]) -> str:
+    """An aligned, human-readable table; ``n/a`` marks a metric that could not be computed."""
+    width = max(len(key) for key in METRIC_KEYS)
+    lines = []
+    for key in METRIC_KEYS:
+        value = metrics.get(key)
+        number = "n/a" if value is None else f"{value:.4f}"
+        lines.append(f"{key:<{width}}  {number:>10} {UNITS.get(key, '')}".rstrip())
+    return "\n".join(lines)
