@@ -102,6 +102,12 @@ def test_mask_limits_psnr_and_defaults_to_positive_reference():
 
     mask = reference.with_array(np.ones(SHAPE, dtype=np.uint8))
     assert evaluate_volumes(reference, prediction, mask)["psnr_mask"] == pytest.approx(metrics["psnr"])
+    noisy = reference.array.copy()
+    noisy[:4] += np.random.default_rng(3).normal(0.0, 100.0, noisy[:4].shape)
+    far = np.zeros(SHAPE, dtype=np.uint8)
+    far[8:] = 1  # more than the 3-voxel SSIM half-window away from the noise
+    far_metrics = evaluate_volumes(reference, reference.with_array(noisy), reference.with_array(far))
+    assert far_metrics["ssim"] < 0.99 and far_metrics["ssim_mask"] == pytest.approx(1.0)
     empty = reference.with_array(np.zeros(SHAPE, dtype=np.uint8))
     masked = evaluate_volumes(reference, prediction, empty)
     assert masked["psnr_mask"] is None and masked["ssim_mask"] is None

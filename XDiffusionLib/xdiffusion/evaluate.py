@@ -248,6 +248,6 @@ def format_table(metrics: dict[str, Optional[float]]) -> str:
     lines = []
     for key in METRIC_KEYS:
         value = metrics.get(key)
-        number = "n/a" if value is None else f"{value:.4f}"
-        lines.append(f"{key:<{width}}  {number:>10} {UNITS.get(key, '')}".rstrip())
+        text = f"{'n/a':>10}" if value is None else f"{value:10.4f} {UNITS.get(key, '')}".rstrip()
+        lines.append(f"{key:<{width}}  {text}")
     return "\n".join(lines)
