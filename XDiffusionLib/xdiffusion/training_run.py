@@ -74,7 +74,12 @@ def make_validator(cubes, modalities: Sequence[str], max_inputs: int, count: int
     """A fixed set of held-out samples; each validation generates them and scores PSNR/SSIM against the truth and
     against the extrude prior (the model must beat it to be worth running)."""
     generator = SampleGenerator(cubes, modalities, max_inputs, seed=seed)
-    samples = [generator[i] for i in range(count)]
+    samples, index = [], 0
+    while len(samples) < count:  # background-only targets would score a meaningless 100 dB for any method
+        sample = generator[index]
+        index += 1
+        if sample["target"][0].max() > -0.9:
+            samples.append(sample)
     batch = {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
     conditioning = {key: value for key, value in batch.items() if key != "target"}
     target = batch["target"][:, 0].numpy()

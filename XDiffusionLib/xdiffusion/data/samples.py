@@ -21,6 +21,7 @@ from ..io import Volume
 TUMOUR_LABELS = (1, 2, 3)
 AXIS_VIEW_SHARE, PRESET_VIEW_SHARE = 0.6, 0.3  # the rest are uniformly random rotations
 PRESET_VIEWS = 9
+MAX_DRAWS = 50
 
 
 @dataclass(frozen=True)
@@ -145,11 +146,16 @@ class SampleGenerator(torch.utils.data.Dataset):
         return random_rotation(rng)
 
     def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        cube = self.cubes[int(rng.integers(0, len(self.cubes)))]
-        side = cube.side
-        axis = int(rng.integers(0, 3))
-        positions = input_positions(rng, side, int(rng.integers(1, self.max_inputs + 1)))
-        raw_slices = [np.take(cube.image, p, axis=axis) for p in positions]
+        for _ in range(MAX_DRAWS):
+            cube = self.cubes[int(rng.integers(0, len(self.cubes)))]
+            side = cube.side
+            axis = int(rng.integers(0, 3))
+            positions = input_positions(rng, side, int(rng.integers(1, self.max_inputs + 1)))
+            raw_slices = [np.take(cube.image, p, axis=axis) for p in positions]
+            if max(float(s.max()) for s in raw_slices) > 0:
+                break  # a user never reconstructs from empty background slices; neither do we train on them
+        else:
+            raise InputError(f"{MAX_DRAWS} draws in a row gave only empty input slices: are the training cubes blank?")
         scale = IntensityScale.from_slices(raw_slices)
         slices = [geometry.CubeSlice(scale.normalise(s), axis, float((p - (side - 1) / 2) / (side / 2))) for s, p in zip(raw_slices, positions)]
         return build_sample(cube, scale, slices, self.choose_rotation(rng), int(rng.integers(0, side)), self.modalities.index(cube.modality), self.max_inputs)
