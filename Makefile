@@ -13,7 +13,7 @@ $(VENV)/.installed: XDiffusionLib/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_CPU)
-	$(PY) -m pip install -q -e 'XDiffusionLib[test,report]'
+	$(PY) -m pip install -q -e 'XDiffusionLib[test]'
 	touch $@
 
 demo: install

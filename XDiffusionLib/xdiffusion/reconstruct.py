@@ -156,6 +156,8 @@ def reconstruct(
             raise InputError("the xdiffusion method needs a model")
         modality = modality or pipeline.modalities[0]
         image, labels, spread, evaluations = _diffusion(inputs, pipeline, modality, progress, **sampling)
+        if progress is not None:
+            progress(1.0, "done")
         return Reconstruction(
             Volume(_paste_inputs(image, inputs), inputs.geometry, {"description": description}),
             Volume(labels, inputs.geometry, {"description": f"{description} tumour labels"}),

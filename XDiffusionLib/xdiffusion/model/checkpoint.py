@@ -194,6 +194,8 @@ def load_model(folder: Union[str, Path], device: Union[str, torch.device] = "cpu
         _load_into(autoencoder, states[VAE_WEIGHTS], "autoencoder", folder)
     parts = [unet, encoder] + ([autoencoder] if autoencoder is not None else [])
     for part in parts:
-        part.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        part.to(device).eval().requires_grad_(False)
+        if dtype != torch.float32:  # diffusers warns on every dtype cast, float32 included: cast only when needed
+            part.to(dtype)
     scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
     return XDiffusionModel(config, unet, encoder, autoencoder, scheduler_config, card)
