@@ -13,9 +13,9 @@ PROGRESS_MODES = ("text", "json")
 class ProgressReporter:
     """A progress callback with a time estimate; call it with (fraction done, stage)."""
 
-    def __init__(self, mode: Optional[str], stream: TextIO = sys.stderr):
+    def __init__(self, mode: Optional[str], stream: Optional[TextIO] = None):
         self.mode = mode
-        self.stream = stream
+        self.stream = stream if stream is not None else sys.stderr
         self.started = time.monotonic()
         self.last_text = 0.0
 

@@ -115,12 +115,16 @@ def interpolate(inputs: InputSlices) -> np.ndarray:
     return np.moveaxis(stacked.astype(np.float32), 0, inputs.axis)
 
 
-def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str, progress: Optional[ProgressCallback], **sampling) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    side = pipeline.config.cube_size
+def place_in_cube(inputs: InputSlices, side: int) -> tuple[list[geometry.CubeSlice], geometry.CubeFrame, IntensityScale]:
+    """The input slices on their cube planes, in model units, with the frame and scale that undo it."""
     frame = geometry.cube_frame_for_grid(inputs.geometry, side)
     scale = IntensityScale.from_slices(list(inputs.images))
     placed = [geometry.slice_to_cube(image, inputs.geometry, inputs.axis, index, frame) for image, index in zip(inputs.images, inputs.indices)]
-    slices = [geometry.CubeSlice(scale.normalise(p.image), p.axis, p.position) for p in placed]
+    return [geometry.CubeSlice(scale.normalise(p.image), p.axis, p.position) for p in placed], frame, scale
+
+
+def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str, progress: Optional[ProgressCallback], **sampling) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    slices, frame, scale = place_in_cube(inputs, pipeline.config.cube_size)
     result = pipeline(slices, modality, progress=progress, **sampling)
     image = geometry.cube_to_grid(scale.restore(result.image), frame, inputs.geometry)
     spread = geometry.cube_to_grid(result.uncertainty * scale.scale / 2.0, frame, inputs.geometry)
