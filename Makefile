@@ -14,6 +14,7 @@ $(VENV)/.installed: XDiffusionLib/pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_CPU)
 	$(PY) -m pip install -q -e 'XDiffusionLib[test]'
+	$(PY) -m pip install -q slicer-core==5.13.31053.0  # Slicer's MRML for Testing/test_slicer_scene.py
 	touch $@
 
 demo: install
