@@ -274,7 +274,7 @@ def test_progress_lines_and_messages():
 def test_the_sample_data_runs_through_the_scene(scene, tmp_path):
     files = xs.sample_data_files(ROOT / "XDiffusion")
     if files is None:
-        pytest.skip(f"sample data not in the checkout yet ({', '.join(xs.SAMPLE_FILES)} under Resources/SampleData)")
+        pytest.fail(f"sample data missing from the checkout ({', '.join(xs.SAMPLE_FILES)} under {xs.SAMPLE_FOLDER})")
     logic = slicer.vtkSlicerVolumesLogic()
     logic.SetMRMLScene(scene)
     image = logic.AddArchetypeVolume(str(files[0]), "sample T1")

@@ -28,7 +28,8 @@ RENDERING_PRESET = "MR-Default"
 UNCERTAINTY_COLORS = ("Inferno", "PET-Heat", "Iron")  # first one the scene has
 GRID_ATOL = 1e-4  # mm / direction cosines: the CLI writes outputs on the input grid; NRRD keeps it to 1e-12
 METRIC_UNITS = {"psnr": "dB", "psnr_slice_mean": "dB", "psnr_mask": "dB", "tumour_volume_ml_err": "ml", "centroid_mm": "mm"}
-SAMPLE_FILES = ("xdiffusion_sample_t1.nii.gz", "xdiffusion_sample_t1_seg.nii.gz")
+SAMPLE_FILES = ("sample_t1.nii.gz", "sample_t1_seg.nii.gz")
+SAMPLE_FOLDER = Path("XDiffusionLib") / "xdiffusion" / "sample_data"  # the library's own demo sample, one copy
 
 
 def generated_name(input_node, what: str) -> str:
@@ -353,9 +354,9 @@ class XDiffusionSceneLogic:
 
 
 def sample_data_files(module_dir: Path) -> Optional[tuple[Path, Path]]:
-    """The shipped sample (T1 volume, BraTS labels): beside the module when installed, at the repository root in a
-    source checkout; None when they are not there."""
-    for folder in (Path(module_dir) / "Resources" / "SampleData", Path(module_dir).parent / "Resources" / "SampleData"):
+    """The shipped sample (T1 volume, BraTS labels) inside the bundled library: beside the module when installed, at
+    the repository root in a source checkout; None when they are not there."""
+    for folder in (Path(module_dir) / SAMPLE_FOLDER, Path(module_dir).parent / SAMPLE_FOLDER):
         files = tuple(folder / name for name in SAMPLE_FILES)
         if all(f.is_file() for f in files):
             return files  # type: ignore[return-value]
