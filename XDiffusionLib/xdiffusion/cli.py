@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import Cancelled, InputError, XDiffusionError
+from .progress import end_progress_line
 
 DEFAULT_SAMPLING = {"views": 4, "steps": 12, "guidance": 1.0}
 
@@ -30,6 +31,20 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be within 0..2**63-1, got {value}")
+    return value
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 
@@ -62,6 +77,12 @@ def _check_output(path: Optional[str], inputs: Sequence[Path], flag: str) -> Opt
         raise InputError(f"{flag} {target}: folder {folder} is not writable")
     if any(target.resolve() == source.resolve() for source in inputs):
         raise InputError(f"{flag} {target} is the input file; refusing to overwrite the input")
+    try:  # os.access says yes to root everywhere; only a real file proves the folder takes writes (/proc, read-only mounts)
+        handle, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
+    except OSError as error:
+        raise InputError(f"{flag} {target}: cannot write into folder {folder} ({error.strerror or error})") from None
+    os.close(handle)
+    os.unlink(probe)
     return target
 
 
@@ -81,7 +102,6 @@ def _load_pipeline(args: argparse.Namespace):
 def run_reconstruct(args: argparse.Namespace) -> int:
     from .io import read_image, write_volume
     from .progress import ProgressReporter
-    from .reconstruct import reconstruct, select_slices, single_slice_input
 
     source = Path(args.input)
     outputs = [Path(p) for p in (args.output, args.segmentation_output, args.uncertainty_output) if p]
@@ -92,8 +112,12 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     uncertainty_output = _check_output(args.uncertainty_output, [source], "--uncertainty-output")
     if args.method != "xdiffusion" and (segmentation_output or uncertainty_output):
         raise InputError(f"--method {args.method} makes no segmentation or uncertainty; drop those outputs")
+    if args.atlas is not None and args.method != "atlas":
+        raise InputError("--atlas applies only to --method atlas")
 
     volume = read_image(source)
+    from .reconstruct import reconstruct, select_slices, single_slice_input  # after reading: a bad file fails fast
+
     if volume.is_slice:
         if args.slice_index:
             raise InputError("--slice-index does not apply to a single 2D slice (use --slice-position)")
@@ -109,7 +133,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     if args.method == "xdiffusion":
         pipeline, sampling = _load_pipeline(args)
         modality = args.modality or pipeline.model.model_card.get("default_modality", pipeline.modalities[0])
-    result = reconstruct(inputs, args.method, pipeline, modality, reporter, **sampling)
+    result = reconstruct(inputs, args.method, pipeline, modality, reporter, atlas=args.atlas, **sampling)
     write_volume(result.image, output)
     if segmentation_output is not None and result.segmentation is not None:
         write_volume(result.segmentation, segmentation_output)
@@ -176,11 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--modality", default=None, help="the input's contrast (default: the model card's)")
     rec.add_argument("--views", type=_positive, default=None, metavar="N")
     rec.add_argument("--steps", type=_positive, default=None, metavar="S")
-    rec.add_argument("--guidance", type=float, default=None, metavar="G")
-    rec.add_argument("--seed", type=int, default=0)
+    rec.add_argument("--guidance", type=_finite, default=None, metavar="G")
+    rec.add_argument("--seed", type=_seed, default=0)
     rec.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     rec.add_argument("--model", default=None, metavar="DIR")
-    rec.add_argument("--method", choices=("xdiffusion", "extrude", "interpolate"), default="xdiffusion")
+    rec.add_argument("--method", choices=("xdiffusion", "extrude", "interpolate", "atlas"), default="xdiffusion")
+    rec.add_argument("--atlas", default=None, metavar="PATH", help="--method atlas: template volume (default: the shipped ICBM 2009c T1 brain)")
     rec.add_argument("--segmentation-output", default=None, metavar="SEG")
     rec.add_argument("--uncertainty-output", default=None, metavar="UNC")
     rec.add_argument("--quiet", action="store_true")
@@ -224,12 +249,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = build_parser().parse_args(argv)
         return args.func(args)
     except XDiffusionError as error:
+        end_progress_line()
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     except (Cancelled, KeyboardInterrupt):
+        end_progress_line()
         print("error: cancelled; no output was written", file=sys.stderr)
         return 130
     except Exception as error:  # a bug: one line for the user, the traceback in a log for us
+        end_progress_line()
         handle, log = tempfile.mkstemp(prefix="xdiffusion-error-", suffix=".log")
         with os.fdopen(handle, "w") as stream:
             traceback.print_exc(file=stream)

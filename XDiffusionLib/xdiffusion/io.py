@@ -3,6 +3,10 @@
 Arrays are kept in ITK index order: ``array[i, j, k]`` is the voxel at ITK index (i, j, k), so column ``a`` of
 ``Geometry.direction`` is the physical (LPS) direction of array axis ``a``. SimpleITK's own arrays are (k, j, i);
 we transpose once, here, and nowhere else.
+
+Non-finite voxels: every reader refuses a NaN or infinite voxel anywhere in the image, in every format, with one
+line that counts them. (ITK's NIfTI reader silently turns NaN/Inf into 0, NRRD/MetaImage/DICOM keep them: refusing
+is the only behaviour that is the same for all formats, and no method, metric or training step can use NaN.)
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,16 +130,31 @@ def _check_header_size(path: Path) -> None:
         raise InputError(f"{path}: header declares {list(size)} voxels, too large to load")
 
 
+def _check_finite_voxels(array: np.ndarray, path: Path) -> None:
+    """Refuse any NaN or infinite voxel, in every format alike (see the module docstring)."""
+    if array.size == 0:
+        raise InputError(f"{path}: image is empty (an axis of length 0)")
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    finite = np.isfinite(array)
+    bad = int(finite.size - np.count_nonzero(finite))
+    if bad == finite.size:
+        raise InputError(f"{path}: image holds no finite values (all NaN or Inf)")
+    if bad:
+        raise InputError(f"{path}: image holds {bad} NaN or infinite voxel{'s' if bad > 1 else ''}; "
+                         "replace them with finite values first (XDiffusion reads no non-finite data)")
+
+
 def _check_nifti_data(path: Path) -> None:
-    """Refuse damaged NIfTI data: ITK's NIfTI reader zero-fills a truncated file and turns NaN/Inf into 0."""
+    """Refuse damaged NIfTI data: ITK's NIfTI reader zero-fills a truncated file and turns NaN/Inf into 0, so the
+    raw voxels are checked here, before ITK can hide them."""
     import nibabel
 
     try:
         raw = nibabel.load(str(path)).dataobj.get_unscaled()
     except Exception as error:  # nibabel reports damage with many exception types
         raise InputError(f"{path}: NIfTI data is truncated or corrupt ({_first_line(error)})") from None
-    if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).any():
-        raise InputError(f"{path}: image holds no finite values (all NaN or Inf)")
+    _check_finite_voxels(raw, path)
 
 
 def _first_line(error: Exception) -> str:
@@ -196,8 +216,7 @@ def _to_volume(image: sitk.Image, path: Path) -> Volume:
         direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     if array.size == 0:
         raise InputError(f"{path}: image is empty")
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).any():
-        raise InputError(f"{path}: image holds no finite values (all NaN or Inf)")
+    _check_finite_voxels(array, path)
     if np.any(np.asarray(spacing) <= 0) or abs(np.linalg.det(direction)) < 1e-6:
         raise InputError(f"{path}: image geometry is degenerate (spacing {list(spacing)})")
     description = image.GetMetaData(DESCRIPTION_KEY) if image.HasMetaDataKey(DESCRIPTION_KEY) else ""
@@ -237,12 +256,47 @@ def _umask() -> int:
     return mask
 
 
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:16] or "host"
+
+
+def _process_is_gone(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists (POSIX; never called on Windows)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive but someone else's, or unknown: keep its file
+        return False
+    return False
+
+
+def _remove_stale_parts(target: Path, folder: Path) -> None:
+    """Delete this target's hidden ``.part`` files left by writers on this host that no longer run (SIGKILL, power
+    loss). Only files named for ``target`` by a dead process of this host are touched, so concurrent writers into
+    other outputs (or on other hosts sharing the folder) are never disturbed."""
+    if os.name != "posix":
+        return
+    pattern = re.compile(re.escape(f".{target.name}.{_HOST}-") + r"(\d+)\.[A-Za-z0-9_]+" + re.escape(f".part{_suffix(target)}") + "$")
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match and entry.is_file(follow_symlinks=False) and _process_is_gone(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
 
-    The temporary name keeps the real suffix so writers pick the right format. A crash leaves the old file (or
-    nothing) at ``path``, never a partial one.
+    The temporary (``.NAME.HOST-PID.RANDOM.partSUFFIX``, hidden) keeps the real suffix so writers pick the right
+    format. An exception, Ctrl-C or SIGTERM removes it; a crash or SIGKILL leaves the old file (or nothing) at
+    ``path``, never a partial one, plus at most a stale ``.part`` file, which the next write of the same ``path``
+    deletes once its writer process is gone.
     """
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
@@ -250,7 +304,12 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise InputError(f"{target}: output folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise InputError(f"{target}: output folder {folder} is not writable")
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{_suffix(target)}", dir=folder)
+    _remove_stale_parts(target, folder)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.{_HOST}-{os.getpid()}.",
+                                             suffix=f".part{_suffix(target)}", dir=folder)
+    except OSError as error:
+        raise InputError(f"{target}: cannot write into {folder} ({error.strerror or error})") from None
     os.close(handle)
     temporary_path = Path(temporary)
     try:
@@ -281,5 +340,8 @@ def write_volume(volume: Volume, path: str | os.PathLike, description: str | Non
         text = " ".join(text.split())  # one header line
         image.SetMetaData(DESCRIPTION_KEY, text[:NIFTI_DESCRIPTION_LENGTH] if suffix in (".nii", ".nii.gz") else text)
     with atomic_output(target) as temporary:
-        sitk.WriteImage(image, str(temporary), useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
+        try:
+            sitk.WriteImage(image, str(temporary), useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
+        except RuntimeError as error:  # disk full, quota, a folder gone read-only meanwhile
+            raise InputError(f"{target}: cannot write ({_itk_reason(error)})") from None
     return target

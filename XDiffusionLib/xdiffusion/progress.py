@@ -8,6 +8,18 @@ import time
 from typing import Optional, TextIO
 
 PROGRESS_MODES = ("text", "json")
+_open_lines: set = set()  # streams a text bar has left without a final newline
+
+
+def end_progress_line() -> None:
+    """End a text bar's unfinished line, so a message printed next (an `error:` line) starts a line of its own."""
+    while _open_lines:
+        stream = _open_lines.pop()
+        try:
+            stream.write("\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 class ProgressReporter:
@@ -42,5 +54,8 @@ class ProgressReporter:
             self.stream.write(f"\r[{bar:<30}] {fraction * 100:5.1f}% {stage:<20}{tail}   ")
             if fraction >= 1.0:
                 self.stream.write("\n")
+                _open_lines.discard(self.stream)
+            else:
+                _open_lines.add(self.stream)
             self.stream.flush()
         return True

@@ -17,7 +17,7 @@ from .errors import InputError
 from .io import GENERATED_DESCRIPTION, Geometry, Volume
 from .pipeline import ProgressCallback, XDiffusionPipeline
 
-METHODS = ("xdiffusion", "extrude", "interpolate")
+METHODS = ("xdiffusion", "extrude", "interpolate", "atlas")
 # in-plane axes (as LPS directions) given to a 2D file that carries no orientation of its own, per plane
 SINGLE_SLICE_BASES = {
     "axial": np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]).T,
@@ -90,6 +90,8 @@ def single_slice_input(slice_volume: Volume, plane: Optional[str], slice_positio
 def _check_finite(images: np.ndarray) -> None:
     if not np.all(np.isfinite(images)):
         raise InputError("the input slices contain NaN or infinite values")
+    if np.issubdtype(images.dtype, np.floating) and np.abs(images).max() > np.finfo(np.float32).max:
+        raise InputError("the input slices hold values beyond float32's range (about 3.4e38); rescale the image first")
     if np.all(images == images.flat[0]):
         raise InputError("the input slices are constant (no image content to reconstruct from)")
 
@@ -136,8 +138,10 @@ def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str,
 def _paste_inputs(array: np.ndarray, inputs: InputSlices) -> np.ndarray:
     """Cast to the input's type and copy the given slices in, bit-exact."""
     if np.issubdtype(inputs.dtype, np.integer):
-        limits = np.iinfo(inputs.dtype)
-        array = np.clip(np.rint(array), limits.min, limits.max)
+        limits = np.iinfo(inputs.dtype)  # float64 bounds that cast back inside the type (2**63 - 1 rounds up to 2**63)
+        low, high = (np.float64(v) for v in (limits.min, limits.max))
+        high = high if int(high) <= limits.max else np.nextafter(high, -np.inf)
+        array = np.clip(np.rint(array.astype(np.float64)), low, high)
     output = array.astype(inputs.dtype)
     for image, index in zip(inputs.images, inputs.indices):
         np.moveaxis(output, inputs.axis, 0)[index] = image
@@ -150,10 +154,12 @@ def reconstruct(
     pipeline: Optional[XDiffusionPipeline] = None,
     modality: Optional[str] = None,
     progress: Optional[ProgressCallback] = None,
+    atlas: Optional[str] = None,
     **sampling,
 ) -> Reconstruction:
     """Reconstruct the volume on ``inputs.geometry`` with the model or a baseline (``views``, ``steps``, ``guidance``,
-    ``seed``, ``solver`` go to the pipeline)."""
+    ``seed``, ``solver`` go to the pipeline; ``atlas`` is the `atlas` baseline's template file, default the shipped
+    one)."""
     description = f"{GENERATED_DESCRIPTION} ({method})"
     if method == "xdiffusion":
         if pipeline is None:
@@ -172,6 +178,10 @@ def reconstruct(
         image = extrude(inputs)
     elif method == "interpolate":
         image = interpolate(inputs)
+    elif method == "atlas":
+        from .atlas import atlas_reconstruct, load_template
+
+        image = atlas_reconstruct(inputs, load_template(atlas))
     else:
         raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if progress is not None:
