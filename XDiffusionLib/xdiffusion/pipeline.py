@@ -2,10 +2,15 @@
 
 For each of N view rotations every slice of the view is generated, all views and slices in one batch per solver step
 (chunked to bound memory), guidance in the same batch; the views are realigned (R^T) and averaged.
+
+Memory: the chunk size (slices per U-Net call) is chosen from the free memory (GPU) or capped (CPU) unless given; a GPU
+out-of-memory error halves it and retries, saying so through the progress callback. On the CPU the whole run's memory
+is estimated first and a run that cannot fit is refused with the figures (`InputError`).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -17,7 +22,7 @@ from scipy import ndimage
 
 from . import geometry
 from .data.samples import conditioning_slots, sample_in_view
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, ModelError
 from .model import XDiffusionModel, decode_latent, denoiser_forward, encode_target, load_model
 
 SOLVERS = {
@@ -26,6 +31,46 @@ SOLVERS = {
     "ddim": (DDIMScheduler, {}),
 }
 ProgressCallback = Callable[[float, str], Optional[bool]]
+CPU_CHUNK = 256  # slices per U-Net call on a CPU: bigger batches buy nothing there, and bound the activations
+GPU_MEMORY_SHARE = 0.7  # of the free GPU memory, for one chunk's activations (the rest: allocator slack, cuDNN work)
+HOST_MEMORY_SHARE = 0.9  # of the available host memory a CPU run may plan to use
+GIB = 1024.0**3
+
+
+def available_host_memory() -> Optional[int]:
+    """Bytes the OS can give us now (MemAvailable; sysconf where /proc is missing); None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """A CUDA OOM, or the CPU allocator's refusal: both are retried with smaller chunks."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a run needs: per slice of one U-Net chunk (guidance included) and of one decode chunk, and the rest
+    (weights, conditioning, latents, the per-view volumes and their average), which does not shrink with chunks."""
+
+    unet_per_slice: int
+    decode_per_slice: int
+    fixed: int
+
+    def per_slice(self) -> int:
+        return max(self.unet_per_slice, self.decode_per_slice)
+
+    def total(self, chunk_size: int) -> int:
+        return self.fixed + chunk_size * self.per_slice()
 
 
 @dataclass
@@ -60,15 +105,118 @@ def known_view_slices(slices: Sequence[geometry.CubeSlice], rotation: np.ndarray
 class XDiffusionPipeline:
     """One object, one `__call__`, loadable with `from_pretrained(local_dir)` (diffusers style)."""
 
-    def __init__(self, model: XDiffusionModel, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, model: XDiffusionModel, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
+                 compile: Optional[bool] = None):
         self.model = model
         self.config = model.config
         self.device = torch.device(device)
         self.dtype = dtype
+        self._chunk = CPU_CHUNK
+        self._fraction = 0.0
+        self._unet_call = None
+        if self.device.type == "cuda":
+            self._prepare_cuda(os.environ.get("XDIFFUSION_COMPILE", "") == "1" if compile is None else compile)
 
     @classmethod
-    def from_pretrained(cls, folder: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32) -> "XDiffusionPipeline":
-        return cls(load_model(folder, device=device, dtype=dtype), device, dtype)
+    def from_pretrained(cls, folder: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
+                        compile: Optional[bool] = None) -> "XDiffusionPipeline":
+        return cls(load_model(folder, device=device, dtype=dtype), device, dtype, compile)
+
+    def _prepare_cuda(self, compile_unet: bool) -> None:
+        """GPU only (unmeasured here, no GPU on the build machine): cuDNN autotuning, TF32, channels-last weights
+        (convolutions in NHWC run on tensor cores without transposes), and optionally `torch.compile` of the U-Net
+        (worth its minute of compilation only for cohorts: set XDIFFUSION_COMPILE=1 or `compile=True`)."""
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        self.model.unet.to(memory_format=torch.channels_last)
+        if self.model.autoencoder is not None:
+            self.model.autoencoder.to(memory_format=torch.channels_last)
+        if compile_unet:
+            self._unet_call = torch.compile(self.model.unet, dynamic=True)
+
+    # --- memory -------------------------------------------------------------------------------------------------
+
+    def estimate_memory(self, count: int, guidance: float = 1.0, views: int = 0) -> MemoryEstimate:
+        """Peak bytes of sampling ``count`` slices (``views`` whole views when averaged afterwards), from the config.
+
+        U-Net activations per slice: its skip connections plus a working set of a dozen feature maps of the widest
+        level and the attention matrices (materialised by the CPU's attention); the decoder's likewise at full
+        resolution. Calibrated against measured peaks in benchmarks/scaling.py (docs/performance.md).
+        """
+        item = torch.finfo(self.dtype).bits // 8
+        u, s, side = self.config.unet, self.config.unet_size, self.config.cube_size
+        levels = len(u.block_out_channels)
+        skips, widest, attention = u.block_out_channels[0] * s * s, 0, 0
+        for level, channels in enumerate(u.block_out_channels):
+            r = s >> level
+            skips += channels * r * r * u.layers_per_block + (channels * (r // 2) ** 2 if level < levels - 1 else 0)
+            widest = max(widest, channels * r * r)
+            if u.cross_attention[level]:
+                heads = max(1, channels // u.attention_head_dim)
+                attention = max(attention, heads * (r * r) ** 2 + 8 * channels * r * r)  # scores + GEGLU inner
+        inputs = self.config.unet_in_channels * s * s
+        unet = (skips + 12 * widest + attention + inputs) * item * (2 if guidance != 1.0 else 1)
+        decode = 0
+        if self.model.autoencoder is not None:
+            blocks = self.model.autoencoder.config.block_out_channels
+            decode_widest = max(c * (side >> level) ** 2 for level, c in enumerate(blocks))
+            decode = (8 * decode_widest + (s * s) ** 2 + 4 * side * side) * item
+        weights = sum(p.numel() * p.element_size() for part in (self.model.unet, self.model.condition_encoder, self.model.autoencoder)
+                      if part is not None for p in part.parameters())
+        cube = side**3
+        latents = count * self.config.target_channels * s * s * 4 * 4  # latents, model output, scheduler history
+        conditioning = count * 2 * side * side * 4 + 40 * cube  # guess + known distance; sample points, extruded cube
+        volumes = views * 3 * 16 * cube + 130 * cube if views else count * 4 * side * side * 4  # decoded, per-view copies, averaging
+        return MemoryEstimate(int(unet), int(decode), int(weights + latents + conditioning + volumes))
+
+    def choose_chunk_size(self, estimate: MemoryEstimate, count: int, requested: Optional[int] = None) -> int:
+        """Slices per network call: ``requested`` if given, else what fits the free GPU memory, else CPU_CHUNK."""
+        if requested is not None:
+            return max(1, min(int(requested), count))
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)  # the weights are already resident, so not free
+            budget = GPU_MEMORY_SHARE * free
+            return max(1, min(count, int(budget // max(1, estimate.per_slice()))))
+        return max(1, min(count, CPU_CHUNK))
+
+    def check_host_memory(self, estimate: MemoryEstimate, chunk_size: int, available: Optional[int] = None) -> int:
+        """On the CPU: the chunk size that fits the available memory, or an InputError saying what the run needs."""
+        available = available_host_memory() if available is None else available
+        if available is None or self.device.type == "cuda":
+            return chunk_size
+        budget = HOST_MEMORY_SHARE * available
+        if estimate.total(1) > budget:
+            raise InputError(
+                f"this reconstruction needs about {estimate.total(1) / GIB:.1f} GB of memory but only "
+                f"{available / GIB:.1f} GB is available; use fewer --views, a smaller model, or a GPU")
+        fitting = int((budget - estimate.fixed) // max(1, estimate.per_slice()))
+        return max(1, min(chunk_size, fitting))
+
+    def _shrink_chunk(self, progress: Optional[ProgressCallback], error: BaseException) -> None:
+        where = "GPU memory" if isinstance(error, torch.cuda.OutOfMemoryError) else "memory"
+        if self._chunk <= 1:
+            raise ModelError(f"out of {where} even for one slice at a time ({' '.join(str(error).split())[:160]})") from None
+        self._chunk = max(1, self._chunk // 2)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self._report(progress, self._fraction, f"out of {where}: retrying with {self._chunk} slices per batch")
+
+    def _chunked(self, count: int, function: Callable[[int, int], torch.Tensor], progress: Optional[ProgressCallback]) -> torch.Tensor:
+        """``function(start, stop)`` over [0, count) in chunks of ``self._chunk``; an out-of-memory error halves the
+        chunk and retries the same rows (rows already done are kept)."""
+        parts, start = [], 0
+        while start < count:
+            stop = min(count, start + self._chunk)
+            try:
+                parts.append(function(start, stop))
+            except Exception as error:  # noqa: BLE001 - only out-of-memory errors are retried; others re-raised
+                if not _is_out_of_memory(error):
+                    raise
+                self._shrink_chunk(progress, error)
+                continue
+            start = stop
+        return torch.cat(parts)
 
     @property
     def modalities(self) -> list[str]:
@@ -92,45 +240,52 @@ class XDiffusionPipeline:
         count = len(rotations) * side
         slots = conditioning_slots(slices, side, self.config.max_inputs)
         depth = (np.arange(side) - (side - 1) / 2.0) / (side / 2.0)
+        shared = {key: torch.from_numpy(np.ascontiguousarray(slots[key], dtype=np.float32))[None] for key in
+                  ("inputs", "input_present", "input_plane", "input_position")}  # one copy, viewed per slice
         batch = {
-            "inputs": np.broadcast_to(slots["inputs"], (count, *slots["inputs"].shape)),
-            "input_present": np.broadcast_to(slots["input_present"], (count, self.config.max_inputs)),
-            "input_plane": np.broadcast_to(slots["input_plane"], (count, self.config.max_inputs)),
-            "input_position": np.broadcast_to(slots["input_position"], (count, self.config.max_inputs)),
             "guess": np.concatenate(guesses)[:, None],
             "known_distance": np.concatenate(knowns)[:, None],
             "rotation": np.repeat(rotations, side, axis=0),
             "depth": np.tile(depth, len(rotations)),
             "modality": np.full(count, modality),
         }
-        return {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for key, value in batch.items()}
+        tensors = {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for key, value in batch.items()}
+        return {**{key: value.expand(count, *value.shape[1:]) for key, value in shared.items()}, **tensors}
 
-    def _predict(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning: dict[str, torch.Tensor], guidance: float, chunk_size: int) -> torch.Tensor:
-        outputs = []
-        for start in range(0, latents.shape[0], chunk_size):
-            chunk = {key: value[start:start + chunk_size].to(self.device) for key, value in conditioning.items()}
-            noisy = latents[start:start + chunk_size].to(self.device, self.dtype)
+    def _predict(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning: dict[str, torch.Tensor], guidance: float,
+                 progress: Optional[ProgressCallback] = None) -> torch.Tensor:
+        unet = self._unet_call or self.model.unet
+        channels_last = self.device.type == "cuda"
+
+        def run(start: int, stop: int) -> torch.Tensor:
+            chunk = {key: value[start:stop].to(self.device) for key, value in conditioning.items()}
+            noisy = latents[start:stop].to(self.device, self.dtype)
+            if channels_last:
+                noisy = noisy.contiguous(memory_format=torch.channels_last)
             size = noisy.shape[0]
             if guidance == 1.0:
-                outputs.append(denoiser_forward(self.model.unet, self.model.condition_encoder, noisy, timestep.expand(size), chunk).float())
-                continue
+                return denoiser_forward(unet, self.model.condition_encoder, noisy, timestep.expand(size), chunk).float().cpu()
             doubled = {key: torch.cat([value, value]) for key, value in chunk.items()}
             drop = torch.cat([torch.zeros(size, dtype=torch.bool), torch.ones(size, dtype=torch.bool)]).to(self.device)
-            both = denoiser_forward(self.model.unet, self.model.condition_encoder, torch.cat([noisy, noisy]), timestep.expand(2 * size), doubled, drop).float()
+            both = denoiser_forward(unet, self.model.condition_encoder, torch.cat([noisy, noisy]), timestep.expand(2 * size), doubled, drop).float()
             conditional, unconditional = both[:size], both[size:]
-            outputs.append(unconditional + guidance * (conditional - unconditional))
-        return torch.cat(outputs).cpu()
+            return (unconditional + guidance * (conditional - unconditional)).cpu()
 
-    def _encode_known(self, known_images: torch.Tensor, predicted_x0: torch.Tensor) -> torch.Tensor:
+        return self._chunked(latents.shape[0], run, progress)
+
+    def _encode_known(self, known_images: torch.Tensor, predicted_x0: torch.Tensor, progress: Optional[ProgressCallback] = None) -> torch.Tensor:
         """Known image channel + the model's own current tumour estimate, in the space the U-Net denoises."""
         if self.model.autoencoder is None:
             target = predicted_x0.clone()
             target[:, 0] = known_images
             return target
-        with torch.no_grad():
-            decoded = decode_latent(self.model.autoencoder, predicted_x0.to(self.device, self.dtype), self.config.latent_scale).float().cpu()
-            decoded[:, 0] = known_images
-            return encode_target(self.model.autoencoder, decoded.to(self.device, self.dtype), self.config.latent_scale).float().cpu()
+
+        def run(start: int, stop: int) -> torch.Tensor:
+            decoded = decode_latent(self.model.autoencoder, self._to_device(predicted_x0[start:stop]), self.config.latent_scale).float().cpu()
+            decoded[:, 0] = known_images[start:stop]
+            return encode_target(self.model.autoencoder, self._to_device(decoded), self.config.latent_scale).float().cpu()
+
+        return self._chunked(predicted_x0.shape[0], run, progress)
 
     def _x0(self, scheduler, latents: torch.Tensor, output: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         alpha = scheduler.alphas_cumprod[int(timestep)].to(torch.float32)
@@ -149,7 +304,7 @@ class XDiffusionPipeline:
         guidance: float = 1.0,
         seed: int = 0,
         solver: str = "dpmsolver++",
-        chunk_size: int = 256,
+        chunk_size: Optional[int] = None,
         data_consistency: bool = True,
         progress: Optional[ProgressCallback] = None,
     ) -> CubeReconstruction:
@@ -158,9 +313,11 @@ class XDiffusionPipeline:
             raise InputError("at least one input slice is needed")
         if modality not in self.config.modalities:
             raise InputError(f"modality {modality!r} is not known to this model (it knows {', '.join(self.config.modalities)})")
-        if steps < 1 or views < 1 or chunk_size < 1:
+        if steps < 1 or views < 1 or (chunk_size is not None and chunk_size < 1):
             raise InputError("steps, views and chunk size must be at least 1")
-        side, size = self.config.cube_size, self.config.unet_size
+        side = self.config.cube_size
+        estimate = self.estimate_memory(views * side, guidance, views)
+        chunk_size = self.check_host_memory(estimate, self.choose_chunk_size(estimate, views * side, chunk_size))
         rotations = geometry.view_rotations(views)
         conditioning = self._conditioning(slices, rotations, self.config.modalities.index(modality))
         known = [known_view_slices(slices, rotation, side) if data_consistency else {} for rotation in rotations]
@@ -182,7 +339,7 @@ class XDiffusionPipeline:
         guidance: float = 1.0,
         seed: int = 0,
         solver: str = "dpmsolver++",
-        chunk_size: int = 256,
+        chunk_size: Optional[int] = None,
         known_rows: Sequence[int] = (),
         known_images: Optional[torch.Tensor] = None,
         progress: Optional[ProgressCallback] = None,
@@ -190,8 +347,12 @@ class XDiffusionPipeline:
         """Denoise a batch of independent target slices (all sharing each solver step) and decode them.
 
         Returns (B, 4, S, S) in model units (image, then tumour channels) and the number of U-Net evaluations.
+        ``chunk_size`` (slices per network call) defaults to what fits (see ``choose_chunk_size``).
         """
         count, size = conditioning["depth"].shape[0], self.config.unet_size
+        if chunk_size is None:
+            chunk_size = self.choose_chunk_size(self.estimate_memory(count, guidance), count)
+        self._chunk, self._fraction = max(1, int(chunk_size)), 0.0
         scheduler = self.make_scheduler(solver)
         scheduler.set_timesteps(steps)
         generator = torch.Generator().manual_seed(int(seed))
@@ -200,24 +361,31 @@ class XDiffusionPipeline:
         evaluations = 0
         for number, timestep in enumerate(scheduler.timesteps):
             model_input = scheduler.scale_model_input(latents, timestep)
-            output = self._predict(model_input, timestep.reshape(1), conditioning, guidance, chunk_size)
+            output = self._predict(model_input, timestep.reshape(1), conditioning, guidance, progress)
             evaluations += count * (1 if guidance == 1.0 else 2)
             if known_rows:
-                clean = self._encode_known(known_images, self._x0(scheduler, latents, output, timestep)[known_rows])
+                clean = self._encode_known(known_images, self._x0(scheduler, latents, output, timestep)[known_rows], progress)
             latents = scheduler.step(output, timestep, latents).prev_sample
             if known_rows:
                 following = scheduler.timesteps[number + 1] if number + 1 < len(scheduler.timesteps) else None
                 noise = torch.randn(clean.shape, generator=generator)
                 latents[known_rows] = clean if following is None else scheduler.add_noise(clean, noise, following.reshape(1))
-            self._report(progress, 0.9 * (number + 1) / steps, f"step {number + 1}/{steps}")
-        return self._decode(latents, chunk_size), evaluations
+            self._fraction = 0.9 * (number + 1) / steps
+            self._report(progress, self._fraction, f"step {number + 1}/{steps}")
+        return self._decode(latents, progress), evaluations
 
-    def _decode(self, latents: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    def _decode(self, latents: torch.Tensor, progress: Optional[ProgressCallback] = None) -> torch.Tensor:
         if self.model.autoencoder is None:
             return latents.clamp(-1.0, 2.0)
-        parts = [decode_latent(self.model.autoencoder, latents[i:i + chunk_size].to(self.device, self.dtype), self.config.latent_scale).float().cpu()
-                 for i in range(0, latents.shape[0], chunk_size)]
-        return torch.cat(parts).clamp(-1.0, 2.0)
+
+        def run(start: int, stop: int) -> torch.Tensor:
+            return decode_latent(self.model.autoencoder, self._to_device(latents[start:stop]), self.config.latent_scale).float().cpu()
+
+        return self._chunked(latents.shape[0], run, progress).clamp(-1.0, 2.0)
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        moved = tensor.to(self.device, self.dtype)
+        return moved.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" and moved.ndim == 4 else moved
 
     @staticmethod
     def _report(progress: Optional[ProgressCallback], fraction: float, stage: str) -> None:
