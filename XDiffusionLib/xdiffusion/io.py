@@ -334,6 +334,11 @@ def write_volume(volume: Volume, path: str | os.PathLike, description: str | Non
     suffix = _suffix(target)
     if suffix not in WRITABLE_SUFFIXES:
         raise InputError(f"{target}: unsupported output type; use one of {', '.join(WRITABLE_SUFFIXES)}")
+    array = volume.array
+    if array.dtype == np.float16 or array.dtype == np.bool_:  # no file format here stores them: widen exactly
+        volume = volume.with_array(array.astype(np.float32 if array.dtype == np.float16 else np.uint8))
+    elif array.dtype.kind not in "iuf" or array.dtype.itemsize > 8:
+        raise InputError(f"{target}: cannot write voxels of type {array.dtype}; use an integer or float32/float64 array")
     image = to_sitk(volume)
     text = description if description is not None else volume.metadata.get("description")
     if text:
