@@ -13,7 +13,7 @@ from typing import Sequence
 
 from xdiffusion.cli import main
 
-EXAMPLES = int(os.environ.get("XDIFFUSION_FUZZ_EXAMPLES", "15"))  # a long run: XDIFFUSION_FUZZ_EXAMPLES=2000
+EXAMPLES = int(os.environ.get("XDIFFUSION_FUZZ_EXAMPLES", "25"))  # a long run: XDIFFUSION_FUZZ_EXAMPLES=2000
 
 
 def listing(*folders: Path) -> set[str]:
@@ -52,6 +52,12 @@ def run_process(argv: Sequence[str], timeout: float = 300, **kwargs) -> subproce
     """`python -m xdiffusion.cli ARGV` as a real process."""
     return subprocess.run([sys.executable, "-m", "xdiffusion.cli", *map(str, argv)], capture_output=True, text=True,
                           timeout=timeout, **kwargs)
+
+
+def start_process(argv: Sequence[str], **kwargs) -> subprocess.Popen:
+    """`python -m xdiffusion.cli ARGV` started, not awaited (text pipes for stdout and stderr)."""
+    return subprocess.Popen([sys.executable, "-m", "xdiffusion.cli", *map(str, argv)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
 
 
 def assert_process_refused(argv: Sequence[str], *folders: Path, fragments: Sequence[str] = ()) -> str:

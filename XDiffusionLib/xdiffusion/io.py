@@ -148,8 +148,18 @@ def _check_finite_voxels(array: np.ndarray, path: Path) -> None:
 def _check_nifti_data(path: Path) -> None:
     """Refuse damaged NIfTI data: ITK's NIfTI reader zero-fills a truncated file and turns NaN/Inf into 0, so the
     raw voxels are checked here, before ITK can hide them."""
+    import gzip
+    import zlib
+
     import nibabel
 
+    if _suffix(path) == ".nii.gz":  # nibabel and ITK stop at the data's end: a cut gzip trailer would go unseen
+        try:
+            with gzip.open(path, "rb") as stream:
+                while stream.read(1 << 22):
+                    pass
+        except (OSError, EOFError, zlib.error) as error:
+            raise InputError(f"{path}: NIfTI data is truncated or corrupt ({_first_line(error)})") from None
     try:
         raw = nibabel.load(str(path)).dataobj.get_unscaled()
     except Exception as error:  # nibabel reports damage with many exception types
