@@ -144,6 +144,28 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_reconstruct_cohort(args: argparse.Namespace) -> int:
+    from .cohort import format_summary, reconstruct_file, run_cohort
+
+    def make_reconstructor(state):
+        pipeline, sampling, modality = None, {}, args.modality
+        if args.method == "xdiffusion":
+            if state.device.type == "cuda":
+                import torch
+
+                torch.cuda.set_device(state.device)  # one GPU per process
+                args.device = "cuda" if args.device == "auto" else args.device
+            pipeline, sampling = _load_pipeline(args)
+            modality = args.modality or pipeline.model.model_card.get("default_modality", pipeline.modalities[0])
+        return lambda source, output: reconstruct_file(source, output, args.method, pipeline, modality, args.plane, args.slice_index, **sampling)
+
+    rows, summary = run_cohort(args.input, args.output_dir, make_reconstructor, log=lambda line: print(line, file=sys.stderr))
+    if summary is not None:
+        print(format_summary(rows))
+        print(f"summary: {summary}")
+    return 2 if any(row.status == "failed" for row in rows) else 0
+
+
 def run_demo(args: argparse.Namespace) -> int:
     import time
 
@@ -211,6 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--quiet", action="store_true")
     rec.add_argument("--progress", choices=("text", "json"), default="text")
     rec.set_defaults(func=run_reconstruct)
+
+    cohort = commands.add_parser("reconstruct-cohort", help="reconstruct every volume of a folder or CSV (resumable; accelerate launch shards it)")
+    cohort.add_argument("input", metavar="INPUT_FOLDER_OR_CSV", help="folder of volumes, or CSV with an input (and optional output) column")
+    cohort.add_argument("-o", "--output-dir", required=True, metavar="OUTPUT_DIR")
+    cohort.add_argument("--plane", choices=("axial", "coronal", "sagittal"), default=None)
+    cohort.add_argument("--slice-index", type=int, nargs="+", default=None, metavar="I", help="raw 0-based index (default: n // 2)")
+    cohort.add_argument("--modality", default=None)
+    cohort.add_argument("--views", type=_positive, default=None, metavar="N")
+    cohort.add_argument("--steps", type=_positive, default=None, metavar="S")
+    cohort.add_argument("--guidance", type=_finite, default=None, metavar="G")
+    cohort.add_argument("--seed", type=_seed, default=0)
+    cohort.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    cohort.add_argument("--model", default=None, metavar="DIR")
+    cohort.add_argument("--method", choices=("xdiffusion", "extrude", "interpolate"), default="xdiffusion")
+    cohort.set_defaults(func=run_reconstruct_cohort)
 
     demo = commands.add_parser("demo", help="reconstruct the shipped sample brain from one slice and compare")
     demo.add_argument("--output-dir", default="xdiffusion-demo", metavar="DIR")
