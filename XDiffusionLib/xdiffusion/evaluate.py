@@ -251,3 +251,43 @@ def format_table(metrics: dict[str, Optional[float]]) -> str:
         text = f"{'n/a':>10}" if value is None else f"{value:10.4f} {UNITS.get(key, '')}".rstrip()
         lines.append(f"{key:<{width}}  {text}")
     return "\n".join(lines)
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> Optional[float]:
+    """Area under the ROC curve of ``scores`` separating ``positive`` from the rest (Mann-Whitney U with average
+    ranks for ties: 0.5 = no better than chance, 1 = every positive scores above every negative). ``None`` when one
+    class is empty."""
+    from scipy.stats import rankdata
+
+    scores, positive = np.ravel(scores).astype(np.float64), np.ravel(positive).astype(bool)
+    count_pos, count_neg = int(positive.sum()), int((~positive).sum())
+    if count_pos == 0 or count_neg == 0:
+        return None
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - count_pos * (count_pos + 1) / 2.0) / (count_pos * count_neg))
+
+
+def uncertainty_ranking(reference: Volume, prediction: Volume, uncertainty: Volume, mask: Optional[np.ndarray] = None) -> dict[str, Optional[float]]:
+    """Does the per-voxel uncertainty rank the errors? Inside ``mask`` (default ``reference > 0``), with |error| in
+    the scaled units of ``evaluate_volumes``:
+
+    - ``uncertainty_spearman``: Spearman rank correlation of uncertainty and |error|;
+    - ``uncertainty_auroc``: AUROC of uncertainty for telling voxels whose |error| is above the median from the rest.
+
+    ``None`` where undefined (constant uncertainty or too few voxels). Pass a mask without the given input slices:
+    they are exact, and would reward any map that is zero there.
+    """
+    from scipy.stats import spearmanr
+
+    for name, volume in (("prediction", prediction), ("uncertainty", uncertainty)):
+        check_same_grid(reference, volume, name)
+    inside = np.asarray(mask, dtype=bool) if mask is not None else reference.array > 0
+    ref, pred = scale_to_reference(reference.array, prediction.array)
+    error = np.abs(ref - pred)[inside]
+    spread = np.asarray(uncertainty.array, dtype=np.float64)[inside]
+    result: dict[str, Optional[float]] = {"uncertainty_spearman": None, "uncertainty_auroc": None}
+    if error.size < 10 or np.ptp(spread) == 0 or np.ptp(error) == 0:
+        return result
+    result["uncertainty_spearman"] = float(spearmanr(spread, error).statistic)
+    result["uncertainty_auroc"] = auroc(spread, error > np.median(error))
+    return result
