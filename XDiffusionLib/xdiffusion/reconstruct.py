@@ -7,15 +7,17 @@ peek at the answer. Outputs carry the input's geometry exactly, and the input sl
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from . import geometry
-from .data.samples import IntensityScale
 from .errors import InputError
 from .io import GENERATED_DESCRIPTION, Geometry, Volume
-from .pipeline import ProgressCallback, XDiffusionPipeline
+
+if TYPE_CHECKING:  # torch and diffusers load only when the model runs: the baselines and bad inputs start fast
+    from .data.samples import IntensityScale
+    from .pipeline import ProgressCallback, XDiffusionPipeline
 
 METHODS = ("xdiffusion", "extrude", "interpolate", "atlas")
 # in-plane axes (as LPS directions) given to a 2D file that carries no orientation of its own, per plane
@@ -119,6 +121,8 @@ def interpolate(inputs: InputSlices) -> np.ndarray:
 
 def place_in_cube(inputs: InputSlices, side: int) -> tuple[list[geometry.CubeSlice], geometry.CubeFrame, IntensityScale]:
     """The input slices on their cube planes, in model units, with the frame and scale that undo it."""
+    from .data.samples import IntensityScale
+
     frame = geometry.cube_frame_for_grid(inputs.geometry, side)
     scale = IntensityScale.from_slices(list(inputs.images))
     placed = [geometry.slice_to_cube(image, inputs.geometry, inputs.axis, index, frame) for image, index in zip(inputs.images, inputs.indices)]
