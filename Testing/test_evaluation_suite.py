@@ -1,0 +1,136 @@
+"""The evaluation suite and report end to end on a tiny model, the atlas baseline, and the uncertainty metrics."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from conftest import oriented_volume, smooth_head
+from test_pipeline import tiny_model
+from xdiffusion.atlas import atlas_reconstruct, intensity_lookup
+from xdiffusion.data.tumour import paint_tumour
+from xdiffusion.evaluate import auroc, uncertainty_ranking
+from xdiffusion.io import Volume
+from xdiffusion.model import save_model
+from xdiffusion.pipeline import XDiffusionPipeline
+from xdiffusion.reconstruct import reconstruct, select_slices
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import evaluation_suite as suite  # noqa: E402
+import make_report  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    model = tiny_model()
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    save_model(folder, model.unet, model.condition_encoder, None, model.scheduler_config, model.config,
+               {"default_sampling": {"views": 2, "steps": 2}, "default_modality": "t1"})
+    return folder
+
+
+def synthetic_cases() -> dict[str, suite.Case]:
+    """A 20 x 22 x 18 head on 4 mm voxels, healthy and with a synthetic tumour."""
+    image = oriented_volume(smooth_head((20, 22, 18), seed=3), np.eye(3), spacing=(4.0, 4.0, 4.0), origin=(-40.0, -44.0, -36.0))
+    mask = image.array > 0
+    painted, labels = paint_tumour(image.array, mask, "t1", np.random.default_rng(0), image.geometry.spacing)
+    empty = image.with_array(np.zeros(image.geometry.shape, dtype=np.uint8))
+    return {"healthy": suite.Case("healthy", image, mask, empty, "t1"),
+            "tumour0": suite.Case("tumour0", image.with_array(painted), mask, image.with_array(labels), "t1", tumour_seed=0)}
+
+
+def test_auroc_on_constructed_cases():
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)  # 3 of 4 positive/negative pairs ordered
+    assert auroc([1, 2, 3, 4], [0, 0, 1, 1]) == 1.0
+    assert auroc([4, 3, 2, 1], [0, 0, 1, 1]) == 0.0
+    assert auroc([5, 5, 5, 5], [0, 1, 0, 1]) == 0.5  # ties count a half
+    assert auroc([1, 2], [1, 1]) is None
+
+
+def test_uncertainty_ranking_rewards_a_map_that_tracks_the_error():
+    reference = oriented_volume(smooth_head((16, 16, 16)), np.eye(3))
+    rng = np.random.default_rng(0)
+    spread = rng.uniform(0.0, 1.0, reference.geometry.shape).astype(np.float32)
+    prediction = reference.with_array(reference.array - 10.0 * spread)  # below the reference: no clipping
+    good = uncertainty_ranking(reference, prediction, reference.with_array(spread))
+    assert good["uncertainty_spearman"] > 0.95 and good["uncertainty_auroc"] > 0.95
+    bad = uncertainty_ranking(reference, prediction, reference.with_array(-spread))
+    assert bad["uncertainty_auroc"] < 0.05
+    noise = uncertainty_ranking(reference, prediction, reference.with_array(rng.uniform(size=spread.shape)))
+    assert abs(noise["uncertainty_auroc"] - 0.5) < 0.05
+
+
+def test_atlas_registration_beats_the_unregistered_template():
+    """The template is a shifted, scaled, contrast-changed copy of the target: registering the input slice to it must
+    bring the whole guessed volume closer to the truth than the template as it was placed."""
+    target = oriented_volume(smooth_head((48, 52, 24), seed=1), np.eye(3), spacing=(2.0, 2.0, 2.0))
+    zoom = np.array([[1.12, 0.05, 0], [0.0, 0.92, 0], [0, 0, 1]])
+    centre = (np.asarray(target.geometry.shape) - 1) / 2.0
+    moved = ndimage.affine_transform(target.array, zoom, offset=centre - zoom @ centre + np.array([4.0, -3.0, 0.0]), order=1)
+    template = target.with_array((0.5 * moved + 30.0 * (moved > 0)).astype(np.float32))
+    inputs = select_slices(target, "axial")
+    registered = atlas_reconstruct(inputs, template)
+    unregistered = atlas_reconstruct(inputs, template, register=False)
+    error = lambda guess: float(np.mean((guess - target.array) ** 2))  # noqa: E731
+    assert error(registered) < 0.6 * error(unregistered)
+    assert registered.shape == target.geometry.shape
+
+
+def test_atlas_method_through_reconstruct_pastes_the_input(tmp_path):
+    target = oriented_volume((smooth_head((24, 26, 20)) * 3).astype(np.int16), np.diag([-1.0, -1.0, 1.0]), spacing=(4.0, 4.0, 4.0))
+    result = reconstruct(select_slices(target, "coronal", [8, 14]), "atlas")
+    assert result.image.array.dtype == np.int16 and result.image.geometry.same_as(target.geometry)
+    np.testing.assert_array_equal(result.image.array[:, [8, 14], :], target.array[:, [8, 14], :])
+    assert "atlas" in result.image.metadata["description"]
+
+
+def test_intensity_lookup_can_invert_a_contrast():
+    template = np.linspace(0, 100, 1000)
+    x, y = intensity_lookup(template, np.where(template > 0, 200.0 - template, 0.0))
+    assert np.interp(20.0, x, y) > np.interp(80.0, x, y)
+
+
+def test_suite_and_report_end_to_end_on_a_tiny_model(tmp_path, model_dir):
+    pipeline = XDiffusionPipeline.from_pretrained(model_dir)
+    defaults = {"views": 2, "steps": 2, "guidance": 1.0, "solver": "dpmsolver++"}
+    grid = suite.GRIDS["quick"]
+    cases = synthetic_cases()
+    logged = []
+    summary = suite.run_suite(grid, cases, pipeline, defaults, "tiny", tmp_path / "evaluation", log=logged.append)
+    assert summary["made"] == summary["planned"] > 20 and summary["reused"] == 0
+    records = [json.loads(p.read_text()) for p in (tmp_path / "evaluation" / "runs").glob("*.json")]
+    assert len(records) == summary["made"] and all("metrics" in r for r in records), [r.get("error") for r in records]
+    methods = {r["run"]["method"] for r in records}
+    assert methods == {"xdiffusion", "official", "atlas", "extrude", "interpolate"}
+    official = [r for r in records if r["run"]["method"] == "official"]
+    assert all(r["run"]["sampling"]["steps"] == 50 and r["run"]["sampling"]["guidance"] == 7.5 for r in official)
+    model_runs = [r for r in records if r["run"]["method"] == "xdiffusion" and r["run"]["case"] == "tumour0"]
+    assert all(r["metrics"]["dice_wt"] is not None for r in model_runs)
+    assert any(r["metrics"].get("uncertainty_auroc") is not None for r in model_runs)
+    assert all(r["profile"]["distance_mm"] and min(r["profile"]["distance_mm"]) > 0 for r in records)
+
+    again = suite.run_suite(grid, cases, pipeline, defaults, "tiny", tmp_path / "evaluation", log=logged.append)
+    assert again["made"] == 0 and again["reused"] == summary["planned"]
+
+    docs = tmp_path / "docs"
+    make_report.main(["--results", str(tmp_path / "evaluation"), "--docs", str(docs)])
+    text = (docs / "results.md").read_text()
+    for needle in ("Headline", "Method × K × plane", "Ablations", "Tumour agreement", "Brain volume", "Gallery", "reproduce"):
+        assert needle in text
+    for name in ("method_k", "profile", "views_steps", "dice", "brain_volume", "gallery"):
+        assert (docs / "images" / f"results_{name}.png").stat().st_size > 1000
+    page = (docs / "results.html").read_text()
+    assert page.count("data:image/png;base64,") == 6 and "<table>" in page
+
+
+def test_input_indices_spread_around_the_middle():
+    assert suite.input_indices(78, 1) == [39]
+    assert suite.input_indices(78, 3) == [26, 39, 52]
+    assert suite.input_indices(120, 2) == [50, 70]
+    with pytest.raises(Exception):
+        suite.input_indices(2, 4)
