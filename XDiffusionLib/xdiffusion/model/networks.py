@@ -45,7 +45,8 @@ def init_unet_from_pretrained(local_dir: Union[str, Path], config: XDiffusionCon
     if not (folder / "unet" / "config.json").is_file():
         raise ModelError(f"no diffusers U-Net at {folder / 'unet'} (expected config.json and weights there)")
     try:
-        source = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True)
+        source = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", local_files_only=True,
+                                                      use_safetensors=True)  # never a pickled .bin from a download
     except Exception as error:  # diffusers raises many types for unreadable folders; the user needs one line
         raise ModelError(f"cannot load the pretrained U-Net in {folder}: {str(error).splitlines()[0]}") from None
     found = {
