@@ -109,7 +109,7 @@ GRIDS = {
     "quick": Grid("quick", tumour_seeds=(0,), planes=("axial", "coronal"), ks=(1, 2), official_ks=(1,), official_cases=("tumour0",), views=(1, 2),
                   steps=(2, 3), guidance=(1.0, 2.0), solvers=("dpmsolver++", "ddim"), ood=False),
     # the published report: ~35 min on 2 CPU cores with the shipped model (docs/results.md gives the measured time)
-    "standard": Grid("standard", tumour_seeds=(0, 1), official_planes=("axial", "coronal", "sagittal")),
+    "standard": Grid("standard", tumour_seeds=(0, 1)),
     # more seeds everywhere: about 3x the standard grid
     "full": Grid("full", tumour_seeds=(0, 1, 2), sampling_seeds=(0, 1), official_planes=PLANES,
                  ablation_cases=("tumour0", "tumour1"), ablation_seeds=(0, 1), steps=(4, 8, 12, 25, 50),
@@ -164,6 +164,42 @@ def plan_runs(grid: Grid, cases: dict[str, Case], defaults: dict) -> list[Run]:
                         if method != "interpolate" or k >= 2:
                             runs.append(Run("ood", case, plane, k, method, base if method == "xdiffusion" else (), 0))
     return runs
+
+
+def case_names(grid: Grid) -> dict[str, object]:
+    """The case names (and domains) a grid makes, without building any volume: for planning and cost estimates."""
+    from types import SimpleNamespace
+
+    names = (["healthy"] if grid.include_healthy else []) + [f"tumour{seed}" for seed in grid.tumour_seeds]
+    cases = {name: SimpleNamespace(domain="in-domain") for name in names}
+    if grid.ood:
+        for name in (f"aniso-tumour{grid.tumour_seeds[0]}", f"flairlike-tumour{grid.tumour_seeds[0]}"):
+            cases[name] = SimpleNamespace(domain="out-of-domain")
+    return cases
+
+
+def cost_units(run: Run) -> float:
+    """Relative sampling cost of a run: views x steps x (2 with guidance), 0 for the baselines."""
+    if run.method not in ("xdiffusion", "official"):
+        return 0.0
+    sampling = dict(run.sampling)
+    return float(sampling["views"] * sampling["steps"] * (1 if float(sampling["guidance"]) == 1.0 else 2))
+
+
+def priority(run: Run) -> int:
+    """Order of making, so a suite cut short by --limit-minutes still has the headline: main K = 1 and 3 first,
+    then the official sampling, the ablations, main K = 2 and 4, out of domain last."""
+    if run.group == "main":
+        return 0 if run.k in (1, 3) else 3
+    return {"official": 1, "ood": 4}.get(run.group, 2)
+
+
+def grid_plan(grid: Grid, defaults: dict, cases: Optional[dict] = None) -> list[Run]:
+    """The distinct runs of a grid (first group wins, so a run shared by the main table and an ablation is made once)."""
+    first: dict[str, Run] = {}
+    for run in plan_runs(grid, cases if cases is not None else case_names(grid), defaults):  # type: ignore[arg-type]
+        first.setdefault(run.id, run)
+    return list(first.values())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -305,7 +341,7 @@ def run_suite(grid: Grid, cases: dict[str, Case], pipeline, defaults: dict, mode
     volumes_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     plan = plan_runs(grid, cases, defaults)
-    planned = list({run.id: run for run in plan}.values())
+    planned = sorted(grid_plan(grid, defaults, cases), key=priority)
     made = reused = skipped = 0
     for number, run in enumerate(planned, start=1):
         path = runs_dir / f"{run.id}.json"
@@ -339,7 +375,11 @@ def run_suite(grid: Grid, cases: dict[str, Case], pipeline, defaults: dict, mode
     wall = time.perf_counter() - started
     summary = {"grid": grid.name, "planned": len(planned), "made": made, "reused": reused, "skipped_for_time": skipped,
                "wall_seconds_this_invocation": round(wall, 1), "model": model_id, "defaults": defaults,
-               "plan": [{"id": run.id, "group": run.group} for run in plan]}
+               "plan": [{"id": run.id, "group": run.group} for run in plan],
+               "grid_costs": {name: {"runs": len(runs), "model_runs": sum(cost_units(r) > 0 for r in runs),
+                                     "atlas_runs": sum(r.method == "atlas" for r in runs),
+                                     "cost_units": sum(cost_units(r) for r in runs)}
+                              for name, runs in ((n, grid_plan(g, defaults)) for n, g in GRIDS.items())}}
     write_summary(out_dir, summary)
     return summary
 
@@ -378,7 +418,14 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
     parser.add_argument("--atlas", default=None, metavar="PATH", help="template for the atlas baseline (default: shipped)")
     parser.add_argument("--limit-minutes", type=float, default=None, help="stop starting new runs after this long")
     parser.add_argument("--no-report", action="store_true", help="skip make_report.py at the end")
+    parser.add_argument("--plan", action="store_true", help="print each grid's runs and sampling cost, then stop")
     args = parser.parse_args(argv)
+    if args.plan:
+        for name, grid in GRIDS.items():
+            runs = grid_plan(grid, {"views": 4, "steps": 12, "guidance": 1.0, "solver": "dpmsolver++"})
+            print(f"{name}: {len(runs)} runs, {sum(cost_units(r) > 0 for r in runs)} with the model, "
+                  f"{sum(cost_units(r) for r in runs):.0f} cost units (views x steps x guidance factor)")
+        return
 
     import torch
 

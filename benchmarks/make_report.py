@@ -221,7 +221,8 @@ def plot_method_k(records: list[dict], planes: list[str], path: Path) -> Path:
             axes.set_ylabel("PSNR (dB, 3D)" if key == "psnr" else "SSIM (3D)")
             axes.grid(alpha=0.3)
     grid[0, 0].legend(fontsize=8)
-    figure.suptitle("Held-out SRI24 (2 mm): mean ± std over cases and seeds")
+    figure.suptitle("Held-out SRI24 (in-domain cases): mean ± std over cases and seeds")
+    figure.tight_layout()
     return _save(figure, path)
 
 
@@ -244,12 +245,9 @@ def plot_ablations(records: list[dict], path: Path) -> Path:
             grid[row, column].grid(alpha=0.3)
             if key == "solver":
                 grid[row, column].set_xticks(positions, [str(x) for x in xs])
-        if key == "views":
-            twin = grid[1, column].twinx()
-            _errorbar(twin, positions, per_x, "uncertainty_auroc", color="tab:blue")
-            twin.set_ylabel("uncertainty AUROC (blue)", color="tab:blue")
     grid[0, 0].legend(fontsize=8)
     figure.suptitle("Ablations of XDiffusion sampling (axial, K = 1): mean ± std over cases and seeds")
+    figure.tight_layout()
     return _save(figure, path)
 
 
@@ -440,6 +438,28 @@ def _claims(records: list[dict]) -> list[str]:
     return claims
 
 
+def _estimates(records: list[dict], suite: dict) -> list[tuple[str, int, float]]:
+    """Minutes each grid would take at the rates measured here (sampling cost + fixed part, baselines' mean)."""
+    costs = suite.get("grid_costs")
+    model = [r for r in records if r["run"]["method"] in ("xdiffusion", "official")]
+    if not costs or len(model) < 2:
+        return []
+    units = np.array([r["run"]["sampling"]["views"] * r["run"]["sampling"]["steps"] * (1 if float(r["run"]["sampling"]["guidance"]) == 1.0 else 2) for r in model], dtype=float)
+    seconds = np.array([r.get("wall_seconds", r["seconds"]) for r in model], dtype=float)
+    if np.ptp(units) == 0:
+        return []
+    slope, intercept = np.polyfit(units, seconds, 1)
+    atlas = values([r for r in records if r["run"]["method"] == "atlas"], "wall_seconds")
+    other = values([r for r in records if r["run"]["method"] in ("extrude", "interpolate")], "wall_seconds")
+    found = []
+    for name, cost in costs.items():
+        total = intercept * cost["model_runs"] + slope * cost["cost_units"]
+        total += cost["atlas_runs"] * (atlas.mean() if atlas.size else 0.0)
+        total += (cost["runs"] - cost["model_runs"] - cost["atlas_runs"]) * (other.mean() if other.size else 0.0)
+        found.append((name, cost["runs"], total / 60.0))
+    return found
+
+
 def build(results: Path, docs: Path) -> Document:
     suite, records = load(results)
     images = docs / "images"
@@ -462,14 +482,22 @@ def build(results: Path, docs: Path) -> Document:
     for entry in fresh:
         timing.append(f"invocation finished {entry.get('finished_utc')}: {entry.get('made')} runs made, {entry.get('reused')} reused, "
                       f"wall time {((entry.get('wall_seconds_total') or entry.get('wall_seconds_this_invocation') or 0) / 60):.1f} min")
+    estimates = _estimates(records, suite)
+    if estimates:
+        timing.append("estimated from the measured per-run times (model runs: seconds = a + b × views × steps × guidance "
+                      "factor, fitted; baselines: their mean): " + "; ".join(f"grid `{name}` {runs} runs ≈ {minutes:.0f} min"
+                                                                          for name, runs, minutes in estimates))
     if suite.get("skipped_for_time"):
         timing.append(f"**{suite['skipped_for_time']} planned runs were skipped for time** in the last invocation; the tables show what was made")
     doc.bullets(timing)
 
     doc.heading("Set-up")
+    in_domain = [r for r in records if r["run"]["domain"] == "in-domain"]
+    shape = in_domain[0]["run"]["grid_shape"] if in_domain else []
+    spacing = in_domain[0]["run"]["grid_spacing"] if in_domain else []
     doc.bullets([
         "Held-out data only: SRI24 T1 (the validation source; the model never trained on it), downsampled to 2 mm "
-        "(120 × 120 × 78), healthy and with synthetic BraTS-style tumours painted in (seeds 0, 1, ...). The model and "
+        f"({' × '.join(map(str, shape))} voxels of {' × '.join(f'{v:g}' for v in spacing)} mm), healthy and with synthetic BraTS-style tumours painted in (seeds 0, 1, ...). The model and "
         "the atlas baseline's template come from the training sources (ICBM 2009c, MNI152); no method sees SRI24 beyond its input slices.",
         "Inputs: K = 1-4 slices of one plane, evenly spread around the middle slice (one sixth of the axis apart).",
         "Methods: " + "; ".join(f"`{m}` = {METHOD_LABEL[m]}" for m in METHOD_ORDER) + ". The official sampling is run "
@@ -531,7 +559,7 @@ def build(results: Path, docs: Path) -> Document:
         doc.table([label, "n", "PSNR dB", "SSIM", "slice PSNR (unseen)", "Dice WT", "unc. Spearman", "unc. AUROC", "s / volume"], rows,
                   caption=f"{label}; other settings at the defaults {suite.get('defaults')}")
     if select(records, "views"):
-        doc.image(plot_ablations(records, images / "results_views_steps.png"), "Ablations: PSNR (top) and time (bottom) against views N, steps, guidance and solver; the views panel also shows the uncertainty AUROC (blue).")
+        doc.image(plot_ablations(records, images / "results_views_steps.png"), "Ablations: PSNR (top) and time (bottom) against views N, steps, guidance and solver.")
 
     doc.heading("Tumour agreement")
     tumour = [r for r in main if r["run"].get("tumour_seed") is not None and r["metrics"].get("dice_wt") is not None]
@@ -596,6 +624,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--results", default=str(RESULTS_DIR))
     parser.add_argument("--docs", default=str(ROOT / "docs"))
+    parser.add_argument("--screenshot", action="store_true", help="render results.html in headless chromium into images/results_html.png")
     args = parser.parse_args(argv)
     from xdiffusion.io import atomic_output
 
@@ -606,6 +635,25 @@ def main(argv: Optional[list[str]] = None) -> None:
     with atomic_output(docs / "results.html") as temporary:
         temporary.write_text(doc.html("XDiffusion evaluation results"))
     print(f"wrote {docs / 'results.md'} and {docs / 'results.html'}")
+    if args.screenshot:
+        screenshot(docs / "results.html", docs / "images" / "results_html.png")
+
+
+def screenshot(page: Path, target: Path) -> None:
+    """The HTML report as a real browser draws it (Debian's chromium, headless, no network, throwaway profile)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        raise SystemExit("chromium is not installed (apt-get install -y chromium)")
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+                        f"--screenshot={target}", "--window-size=1280,2000", page.resolve().as_uri()],
+                       check=True, timeout=120, capture_output=True)
+    print(f"wrote {target}")
 
 
 if __name__ == "__main__":
