@@ -134,3 +134,18 @@ def test_input_indices_spread_around_the_middle():
     assert suite.input_indices(120, 2) == [50, 70]
     with pytest.raises(Exception):
         suite.input_indices(2, 4)
+
+
+def test_evaluate_command_scores_an_uncertainty_map(tmp_path, capsys):
+    from xdiffusion.cli import main
+    from xdiffusion.io import write_volume
+
+    reference = oriented_volume(smooth_head((16, 16, 16)), np.eye(3))
+    spread = np.random.default_rng(1).uniform(0.0, 1.0, reference.geometry.shape).astype(np.float32)
+    paths = {name: tmp_path / f"{name}.nii.gz" for name in ("ref", "pred", "unc")}
+    write_volume(reference, paths["ref"])
+    write_volume(reference.with_array(reference.array - 10.0 * spread), paths["pred"])
+    write_volume(reference.with_array(spread), paths["unc"])
+    assert main(["evaluate", "--reference", str(paths["ref"]), "--prediction", str(paths["pred"]), "--uncertainty", str(paths["unc"]), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["uncertainty_auroc"] > 0.95 and metrics["uncertainty_spearman"] > 0.95 and "psnr" in metrics

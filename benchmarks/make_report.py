@@ -51,7 +51,7 @@ def load(results: Path) -> tuple[dict, list[dict]]:
         if not path.exists():
             continue
         record = json.loads(path.read_text())
-        if "metrics" not in record or record.get("model") != suite["model"]:
+        if "metrics" not in record or record.get("model") not in (suite["model"], "baseline"):
             continue
         record["groups"] = names
         records.append(record)

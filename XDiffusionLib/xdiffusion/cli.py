@@ -204,7 +204,8 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_files, format_json, format_table
 
-    metrics = evaluate_files(args.reference, args.prediction, args.mask, args.reference_segmentation, args.prediction_segmentation)
+    metrics = evaluate_files(args.reference, args.prediction, args.mask, args.reference_segmentation, args.prediction_segmentation,
+                             args.uncertainty)
     print(format_json(metrics) if args.json else format_table(metrics))
     return 0
 
@@ -271,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--mask", default=None, metavar="MASK", help="region for psnr_mask/ssim_mask (default: reference > 0)")
     evaluate.add_argument("--reference-segmentation", default=None, metavar="S", help="BraTS labels 1, 2, 3 (or 4)")
     evaluate.add_argument("--prediction-segmentation", default=None, metavar="S", help="BraTS labels 1, 2, 3 (or 4)")
+    evaluate.add_argument("--uncertainty", default=None, metavar="UNC",
+                          help="uncertainty map: adds its Spearman correlation and AUROC against |error| (inside the mask)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object (null where not computable)")
     evaluate.set_defaults(func=run_evaluate)
     return parser

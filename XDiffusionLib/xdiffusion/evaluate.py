@@ -217,8 +217,10 @@ def evaluate_files(
     mask: Optional[str | os.PathLike] = None,
     reference_segmentation: Optional[str | os.PathLike] = None,
     prediction_segmentation: Optional[str | os.PathLike] = None,
+    uncertainty: Optional[str | os.PathLike] = None,
 ) -> dict[str, Optional[float]]:
-    """``evaluate_volumes`` on files, with every grid, NaN and label error naming the offending file."""
+    """``evaluate_volumes`` on files, with every grid, NaN and label error naming the offending file; with an
+    ``uncertainty`` map, also ``uncertainty_ranking`` (inside the mask, else ``reference > 0``)."""
     if (reference_segmentation is None) != (prediction_segmentation is None):
         raise InputError("give both --reference-segmentation and --prediction-segmentation, or neither")
     ref = read_volume(reference)
@@ -234,19 +236,33 @@ def evaluate_files(
                 _check_finite(volumes[role], str(path))
             if role.endswith("segmentation"):
                 _labels(volumes[role], str(path))
-    return evaluate_volumes(ref, **volumes)
+    metrics = evaluate_volumes(ref, **volumes)
+    if uncertainty is not None:
+        spread = read_volume(uncertainty)
+        check_same_grid(ref, spread, str(uncertainty))
+        _check_finite(spread, str(uncertainty))
+        inside = volumes["mask"].array != 0 if volumes["mask"] is not None else None
+        metrics.update(uncertainty_ranking(ref, volumes["prediction"], spread, inside))
+    return metrics
+
+
+UNCERTAINTY_KEYS = ("uncertainty_spearman", "uncertainty_auroc")
+
+
+def _shown_keys(metrics: dict[str, Optional[float]]) -> tuple[str, ...]:
+    return METRIC_KEYS + tuple(key for key in UNCERTAINTY_KEYS if key in metrics)
 
 
 def format_json(metrics: dict[str, Optional[float]]) -> str:
     """One JSON object; ``allow_nan=False`` guarantees it parses in strict JSON readers."""
-    return json.dumps({key: metrics.get(key) for key in METRIC_KEYS}, allow_nan=False)
+    return json.dumps({key: metrics.get(key) for key in _shown_keys(metrics)}, allow_nan=False)
 
 
 def format_table(metrics: dict[str, Optional[float]]) -> str:
     """An aligned, human-readable table; ``n/a`` marks a metric that could not be computed."""
-    width = max(len(key) for key in METRIC_KEYS)
+    width = max(len(key) for key in _shown_keys(metrics))
     lines = []
-    for key in METRIC_KEYS:
+    for key in _shown_keys(metrics):
         value = metrics.get(key)
         text = f"{'n/a':>10}" if value is None else f"{value:10.4f} {UNITS.get(key, '')}".rstrip()
         lines.append(f"{key:<{width}}  {text}")
