@@ -25,6 +25,10 @@ def listing(*folders: Path) -> set[str]:
     return found
 
 
+# one thread per child: several children share a 2-core CI machine, and OpenMP spin-waiting would slow them all
+CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def run_main(argv: Sequence[str]) -> tuple[int, str, str]:
     """`xdiffusion.cli.main` in this process: (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
@@ -50,12 +54,14 @@ def assert_refused(argv: Sequence[str], *folders: Path, fragments: Sequence[str]
 
 def run_process(argv: Sequence[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """`python -m xdiffusion.cli ARGV` as a real process."""
+    kwargs.setdefault("env", CHILD_ENV)
     return subprocess.run([sys.executable, "-m", "xdiffusion.cli", *map(str, argv)], capture_output=True, text=True,
                           timeout=timeout, **kwargs)
 
 
 def start_process(argv: Sequence[str], **kwargs) -> subprocess.Popen:
     """`python -m xdiffusion.cli ARGV` started, not awaited (text pipes for stdout and stderr)."""
+    kwargs.setdefault("env", CHILD_ENV)
     return subprocess.Popen([sys.executable, "-m", "xdiffusion.cli", *map(str, argv)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)
 

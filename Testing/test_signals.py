@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import smooth_head
-from fuzz_helpers import save_tiny_model
+from fuzz_helpers import CHILD_ENV, save_tiny_model
 
 from xdiffusion.io import Geometry, Volume, read_image, write_volume
 
@@ -27,7 +27,8 @@ from xdiffusion.io import Geometry, Volume, read_image, write_volume
 def _start(argv, stderr_path: Path) -> subprocess.Popen:
     """The CLI as a child that takes Ctrl-C like a terminal would (SIGINT not inherited as ignored)."""
     return subprocess.Popen([sys.executable, "-m", "xdiffusion.cli", *map(str, argv)], stdout=subprocess.DEVNULL,
-                            stderr=open(stderr_path, "w"), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stderr=open(stderr_path, "w"), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            env=CHILD_ENV)
 
 
 def _parts(folder: Path) -> list[str]:

@@ -191,11 +191,12 @@ class Trainer:
         model = Denoiser(unet, ConditionEncoder.from_config(self.config))
         self.noise = DDPMScheduler(num_train_timesteps=self.config.num_train_timesteps,
                                    beta_schedule="squaredcos_cap_v2", prediction_type=self.config.prediction_type)
+        self.data_order = torch.Generator()  # reseeded per epoch in `_batches`: the order never depends on history
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.train.lr, weight_decay=self.train.weight_decay)
         warmup = max(1, self.train.warmup_steps)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
         self.model, self.optimizer, self.loader, self.schedule = self.accelerator.prepare(
-            model, optimizer, self._loader(), schedule)
+            model, optimizer, self._loader(self.data_order), schedule)
         # EMA decay ramps up from 0, so short runs still export trained (not initial) weights
         self.ema = EMAModel(self._denoiser().parameters(), decay=self.train.ema_decay, use_ema_warmup=True,
                             power=2 / 3)
@@ -210,10 +211,28 @@ class Trainer:
     def _denoiser(self) -> Denoiser:
         return self.accelerator.unwrap_model(self.model)
 
-    def _loader(self) -> DataLoader:
+    def _loader(self, generator: Optional[torch.Generator] = None) -> DataLoader:
         shuffle = not isinstance(self.samples, IterableDataset)
         return DataLoader(self.samples, batch_size=self.train.batch_size, shuffle=shuffle, drop_last=True,
-                          num_workers=self.train.num_workers)
+                          num_workers=self.train.num_workers, generator=generator)
+
+    def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Training batches whose order depends on the seed and the epoch alone, started where `self.step` left off:
+        a run resumed from a checkpoint sees exactly the batches (and RNG draws) an uninterrupted run would."""
+        consumed = self.step * self.train.grad_accum
+        sized = not isinstance(self.samples, IterableDataset)
+        per_epoch = len(self.loader) if sized else 0
+        epoch, skip = divmod(consumed, per_epoch) if per_epoch else (0, 0 if sized else consumed)
+        while True:
+            self.data_order.manual_seed((self.train.seed * 1_000_003 + epoch) % 2**63)
+            loader = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
+            yielded = False
+            for batch in loader:
+                yielded = True
+                yield batch
+            if not yielded and not skip:
+                raise InputError("the training samples are fewer than one batch (lower train.batch_size)")
+            epoch, skip = epoch + 1, 0
 
     def _prepare_autoencoder(self) -> AutoencoderKL:
         """Train (main process only) or reuse the autoencoder, then freeze it; every process loads the same copy."""
@@ -267,6 +286,21 @@ class Trainer:
                 raise InputError(f"{folder} is not a complete training checkpoint")
         self.accelerator.load_state(str(folder))
         self.step = json.loads((folder / "train_step.json").read_text())["step"]
+        self._forget_metrics_after_step()
+
+    def _forget_metrics_after_step(self) -> None:
+        """Drop metric rows a killed run logged after its last checkpoint, so the resumed curve continues once."""
+        path = self.output_dir / "metrics.csv"
+        if not self.accelerator.is_main_process or not path.is_file():
+            return
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle))
+        kept = rows[:1] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) <= self.step]
+        if len(kept) != len(rows):
+            temporary = path.with_name(".metrics.csv.tmp")
+            with open(temporary, "w", newline="") as handle:
+                csv.writer(handle).writerows(kept)
+            os.replace(temporary, path)
 
     def save_checkpoint(self) -> Path:
         """accelerate state (model, optimiser, schedule, EMA, RNG) in a temp folder, renamed when complete."""
@@ -340,7 +374,7 @@ class Trainer:
         if self.step == 0 and self.autoencoder_metrics:
             self._log({f"autoencoder/{k}": v for k, v in self.autoencoder_metrics.items()})
         self.model.train()
-        batches = self._forever(self.loader)
+        batches = self._batches()
         progress = tqdm(total=self.train.steps, initial=self.step, desc="training", unit="step",
                         disable=not self.accelerator.is_main_process)
         running: list[float] = []
