@@ -214,6 +214,27 @@ def _paint(image: Volume, mask: np.ndarray, modality: str, seed: int) -> tuple[V
     return image.with_array(painted), image.with_array(labels.astype(np.uint8))
 
 
+def crossing_tumours(image: Volume, mask: np.ndarray, modality: str, count: int, min_voxels: int = 20) -> list[tuple[int, Volume, Volume]]:
+    """The first ``count`` tumour seeds (0, 1, 2, ...) whose whole tumour crosses the middle slice of every axis by at
+    least ``min_voxels`` voxels, so that one middle slice of any plane sees the tumour (deterministic)."""
+    found = []
+    for seed in range(200):
+        painted, labels = _paint(image, mask, modality, seed)
+        tumour = labels.array > 0
+        if all(np.take(tumour, n // 2, axis=a).sum() >= min_voxels for a, n in enumerate(tumour.shape)):
+            found.append((seed, painted, labels))
+            if len(found) == count:
+                return found
+    raise InputError(f"no {count} tumours crossing the middle slices among 200 seeds")
+
+
+def fingerprint(case: Case) -> str:
+    """A case's content (image and labels), so a cached run is reused only for the very same volume."""
+    digest = hashlib.sha256(np.ascontiguousarray(case.image.array, dtype=np.float32).tobytes())
+    digest.update(np.ascontiguousarray(case.labels.array).tobytes())
+    return digest.hexdigest()[:12]
+
+
 def _resample(volume: Volume, spacing: tuple, labels: bool = False) -> Volume:
     """The same physical box on a grid of ``spacing`` (low-pass first when coarsening, as a scanner's thick slice)."""
     from scipy import ndimage
@@ -247,22 +268,22 @@ def sri24_cases(cache: Path, grid: Grid) -> dict[str, Case]:
     cases: dict[str, Case] = {}
     if grid.include_healthy:
         cases["healthy"] = Case("healthy", image, mask, empty, "t1")
-    for seed in grid.tumour_seeds:
-        painted, labels = _paint(image, mask, "t1", seed)
-        cases[f"tumour{seed}"] = Case(f"tumour{seed}", painted, mask, labels, "t1", tumour_seed=seed)
+    for number, (seed, painted, labels) in enumerate(crossing_tumours(image, mask, "t1", len(grid.tumour_seeds))):
+        name = f"tumour{grid.tumour_seeds[number]}"
+        cases[name] = Case(name, painted, mask, labels, "t1", tumour_seed=seed)
     if grid.ood:
-        seed = grid.tumour_seeds[0]
+        first = grid.tumour_seeds[0]
         thick = _resample(full, (1.0, 1.0, 3.0))
         thick_mask = _resample(full_mask, (1.0, 1.0, 3.0), labels=True).array > 0
-        painted, labels = _paint(thick, thick_mask, "t1", seed)
-        cases[f"aniso-tumour{seed}"] = Case(f"aniso-tumour{seed}", painted, thick_mask, labels, "t1", "out-of-domain", seed)
+        ((seed, painted, labels),) = crossing_tumours(thick, thick_mask, "t1", 1)
+        cases[f"aniso-tumour{first}"] = Case(f"aniso-tumour{first}", painted, thick_mask, labels, "t1", "out-of-domain", seed)
         (source,) = validation_sources()
         paths = cached_paths(cache, source)
         maps = {name: downsample(read_volume(paths[f"{name}_probability"]), 120).array for name in ("gm", "wm", "csf")}
         # FLAIR-like: grey matter brighter than white matter, CSF dark (T1 has WM > GM > CSF)
         flair = np.clip(1000.0 * (0.95 * maps["gm"] + 0.7 * maps["wm"] + 0.1 * maps["csf"]), 0, None) * mask
-        painted, labels = _paint(image.with_array(flair.astype(np.float32)), mask, "flair", seed)
-        cases[f"flairlike-tumour{seed}"] = Case(f"flairlike-tumour{seed}", painted, mask, labels, "any", "out-of-domain", seed)
+        ((seed, painted, labels),) = crossing_tumours(image.with_array(flair.astype(np.float32)), mask, "flair", 1)
+        cases[f"flairlike-tumour{first}"] = Case(f"flairlike-tumour{first}", painted, mask, labels, "any", "out-of-domain", seed)
     return cases
 
 
@@ -342,12 +363,13 @@ def run_suite(grid: Grid, cases: dict[str, Case], pipeline, defaults: dict, mode
     volumes_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     plan = plan_runs(grid, cases, defaults)
+    prints = {name: fingerprint(case) for name, case in cases.items()}
     planned = sorted(grid_plan(grid, defaults, cases), key=priority)
     made = reused = skipped = 0
     for number, run in enumerate(planned, start=1):
         path = runs_dir / f"{run.id}.json"
         owner = model_id if cost_units(run) > 0 else BASELINE_OWNER  # baselines do not depend on the model
-        if path.exists() and json.loads(path.read_text()).get("model") == owner:
+        if path.exists() and json.loads(path.read_text()).get("model") == owner and json.loads(path.read_text()).get("case_fingerprint") == prints[run.case]:
             reused += 1
             continue
         if pipeline is None and cost_units(run) > 0:  # --baselines-only
@@ -368,7 +390,7 @@ def run_suite(grid: Grid, cases: dict[str, Case], pipeline, defaults: dict, mode
                           "tumour_seed": case.tumour_seed, "modality": case.modality,
                           "grid_shape": list(case.image.geometry.shape),
                           "grid_spacing": np.round(case.image.geometry.spacing, 3).tolist()},
-                  "model": owner, **record}
+                  "model": owner, "case_fingerprint": prints[run.case], **record}
         with atomic_output(path) as temporary:
             temporary.write_text(json.dumps(_json_safe(record), allow_nan=False) + "\n")
         made += 1
