@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
@@ -25,6 +26,8 @@ from accelerate import Accelerator
 from accelerate.utils import is_tensorboard_available, set_seed
 from diffusers import AutoencoderKL, DDPMScheduler
 from diffusers.training_utils import EMAModel
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
@@ -38,6 +41,7 @@ from .networks import (Denoiser, build_autoencoder, build_unet, encode_target, i
 
 Validator = Callable[[XDiffusionModel], Mapping[str, float]]
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
+EMA_WEIGHTS = "ema.safetensors"  # the EMA in a checkpoint: safetensors, not accelerate's pickled custom state
 
 
 @dataclass
@@ -201,7 +205,8 @@ class Trainer:
         self.ema = EMAModel(self._denoiser().parameters(), decay=self.train.ema_decay, use_ema_warmup=True,
                             power=2 / 3)
         self.ema.to(self.accelerator.device)
-        self.accelerator.register_for_checkpointing(self.ema)
+        # the EMA is saved beside accelerate's state as safetensors (`save_checkpoint`), not registered with accelerate,
+        # which would pickle it and unpickle it with weights_only=False on resume
         self.step = 0
         if self.train.resume:
             self._resume(self.train.resume)
@@ -284,9 +289,32 @@ class Trainer:
             folder = Path(which)
             if not (folder / "train_step.json").is_file():
                 raise InputError(f"{folder} is not a complete training checkpoint")
-        self.accelerator.load_state(str(folder))
+        legacy = sorted(folder.glob("custom_checkpoint_*.pkl"))  # an older checkpoint's pickled EMA: never unpickled
+        if legacy:  # by accelerate (weights_only=False): load the rest through a view without it
+            with tempfile.TemporaryDirectory(prefix=".resume-", dir=folder.parent) as view:
+                for entry in folder.iterdir():
+                    if entry not in legacy:
+                        os.symlink(entry.resolve(), Path(view) / entry.name)
+                self.accelerator.load_state(view)
+        else:
+            self.accelerator.load_state(str(folder))
         self.step = json.loads((folder / "train_step.json").read_text())["step"]
+        self._load_ema(folder)
         self._forget_metrics_after_step()
+
+    def _load_ema(self, folder: Path) -> None:
+        path = folder / EMA_WEIGHTS
+        if path.is_file():
+            with safe_open(str(path), framework="pt") as handle:
+                state = json.loads(handle.metadata()["state"])
+                shadow = [handle.get_tensor(f"shadow.{i:05d}") for i in range(len(handle.keys()))]
+        elif (folder / "custom_checkpoint_0.pkl").is_file():  # checkpoints written before EMA_WEIGHTS existed
+            state = torch.load(folder / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=True)
+            shadow = state.pop("shadow_params")
+        else:
+            raise InputError(f"{folder} holds no EMA state ({EMA_WEIGHTS}); it is not a complete training checkpoint")
+        self.ema.load_state_dict({**state, "shadow_params": shadow})
+        self.ema.to(self.accelerator.device)
 
     def _forget_metrics_after_step(self) -> None:
         """Drop metric rows a killed run logged after its last checkpoint, so the resumed curve continues once."""
@@ -313,6 +341,10 @@ class Trainer:
         self.accelerator.save_state(str(staging))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
+            state = self.ema.state_dict()
+            shadow = state.pop("shadow_params")
+            save_file({f"shadow.{i:05d}": p.detach().contiguous().cpu() for i, p in enumerate(shadow)},
+                      str(staging / EMA_WEIGHTS), metadata={"state": json.dumps(state)})
             (staging / "train_step.json").write_text(json.dumps({"step": self.step}) + "\n")
             _replace_dir(staging, final)
             for _, old in checkpoints(self.output_dir)[:-self.train.keep_checkpoints]:
