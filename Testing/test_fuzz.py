@@ -434,6 +434,7 @@ def test_broken_model_folders(tmp_path, model_dir, volume_file, case):
     (["--seed", str(2**70)], "2**63"),
     (["--steps", "0"], "at least 1"),
     (["--views", "0"], "at least 1"),
+    (["--views", "100000"], "GB of memory"),  # the pipeline's memory estimate refuses before allocating
 ])
 def test_bad_model_side_arguments(tmp_path, model_dir, volume_file, arguments, fragment):
     arguments = [a.replace("{tmp}", str(tmp_path)).replace("{input}", str(volume_file)) for a in arguments]

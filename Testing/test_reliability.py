@@ -194,7 +194,8 @@ def test_three_concurrent_reconstructions_into_one_folder_equal_the_sequential_o
 
 
 PATIENT = {"0010|0010": "Doe^Jane^Quincy", "0010|0020": "PID-7734-XQ", "0010|0030": "19510417",
-           "0008|0080": "St Elsewhere Infirmary", "0008|0090": "Dr^Strangelove"}
+           "0008|0080": "St Elsewhere Infirmary", "0008|0090": "Dr^Strangelove",
+           "0008|103e": "Series of Jane Doe", "0020|4000": "Comment naming Quincy Doe"}
 
 
 def test_dicom_patient_identifiers_never_leave_the_input(tmp_path, model_dir):
