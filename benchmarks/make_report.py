@@ -495,9 +495,12 @@ def build(results: Path, docs: Path) -> Document:
     in_domain = [r for r in records if r["run"]["domain"] == "in-domain"]
     shape = in_domain[0]["run"]["grid_shape"] if in_domain else []
     spacing = in_domain[0]["run"]["grid_spacing"] if in_domain else []
+    seeds = sorted({r["run"]["tumour_seed"] for r in in_domain if r["run"].get("tumour_seed") is not None})
     doc.bullets([
         "Held-out data only: SRI24 T1 (the validation source; the model never trained on it), downsampled to 2 mm "
-        f"({' × '.join(map(str, shape))} voxels of {' × '.join(f'{v:g}' for v in spacing)} mm), healthy and with synthetic BraTS-style tumours painted in (seeds 0, 1, ...). The model and "
+        f"({' × '.join(map(str, shape))} voxels of {' × '.join(f'{v:g}' for v in spacing)} mm), healthy and with synthetic BraTS-style tumours painted in: the first tumour seeds "
+        f"({', '.join(map(str, seeds)) or 'none'}) whose tumour crosses the middle slice of every axis, so that a middle input "
+        "slice of any plane sees it. The model and "
         "the atlas baseline's template come from the training sources (ICBM 2009c, MNI152); no method sees SRI24 beyond its input slices.",
         "Inputs: K = 1-4 slices of one plane, evenly spread around the middle slice (one sixth of the axis apart).",
         "Methods: " + "; ".join(f"`{m}` = {METHOD_LABEL[m]}" for m in METHOD_ORDER) + ". The official sampling is run "

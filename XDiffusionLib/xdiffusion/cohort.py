@@ -187,7 +187,9 @@ def run_cohort(source: str | os.PathLike, output_dir: str | os.PathLike, make_re
         torch.set_num_threads(threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))))
     with state.split_between_processes(items) as mine:
         mine = list(mine)
-        rows = run_items(mine, make_reconstructor(state), log=lambda line: log(f"[process {state.process_index}] {line}")) if mine else []
+        pending = any(not Path(item.output).is_file() for item in mine)  # a finished cohort loads no model
+        reconstruct_one = make_reconstructor(state) if pending else (lambda source, output: None)
+        rows = run_items(mine, reconstruct_one, log=lambda line: log(f"[process {state.process_index}] {line}")) if mine else []
     part = output_dir / PARTS_FOLDER / f"rows-{state.process_index}.json"
     with atomic_output(part) as temporary:
         temporary.write_text(json.dumps([asdict(row) for row in rows]) + "\n")
