@@ -111,8 +111,10 @@ def unusable_shapes(draw):
         return (draw(st.integers(1, 50)),)
     if kind == "4D":
         return (draw(side), draw(side), draw(side), draw(st.integers(2, 4)))
-    if kind == "5D":
-        return tuple(draw(st.lists(st.integers(1, 3), min_size=5, max_size=5)))
+    if kind == "5D":  # trailing axes of length 1 would make it a valid 3D image
+        shape = tuple(draw(st.lists(st.integers(1, 3), min_size=5, max_size=5)))
+        assume(shape[3] * shape[4] > 1)
+        return shape
     shape = [draw(side) for _ in range(draw(st.integers(2, 3)))]
     shape[draw(st.integers(0, len(shape) - 1))] = 0
     return tuple(shape)
@@ -455,6 +457,11 @@ def test_real_processes_exit_2_with_one_line_and_no_traceback(tmp_path, model_di
     truncated.write_bytes(volume_file.read_bytes()[:-40])
     huge = tmp_path / "huge.nrrd"
     huge.write_text("NRRD0004\ntype: float\ndimension: 3\nsizes: 100000 100000 100000\nencoding: raw\nendian: little\n\n")
+    short_mha = tmp_path / "short.mha"  # ITK's MetaIO prints its own lines on the C stderr for this one
+    short_mha.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 5 5 5\nElementType = MET_FLOAT\n"
+                          b"ElementDataFile = LOCAL\n" + bytes(100))
+    cut_nrrd = write_volume(good_volume(), tmp_path / "whole.nrrd")
+    cut_nrrd.write_bytes(cut_nrrd.read_bytes()[:-2])  # only the gzip trailer is damaged
     tampered = _copy_model(model_dir, tmp_path)
     _flip_byte(tampered / UNET_WEIGHTS)
     out = tmp_path / "out"
@@ -463,6 +470,8 @@ def test_real_processes_exit_2_with_one_line_and_no_traceback(tmp_path, model_di
         (extrude(random_file, out / "a.nii.gz"), "cannot read"),
         (extrude(truncated, out / "b.nii.gz"), "truncated"),
         (extrude(huge, out / "c.nii.gz"), "too large"),
+        (extrude(short_mha, out / "f.nii.gz"), "cannot read"),
+        (extrude(cut_nrrd, out / "g.nii.gz"), "truncated"),
         (extrude(volume_file, volume_file), "refusing to overwrite the input"),
         (extrude(volume_file, out / "d.nii.gz", "--slice-index", "99"), "outside"),
         (["reconstruct", volume_file, "-o", out / "e.nii.gz", "--model", tampered], "SHA-256"),

@@ -15,7 +15,9 @@ import contextlib
 import os
 import re
 import socket
+import sys
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -181,21 +183,76 @@ def _itk_reason(error: RuntimeError) -> str:
     return re.sub(r"^(?:sitk::|itk::|ITK )ERROR:\s*(?:\w+\(0x[0-9a-fA-F]+\):\s*)?", "", lines[0])[:160]
 
 
+def _check_nrrd_compression(path: Path) -> None:
+    """A gzip-encoded NRRD whose stream is cut at its end (the CRC/size trailer) still reads through ITK: check that
+    the stream is complete and its checksum right."""
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    end = head.find(b"\n\n")
+    if not head.startswith(b"NRRD") or end < 0:
+        return  # not a NRRD header ITK would accept either; ITK reports it
+    fields = {}
+    for line in head[:end].decode("latin-1").splitlines()[1:]:
+        key, sep, value = line.partition(":")
+        if sep and not line.startswith("#"):
+            fields[key.strip().lower()] = value.strip().lstrip("=").strip()
+    if fields.get("encoding") not in ("gzip", "gz") or {"byte skip", "byteskip", "line skip", "lineskip"} & set(fields):
+        return
+    detached = fields.get("data file") or fields.get("datafile")
+    if detached and (" " in detached or detached.upper() == "LIST"):
+        return  # several data files: rare, left to ITK
+    source, offset = (path.parent / detached, 0) if detached else (path, end + 2)
+    stream = zlib.decompressobj(wbits=47)  # gzip or zlib header, trailer checked
+    try:
+        with open(source, "rb") as handle:
+            handle.seek(offset)
+            while not stream.eof and (block := handle.read(1 << 22)):
+                while block and not stream.eof:
+                    stream.decompress(block, 1 << 24)
+                    block = stream.unconsumed_tail
+    except (OSError, zlib.error) as error:
+        raise InputError(f"{path}: NRRD data is truncated or corrupt ({_first_line(error)})") from None
+    if not stream.eof:
+        raise InputError(f"{path}: NRRD data is truncated (its gzip stream ends early)")
+
+
+@contextlib.contextmanager
+def _native_stderr_hidden() -> Iterator[None]:
+    """ITK's MetaIO, NRRD and GDCM code prints straight to the C-level stderr ("MetaImage: M_Read: ..."), which would
+    put extra lines above our one `error:` line. Hide file descriptor 2 while SimpleITK reads (process-wide: another
+    thread's stderr output in that window is hidden too)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _read_sitk(path: Path) -> sitk.Image:
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     try:
-        if path.is_dir():
-            series = sitk.ImageSeriesReader()
-            series.SetFileNames(_dicom_series_files(path))
-            series.MetaDataDictionaryArrayUpdateOn()
-            return series.Execute()
-        if _suffix(path) not in VOLUME_SUFFIXES:
-            raise InputError(f"{path}: unsupported file type; use one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder")
-        _check_header_size(path)
-        if _suffix(path) in (".nii", ".nii.gz"):
-            _check_nifti_data(path)
-        return sitk.ReadImage(str(path))
+        with _native_stderr_hidden():
+            if path.is_dir():  # DICOM: only voxels and geometry are read; no tag dictionary (patient data) is kept
+                series = sitk.ImageSeriesReader()
+                series.SetFileNames(_dicom_series_files(path))
+                return series.Execute()
+            if _suffix(path) not in VOLUME_SUFFIXES:
+                raise InputError(f"{path}: unsupported file type; use one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder")
+            _check_header_size(path)
+            if _suffix(path) in (".nii", ".nii.gz"):
+                _check_nifti_data(path)
+            if _suffix(path) in (".nrrd", ".nhdr"):
+                _check_nrrd_compression(path)
+            return sitk.ReadImage(str(path))
     except InputError:
         raise
     except RuntimeError as error:
