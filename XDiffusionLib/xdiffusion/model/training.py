@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..errors import InputError
+from ..io import atomic_output
 from .checkpoint import XDiffusionModel, save_model
 from .conditioning import ConditionEncoder
 from .config import XDiffusionConfig, preset
@@ -187,7 +188,8 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.autoencoder = self._prepare_autoencoder() if self.config.latent else None
         if self.accelerator.is_main_process:  # after the autoencoder: it fixes model.latent_scale
-            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(self.resolved, sort_keys=False))
+            with atomic_output(self.output_dir / "config.yaml") as temporary:  # never half a config after a kill
+                temporary.write_text(yaml.safe_dump(self.resolved, sort_keys=False))
         if self.train.init_from:
             unet = init_unet_from_pretrained(self.train.init_from, self.config)
         else:
