@@ -256,6 +256,7 @@ class XDiffusionPipeline:
                  progress: Optional[ProgressCallback] = None) -> torch.Tensor:
         unet = self._unet_call or self.model.unet
         channels_last = self.device.type == "cuda"
+        timestep = timestep.to(self.device)  # diffusers embeds a 1-D timestep on the device it is on
 
         def run(start: int, stop: int) -> torch.Tensor:
             chunk = {key: value[start:stop].to(self.device) for key, value in conditioning.items()}
