@@ -166,3 +166,38 @@ def test_sigterm_while_writing(tmp_path, big_input):
         assert list(out.iterdir()) == [] and err.read_text().strip() == "error: cancelled; no output was written"
     else:
         assert code == 0 and read_image(out / "v.nii.gz").geometry.shape == (112, 112, 80)
+
+
+def test_outputs_of_one_run_are_committed_together(tmp_path, monkeypatch):
+    """Volume, segmentation and uncertainty are one unit: a cancel while the second is written leaves all three old
+    files and no temporary; once the renames begin, a cancel request is ignored so the set is never split."""
+    from xdiffusion import cli, errors, io
+
+    volume = Volume(np.arange(24, dtype=np.float32).reshape(2, 3, 4), Geometry((2, 3, 4), (1, 1, 1), (0, 0, 0), np.eye(3)))
+    paths = [tmp_path / "v.nii.gz", tmp_path / "s.nrrd", tmp_path / "u.mha"]
+    for path in paths:
+        path.write_bytes(b"old " + path.name.encode())
+    written = []
+    real = io._write_image
+
+    def cancelled_on_the_second(image, target, temporary):
+        written.append(target)
+        if len(written) == 2:
+            raise errors.Cancelled("SIGTERM")
+        real(image, target, temporary)
+
+    monkeypatch.setattr(io, "_write_image", cancelled_on_the_second)
+    errors.reset_commit()
+    with pytest.raises(errors.Cancelled):
+        io.write_volumes([(volume, path) for path in paths])
+    assert [p.read_bytes() for p in paths] == [b"old " + p.name.encode() for p in paths]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
+    assert not errors.commit_started()
+
+    monkeypatch.setattr(io, "_write_image", real)
+    io.write_volumes([(volume, path) for path in paths])
+    assert errors.commit_started() and cli._raise_cancelled(signal.SIGTERM, None) is None  # ignored from now on
+    assert all(np.array_equal(read_image(p).array, volume.array) for p in paths)
+    errors.reset_commit()
+    with pytest.raises(errors.Cancelled):
+        cli._raise_cancelled(signal.SIGTERM, None)

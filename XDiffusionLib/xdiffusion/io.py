@@ -20,12 +20,12 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import InputError, begin_commit
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 GENERATED_DESCRIPTION = "XDiffusion generated volume - synthetic, not for diagnosis"
@@ -390,14 +390,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             temporary_path.unlink()
 
 
-def write_volume(volume: Volume, path: str | os.PathLike, description: str | None = None) -> Path:
-    """Write atomically with the volume's exact geometry; ``description`` goes into the file header.
-
-    The description (default: ``volume.metadata["description"]``) reads back as ``metadata["description"]``;
-    NIfTI keeps its first 79 characters. MetaImage keeps geometry bit for bit, NRRD to 1e-12; NIfTI stores spacing
-    and origin as float32 and the direction as a float32 quaternion/sform (about 1e-7).
-    """
-    target = Path(path)
+def _image_for(volume: Volume, target: Path, description: str | None) -> sitk.Image:
+    """The SimpleITK image to write at ``target``, with its description: every check happens here, before any file."""
     suffix = _suffix(target)
     if suffix not in WRITABLE_SUFFIXES:
         raise InputError(f"{target}: unsupported output type; use one of {', '.join(WRITABLE_SUFFIXES)}")
@@ -411,9 +405,38 @@ def write_volume(volume: Volume, path: str | os.PathLike, description: str | Non
     if text:
         text = " ".join(text.split())  # one header line
         image.SetMetaData(DESCRIPTION_KEY, text[:NIFTI_DESCRIPTION_LENGTH] if suffix in (".nii", ".nii.gz") else text)
+    return image
+
+
+def _write_image(image: sitk.Image, target: Path, temporary: Path) -> None:
+    try:
+        sitk.WriteImage(image, str(temporary), useCompression=_suffix(target) in (".nii.gz", ".nrrd", ".mha"))
+    except RuntimeError as error:  # disk full, quota, a folder gone read-only meanwhile
+        raise InputError(f"{target}: cannot write ({_itk_reason(error)})") from None
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, description: str | None = None) -> Path:
+    """Write atomically with the volume's exact geometry; ``description`` goes into the file header.
+
+    The description (default: ``volume.metadata["description"]``) reads back as ``metadata["description"]``;
+    NIfTI keeps its first 79 characters. MetaImage keeps geometry bit for bit, NRRD to 1e-12; NIfTI stores spacing
+    and origin as float32 and the direction as a float32 quaternion/sform (about 1e-7).
+    """
+    target = Path(path)
+    image = _image_for(volume, target, description)
     with atomic_output(target) as temporary:
-        try:
-            sitk.WriteImage(image, str(temporary), useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
-        except RuntimeError as error:  # disk full, quota, a folder gone read-only meanwhile
-            raise InputError(f"{target}: cannot write ({_itk_reason(error)})") from None
+        _write_image(image, target, temporary)
     return target
+
+
+def write_volumes(items: Sequence[tuple[Volume, str | os.PathLike]]) -> list[Path]:
+    """Write several outputs of one result as a unit: all go to their hidden temporaries first and are renamed into
+    place only when every one is written. An error or a cancellation (Ctrl-C, SIGTERM) before that point leaves
+    every old file (or nothing); once the renames begin, `errors.commit_started()` is true and the CLI lets them
+    finish instead of cancelling, so a set is never split and a completed run is never reported as cancelled."""
+    prepared = [(_image_for(volume, Path(path), None), Path(path)) for volume, path in items]
+    with contextlib.ExitStack() as stack:
+        for image, target in prepared:
+            _write_image(image, target, stack.enter_context(atomic_output(target)))
+        begin_commit()
+    return [target for _, target in prepared]
