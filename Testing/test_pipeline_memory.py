@@ -104,3 +104,18 @@ def test_estimate_grows_with_views_guidance_and_cube():
 def test_available_host_memory_is_a_plausible_number():
     available = available_host_memory()
     assert available is None or 16 * 1024**2 < available < 1024**5
+
+
+def test_cpu_threads_never_exceed_usable_cores(monkeypatch):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(pipeline_module, "usable_cores", lambda: 1)
+        XDiffusionPipeline(tiny_model())
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(1)
+        monkeypatch.setattr(pipeline_module, "usable_cores", lambda: 8)
+        XDiffusionPipeline(tiny_model())
+        assert torch.get_num_threads() == 1  # lowered when oversubscribed, never raised over the user's choice
+    finally:
+        torch.set_num_threads(threads)

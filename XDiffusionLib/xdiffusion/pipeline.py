@@ -51,6 +51,24 @@ def available_host_memory() -> Optional[int]:
         return None
 
 
+def usable_cores() -> int:
+    """CPU cores this process may really use: its affinity mask, capped by a cgroup CPU quota (containers)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def limit_threads() -> None:
+    """Never more torch threads than usable cores: an oversubscribed OpenMP pool spin-waits and slows every call."""
+    if torch.get_num_threads() > usable_cores():
+        torch.set_num_threads(usable_cores())
+
+
 def _is_out_of_memory(error: BaseException) -> bool:
     """A CUDA OOM, or the CPU allocator's refusal: both are retried with smaller chunks."""
     return isinstance(error, torch.cuda.OutOfMemoryError) or (
@@ -116,6 +134,8 @@ class XDiffusionPipeline:
         self._unet_call = None
         if self.device.type == "cuda":
             self._prepare_cuda(os.environ.get("XDIFFUSION_COMPILE", "") == "1" if compile is None else compile)
+        else:
+            limit_threads()
 
     @classmethod
     def from_pretrained(cls, folder: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
