@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from fuzz_helpers import EXAMPLES, assert_refused, listing, run_main, save_tiny_model, start_process
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from test_io import make_volume, write_dicom_series
 
@@ -282,13 +282,25 @@ def argument_lists(draw):
     return arguments
 
 
+@pytest.fixture(scope="module")
+def slice_file(tmp_path_factory) -> Path:
+    """A true 2D file (no orientation of its own): it needs --plane, takes --slice-position, refuses --slice-index."""
+    image = sitk.GetImageFromArray((np.random.default_rng(1).random((9, 7)) * 100).astype(np.float32))
+    image.SetSpacing((0.8, 1.1))
+    path = tmp_path_factory.mktemp("fuzz-slice") / "slice.nrrd"
+    sitk.WriteImage(image, str(path))
+    return path
+
+
 @FUZZ
-@given(arguments=argument_lists())
-def test_random_argument_combinations_succeed_or_are_refused_cleanly(volume_file, arguments):
-    """Never an internal error: exit 0 with a readable output, or a clean refusal."""
+@given(arguments=argument_lists(), two_d=st.booleans(), plane=st.sampled_from([None, "axial", "coronal", "sagittal"]))
+def test_random_argument_combinations_succeed_or_are_refused_cleanly(volume_file, slice_file, arguments, two_d, plane):
+    """A 3D volume or a 2D slice with any mix of options: never an internal error, but exit 0 with a readable
+    output or a clean refusal."""
     with workdir() as folder:
         output = Path(folder) / "out.nii.gz"
-        argv = ["reconstruct", volume_file, "-o", output, "--quiet", *arguments]
+        first = ["--plane", plane] if plane else []  # a later --plane among the arguments overrides it
+        argv = ["reconstruct", slice_file if two_d else volume_file, "-o", output, "--quiet", *first, *arguments]
         before = listing(Path(folder))
         code, out, err = run_main(argv)
         assert code in (0, 2), (argv, code, err)
@@ -296,7 +308,9 @@ def test_random_argument_combinations_succeed_or_are_refused_cleanly(volume_file
             assert len(err.splitlines()) == 1 and err.startswith("error:"), (argv, err)
             assert listing(Path(folder)) == before
         else:
-            assert read_image(output).geometry.shape == (6, 7, 8)
+            shape = read_image(output).geometry.shape
+            assert shape[:2] == (7, 9) if two_d else shape == (6, 7, 8)
+            event(f"exit 0 from a {'2D slice' if two_d else '3D volume'}")
 
 
 # --- paths ---------------------------------------------------------------------------------------------------------
