@@ -71,6 +71,7 @@ class TrainConfig:
     autoencoder_from: str = ""
     autoencoder_steps: int = 2000
     autoencoder_lr: float = 1e-3
+    autoencoder_tumour_weight: float = 20.0
 
     def __post_init__(self) -> None:
         casts = {"int": int, "float": float, "str": str}
@@ -255,6 +256,7 @@ class Trainer:
             if not self.train.autoencoder_from:
                 self.autoencoder_metrics = train_autoencoder(
                     autoencoder, targets, self.train.autoencoder_steps, lr=self.train.autoencoder_lr,
+                    tumour_weight=self.train.autoencoder_tumour_weight,
                     kl_weight=self.config.autoencoder.kl_weight, device=device)
             scale = measure_latent_scale(autoencoder.to(device).eval(), targets, device=device)
             staging = folder.with_name(".autoencoder.tmp")
