@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 SUITE = {
     "flops": (["flops.py"], ["--batches", "1,2"]),
     "end_to_end": (["end_to_end.py"], []),
-    "speed_quality": (["speed_quality.py"], ["--curve-steps", "2", "--curve-solvers", "dpmsolver++", "--curve-views", "1",
+    "speed_quality": (["speed_quality.py"], ["--curve", "dpmsolver++:1,2", "--curve-views", "1",
                                              "--naive-steps", "2", "--naive-slices", "1", "--steps", "2", "--views", "1"]),
     "scaling": (["scaling.py"], ["--cubes", "16,32", "--views", "1,2", "--inputs", "1,2"]),
     "training_throughput": (["training_throughput.py"], ["--samples", "10", "--batches", "1", "--steps", "1", "--batch", "4"]),

@@ -37,12 +37,12 @@ def integers(text: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=None)
-    parser.add_argument("--views", type=int, default=4, help="views of the head-to-head comparison and of the solver curve")
-    parser.add_argument("--steps", type=int, default=12, help="our default steps")
-    parser.add_argument("--solver", default="dpmsolver++", help="our default solver")
-    parser.add_argument("--curve-steps", default="4,6,8,12,20")
-    parser.add_argument("--curve-solvers", default="dpmsolver++,unipc,ddim")
-    parser.add_argument("--curve-views", default="1,2,4,6")
+    parser.add_argument("--views", type=int, default=None, help="views of the head-to-head comparison and of the solver curve (default: the CLI's)")
+    parser.add_argument("--steps", type=int, default=None, help="our steps (default: the CLI's)")
+    parser.add_argument("--solver", default="dpmsolver++", help="our solver (the pipeline's default)")
+    parser.add_argument("--curve", nargs="+", default=["dpmsolver++:4,6,8,12", "unipc:4,6,8", "ddim:12,25"], metavar="SOLVER:STEPS",
+                        help="solvers and their step counts for the curve")
+    parser.add_argument("--curve-views", default="1,2,6")
     parser.add_argument("--naive-steps", type=int, default=50)
     parser.add_argument("--naive-guidance", type=float, default=7.5)
     parser.add_argument("--naive-slices", type=int, default=6)
@@ -53,6 +53,11 @@ def main() -> None:
 
     folder = model_dir(args.model)
     pipeline = XDiffusionPipeline.from_pretrained(folder)
+    from xdiffusion.cli import DEFAULT_SAMPLING
+
+    defaults = {**DEFAULT_SAMPLING, **pipeline.model.model_card.get("default_sampling", {})}
+    args.views = args.views or int(defaults["views"])
+    args.steps = args.steps or int(defaults["steps"])
     side = pipeline.config.cube_size
     modality = "t1"
     truth = read_volume(SAMPLE_IMAGE)
@@ -99,8 +104,9 @@ def main() -> None:
 
     print("curve: solvers x steps")
     curve = []
-    for solver in args.curve_solvers.split(","):
-        for steps in integers(args.curve_steps):
+    for spec in args.curve:
+        solver, _, step_list = spec.partition(":")
+        for steps in integers(step_list):
             if (solver, steps, args.views) == (args.solver, args.steps, args.views):
                 curve.append(ours)
                 continue
@@ -108,10 +114,9 @@ def main() -> None:
     print("curve: views")
     views_curve = []
     for views in integers(args.curve_views):
-        if views == args.views:
-            views_curve.append(ours)
-            continue
-        views_curve.append(measure(args.solver, args.steps, views, 1.0))
+        if views != args.views:
+            views_curve.append(measure(args.solver, args.steps, views, 1.0))
+    views_curve = sorted(views_curve + [ours], key=lambda row: row["views"])
 
     def verdict(row: dict) -> dict:
         speedup = official_seconds / row["seconds"]
