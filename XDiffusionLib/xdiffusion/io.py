@@ -151,7 +151,6 @@ def _check_nifti_data(path: Path) -> None:
     """Refuse damaged NIfTI data: ITK's NIfTI reader zero-fills a truncated file and turns NaN/Inf into 0, so the
     raw voxels are checked here, before ITK can hide them."""
     import gzip
-    import zlib
 
     import nibabel
 
