@@ -244,3 +244,22 @@ def test_dicom_patient_identifiers_never_leave_the_input(tmp_path, model_dir):
     plain = gzip.decompress((out / "model.nii.gz").read_bytes())  # compressed bytes could hide a match
     assert not any(secret.encode() in plain for secret in secrets)
     np.testing.assert_array_equal(read_image(out / "extrude.nrrd").array[:, :, 6], volume.array[:, :, 6])
+
+
+def test_a_model_that_produces_nan_writes_nothing(tmp_path, volume_path):
+    """A verified model folder whose weights hold NaN (hashes match: saved that way) is refused after sampling with
+    one line; no output is written."""
+    from test_pipeline import tiny_model
+
+    from xdiffusion.model import save_model
+
+    model = tiny_model()
+    with torch.no_grad():
+        model.unet.conv_out.bias.fill_(float("nan"))
+    folder = save_model(tmp_path / "nan-model", model.unet, model.condition_encoder, None, model.scheduler_config,
+                        model.config, {"default_sampling": {"views": 1, "steps": 1}, "default_modality": "t1"})
+    out = tmp_path / "out"
+    out.mkdir()
+    code, _, err = run_main(["reconstruct", volume_path, "-o", out / "v.nii.gz", "--model", folder, "--quiet"])
+    assert code == 2 and err.startswith("error: the model produced NaN") and len(err.splitlines()) == 1, err
+    assert list(out.iterdir()) == []

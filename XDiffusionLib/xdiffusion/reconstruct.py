@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 from . import geometry
-from .errors import InputError
+from .errors import InputError, ModelError
 from .io import GENERATED_DESCRIPTION, Geometry, Volume
 
 if TYPE_CHECKING:  # torch and diffusers load only when the model runs: the baselines and bad inputs start fast
@@ -170,6 +170,9 @@ def reconstruct(
             raise InputError("the xdiffusion method needs a model")
         modality = modality or pipeline.modalities[0]
         image, labels, spread, evaluations = _diffusion(inputs, pipeline, modality, progress, **sampling)
+        if not (np.isfinite(image).all() and np.isfinite(spread).all()):  # never written as if it were an image
+            raise ModelError("the model produced NaN or infinite values (damaged weights, or float16 overflow on a "
+                             "GPU: try --device cpu); nothing was written")
         if progress is not None:
             progress(1.0, "done")
         return Reconstruction(
