@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL
 
 from xdiffusion.model import load_model, save_model
 from xdiffusion.model_location import PACKAGED_MODEL
@@ -23,9 +24,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--guidance", type=float, required=True)
     parser.add_argument("--extra-card", type=Path, default=None, help="JSON merged into the model card (e.g. measured metrics)")
+    parser.add_argument("--autoencoder", type=Path, default=None, help="a fine-tuned autoencoder folder (same encoder) to ship instead")
     args = parser.parse_args()
     model = load_model(args.run_model)
     card = dict(model.model_card)
+    if args.autoencoder is not None:
+        tuned = AutoencoderKL.from_pretrained(args.autoencoder, use_safetensors=True, local_files_only=True).eval()
+        if any(not torch.equal(a, b) for a, b in zip(model.autoencoder.encoder.state_dict().values(), tuned.encoder.state_dict().values())):
+            raise SystemExit(f"{args.autoencoder}: its encoder differs from the run's, so the U-Net's latents would not match")
+        model.autoencoder = tuned
+        finetune = args.autoencoder / "finetune.json"
+        card["autoencoder_decoder_finetune"] = json.loads(finetune.read_text()) if finetune.is_file() else str(args.autoencoder)
     card.pop("sha256", None)
     card["default_sampling"] = {"views": args.views, "steps": args.steps, "guidance": args.guidance}
     card["default_modality"] = "t1"
