@@ -11,6 +11,7 @@ import pytest
 from scipy import ndimage
 
 from conftest import oriented_volume, smooth_head
+from model_fixtures import single_thread  # noqa: F401 (autouse fixture: one torch thread)
 from test_pipeline import tiny_model
 from xdiffusion.atlas import atlas_reconstruct, intensity_lookup
 from xdiffusion.data.tumour import paint_tumour
@@ -103,7 +104,7 @@ def test_suite_and_report_end_to_end_on_a_tiny_model(tmp_path, model_dir):
     cases = synthetic_cases()
     logged = []
     summary = suite.run_suite(grid, cases, pipeline, defaults, "tiny", tmp_path / "evaluation", log=logged.append)
-    assert summary["made"] == summary["planned"] > 20 and summary["reused"] == 0
+    assert summary["made"] == summary["planned"] > 12 and summary["reused"] == 0
     records = [json.loads(p.read_text()) for p in (tmp_path / "evaluation" / "runs").glob("*.json")]
     assert len(records) == summary["made"] and all("metrics" in r for r in records), [r.get("error") for r in records]
     methods = {r["run"]["method"] for r in records}
