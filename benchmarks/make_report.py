@@ -399,37 +399,40 @@ def _claims(records: list[dict]) -> list[str]:
         spread = max(a[1] or 0.0, b[1] or 0.0)
         return "yes" if diff > spread else ("no" if diff < -spread else "within the spread")
 
+    def n(value, digits=2):
+        return "–" if value is None else f"{value:.{digits}f}"
+
     x1, x3 = m("xdiffusion", 1), m("xdiffusion", 3)
     s1, s3 = m("xdiffusion", 1, "ssim"), m("xdiffusion", 3, "ssim")
     u1, u3 = m("xdiffusion", 1, "psnr_slice_unseen"), m("xdiffusion", 3, "psnr_slice_unseen")
     if x1[0] is not None and x3[0] is not None:
         claims.append(f"**More input slices help** (paper: +1.0 dB PSNR and +0.025 SSIM from K = 1 to 3). Ours: PSNR "
-                      f"{x1[0]:.2f} → {x3[0]:.2f} dB (3D), per-slice PSNR on unseen slices {u1[0]:.2f} → {u3[0]:.2f} dB, "
-                      f"SSIM {s1[0]:.3f} → {s3[0]:.3f}. Improvement beyond the spread: {verdict(x3, x1)}.")
+                      f"{n(x1[0])} → {n(x3[0])} dB (3D), per-slice PSNR on unseen slices {n(u1[0])} → {n(u3[0])} dB, "
+                      f"SSIM {n(s1[0], 3)} → {n(s3[0], 3)}. Improvement beyond the spread: {verdict(x3, x1)}.")
     o1 = m("official", 1)
     if x1[0] is not None and o1[0] is not None:
         claims.append(f"**Our batched multi-view sampler vs the official sampling on the same model** (K = 1): "
-                      f"{x1[0]:.2f} ± {x1[1]:.2f} dB vs {o1[0]:.2f} ± {o1[1]:.2f} dB. Ours better beyond the spread: {verdict(x1, o1)}.")
+                      f"{n(x1[0])} ± {n(x1[1])} dB vs {n(o1[0])} ± {n(o1[1])} dB (n = {x1[2]}, {o1[2]}). Ours better beyond the spread: {verdict(x1, o1)}.")
     for baseline in ("atlas", "extrude"):
         b1 = m(baseline, 1)
         if x1[0] is not None and b1[0] is not None:
-            claims.append(f"**The diffusion model beats the {baseline} baseline from one slice**: {x1[0]:.2f} vs {b1[0]:.2f} dB "
-                          f"PSNR, SSIM {s1[0]:.3f} vs {m(baseline, 1, 'ssim')[0]:.3f}. Beyond the spread: {verdict(x1, b1)}.")
+            claims.append(f"**The diffusion model beats the {baseline} baseline from one slice**: {n(x1[0])} vs {n(b1[0])} dB "
+                          f"PSNR, SSIM {n(s1[0], 3)} vs {n(m(baseline, 1, 'ssim')[0], 3)}. Beyond the spread: {verdict(x1, b1)}.")
     i3 = m("interpolate", 3)
     if x3[0] is not None and i3[0] is not None:
-        claims.append(f"**Beats slice interpolation with K = 3**: {x3[0]:.2f} vs {i3[0]:.2f} dB. Beyond the spread: {verdict(x3, i3)}.")
+        claims.append(f"**Beats slice interpolation with K = 3**: {n(x3[0])} vs {n(i3[0])} dB. Beyond the spread: {verdict(x3, i3)}.")
     views = select(records, "views")
     if views:
         by_n = sorted({r["run"]["sampling"]["views"] for r in views})
         first, last = stat([r for r in views if r["run"]["sampling"]["views"] == by_n[0]], "psnr"), stat([r for r in views if r["run"]["sampling"]["views"] == by_n[-1]], "psnr")
-        claims.append(f"**Averaging more views helps** (the paper's multi-view fusion): N = {by_n[0]}: {first[0]:.2f} dB, "
-                      f"N = {by_n[-1]}: {last[0]:.2f} dB. Beyond the spread: {verdict(last, first)}.")
+        claims.append(f"**Averaging more views helps** (the paper's multi-view fusion): N = {by_n[0]}: {n(first[0])} dB, "
+                      f"N = {by_n[-1]}: {n(last[0])} dB. Beyond the spread: {verdict(last, first)}.")
     dice = [r for r in main if r["run"].get("tumour_seed") is not None and r["metrics"].get("dice_wt") is not None and r["run"]["method"] == "xdiffusion"]
     if dice:
         d1 = stat([r for r in dice if r["run"]["k"] == 1], "dice_wt")
         d3 = stat([r for r in dice if r["run"]["k"] == 3], "dice_wt")
         claims.append(f"**The tumour is carried into 3D** (the paper shows tumour profiles; it reports no Dice): whole-tumour "
-                      f"Dice {d1[0]:.2f} ± {d1[1]:.2f} (K = 1), {d3[0] if d3[0] is not None else float('nan'):.2f} (K = 3). "
+                      f"Dice {n(d1[0])} ± {n(d1[1])} (K = 1), {n(d3[0])} ± {n(d3[1])} (K = 3). "
                       "A synthetic tumour crossing the input slice, not a real one.")
     claims.append("**Absolute numbers are not comparable** with the paper's (" + PAPER + "): different data (an atlas "
                   "average, 2 mm, T1), a small model (64³ cube) trained on 2 CPU cores, and a different PSNR scaling. "
