@@ -161,3 +161,12 @@ def test_constant_or_nan_slices_are_refused(lia_volume):
     broken.array[:, :, :] = np.nan
     with pytest.raises(InputError, match="NaN"):
         select_slices(broken, "axial")
+
+
+def test_strength_starts_from_the_noised_prior_and_runs_fewer_steps(pipeline):
+    full = pipeline(cube_slices(1), "t1", views=2, steps=4)
+    half = pipeline(cube_slices(1), "t1", views=2, steps=4, strength=0.5)
+    assert half.unet_evaluations == full.unet_evaluations // 2
+    assert not np.allclose(full.image, half.image)
+    with pytest.raises(InputError, match="strength"):
+        pipeline(cube_slices(1), "t1", views=1, steps=2, strength=0.0)

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 from .errors import Cancelled, InputError, XDiffusionError, commit_started, reset_commit
 from .progress import end_progress_line
 
-DEFAULT_SAMPLING = {"views": 4, "steps": 12, "guidance": 1.0}
+DEFAULT_SAMPLING = {"views": 4, "steps": 12, "guidance": 1.0, "strength": 1.0}  # the model card may override
 
 
 class _Parser(argparse.ArgumentParser):
