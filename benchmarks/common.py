@@ -51,7 +51,8 @@ def machine() -> dict[str, object]:
 def write_results(name: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    record = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **data}
+    record = {"machine": machine(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "load_average_at_end": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None, **data}
     with atomic_output(path) as temporary:
         temporary.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
     return path
