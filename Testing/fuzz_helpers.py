@@ -55,7 +55,7 @@ def assert_refused(argv: Sequence[str], *folders: Path, fragments: Sequence[str]
 def run_process(argv: Sequence[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     """`python -m xdiffusion.cli ARGV` as a real process."""
     kwargs.setdefault("env", CHILD_ENV)
-    return subprocess.run([sys.executable, "-m", "xdiffusion.cli", *map(str, argv)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "xdiffusion.cli", *map(str, argv)], capture_output=True, text=True, encoding="utf-8", errors="replace",
                           timeout=timeout, **kwargs)
 
 
@@ -63,7 +63,7 @@ def start_process(argv: Sequence[str], **kwargs) -> subprocess.Popen:
     """`python -m xdiffusion.cli ARGV` started, not awaited (text pipes for stdout and stderr)."""
     kwargs.setdefault("env", CHILD_ENV)
     return subprocess.Popen([sys.executable, "-m", "xdiffusion.cli", *map(str, argv)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+                            stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", **kwargs)
 
 
 def assert_process_refused(argv: Sequence[str], *folders: Path, fragments: Sequence[str] = ()) -> str:

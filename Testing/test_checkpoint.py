@@ -41,10 +41,10 @@ def test_round_trip_gives_identical_outputs(tmp_path, latent):
     if latent:
         assert torch.equal(loaded.autoencoder.state_dict()["decoder.conv_out.weight"],
                            autoencoder.state_dict()["decoder.conv_out.weight"])
-    card = json.loads((tmp_path / "model" / "model_card.json").read_text())
+    card = json.loads((tmp_path / "model" / "model_card.json").read_text(encoding="utf-8"))
     for name, digest in card["sha256"].items():
         assert sha256_file(tmp_path / "model" / name) == digest
-        assert digest in (tmp_path / "model" / "README.md").read_text()
+        assert digest in (tmp_path / "model" / "README.md").read_text(encoding="utf-8")
 
 
 def test_save_replaces_an_existing_folder_and_leaves_no_temporaries(tmp_path):
@@ -81,7 +81,7 @@ def test_truncated_or_missing_file_is_refused(tmp_path):
 def test_config_that_does_not_match_the_weights_is_refused(tmp_path):
     _save(tmp_path / "model")
     path = tmp_path / "model" / "xdiffusion_config.json"
-    config = json.loads(path.read_text())
+    config = json.loads(path.read_text(encoding="utf-8"))
     config["max_inputs"] = 3
     path.write_text(json.dumps(config))
     with pytest.raises(ModelError, match="does not match"):
@@ -91,7 +91,7 @@ def test_config_that_does_not_match_the_weights_is_refused(tmp_path):
 def test_unet_config_edited_to_other_shapes_is_refused(tmp_path):
     _save(tmp_path / "model")
     path = tmp_path / "model" / "unet" / "config.json"
-    config = json.loads(path.read_text())
+    config = json.loads(path.read_text(encoding="utf-8"))
     config["layers_per_block"] = 2
     path.write_text(json.dumps(config))
     with pytest.raises(ModelError, match="do not match its config"):

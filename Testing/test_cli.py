@@ -94,7 +94,7 @@ def test_bad_arguments_are_one_error_line_and_exit_2(tmp_path, model_dir, volume
 
 def test_process_level_errors_have_no_traceback(tmp_path, volume_path):
     run = subprocess.run([sys.executable, "-m", "xdiffusion.cli", "reconstruct", str(volume_path), "-o", str(volume_path), "--method", "extrude"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip() == f"error: -o {volume_path} is the input file; refusing to overwrite the input"
 
@@ -103,7 +103,7 @@ def test_demo_writes_volume_figure_and_metrics(tmp_path, model_dir, capsys):
     assert main(["demo", "--output-dir", str(tmp_path / "demo"), "--model", str(model_dir), "--progress", "json"]) == 0
     names = sorted(p.name for p in (tmp_path / "demo").iterdir())
     assert names == ["demo_figure.png", "metrics.json", "reconstruction.nii.gz", "reconstruction_seg.nii.gz", "uncertainty.nii.gz"]
-    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["input"]["plane"] == "axial" and metrics["sampling"]["views"] == 2
     assert {"psnr", "ssim", "dice_wt"} <= set(metrics["xdiffusion"]) and metrics["extrude"]["psnr"] > 0
     assert (tmp_path / "demo" / "demo_figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

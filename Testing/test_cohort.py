@@ -104,7 +104,7 @@ def test_two_cpu_processes_share_the_cohort(tmp_path, cohort, model_dir):
     run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "xdiffusion.cli", "reconstruct-cohort", str(cohort),
                           "-o", str(out), "--model", str(model_dir), "--views", "1", "--steps", "1"],
-                         capture_output=True, text=True, timeout=300, env=env)
+                         capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = summary(out)
     assert len(rows) == 3 and {r["status"] for r in rows} == {"done"}

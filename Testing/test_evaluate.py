@@ -178,7 +178,7 @@ def test_mismatched_grid_and_nan_are_refused_by_name():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xdiffusion.cli", "evaluate", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "xdiffusion.cli", "evaluate", *args], capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
 
 
 def assert_one_error_line(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -105,7 +105,7 @@ def test_suite_and_report_end_to_end_on_a_tiny_model(tmp_path, model_dir):
     logged = []
     summary = suite.run_suite(grid, cases, pipeline, defaults, "tiny", tmp_path / "evaluation", log=logged.append)
     assert summary["made"] == summary["planned"] > 12 and summary["reused"] == 0
-    records = [json.loads(p.read_text()) for p in (tmp_path / "evaluation" / "runs").glob("*.json")]
+    records = [json.loads(p.read_text(encoding="utf-8")) for p in (tmp_path / "evaluation" / "runs").glob("*.json")]
     assert len(records) == summary["made"] and all("metrics" in r for r in records), [r.get("error") for r in records]
     methods = {r["run"]["method"] for r in records}
     assert methods == {"xdiffusion", "official", "atlas", "extrude", "interpolate"}
@@ -121,12 +121,12 @@ def test_suite_and_report_end_to_end_on_a_tiny_model(tmp_path, model_dir):
 
     docs = tmp_path / "docs"
     make_report.main(["--results", str(tmp_path / "evaluation"), "--docs", str(docs)])
-    text = (docs / "results.md").read_text()
+    text = (docs / "results.md").read_text(encoding="utf-8")
     for needle in ("Headline", "Method × K × plane", "Ablations", "Tumour agreement", "Brain volume", "Gallery", "reproduce"):
         assert needle in text
     for name in ("method_k", "profile", "views_steps", "dice", "brain_volume", "gallery"):
         assert (docs / "images" / f"results_{name}.png").stat().st_size > 1000
-    page = (docs / "results.html").read_text()
+    page = (docs / "results.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 6 and "<table>" in page
 
 

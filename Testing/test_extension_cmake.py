@@ -22,10 +22,10 @@ def manifest(tmp_path_factory) -> dict[str, list[str]]:
         pytest.skip("cmake is not installed")
     build = tmp_path_factory.mktemp("cmake")
     done = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), f"-DSlicer_DIR={STANDIN}", "-DBUILD_TESTING=ON"],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     entries: dict[str, list[str]] = {}
-    for line in (build / "standin_manifest.tsv").read_text().splitlines():
+    for line in (build / "standin_manifest.tsv").read_text(encoding="utf-8").splitlines():
         kind, value = line.split("\t", 1)
         entries.setdefault(kind, []).append(value)
     return entries
@@ -44,7 +44,7 @@ def test_metadata_is_set_and_matches_the_extensions_index_entry(manifest):
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
         assert manifest[key][0].startswith("https://"), key
     assert "not for diagnosis" in manifest["EXTENSION_DESCRIPTION"][0]
-    entry = json.loads((ROOT / "ExtensionsIndex" / "XDiffusion.json").read_text())
+    entry = json.loads((ROOT / "ExtensionsIndex" / "XDiffusion.json").read_text(encoding="utf-8"))
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
     assert set(entry) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "enabled", "scm_revision",
                           "scm_type", "scm_url", "tier"}  # the schema allows no other keys

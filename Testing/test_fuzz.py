@@ -420,10 +420,10 @@ MODEL_CASES = {
     "missing weights": (lambda m: (m / UNET_WEIGHTS).unlink(), "missing"),
     "config does not match the weights": (
         lambda m: (m / "xdiffusion_config.json").write_text(
-            json.dumps({**json.loads((m / "xdiffusion_config.json").read_text()), "max_inputs": 3})), "does not match"),
+            json.dumps({**json.loads((m / "xdiffusion_config.json").read_text(encoding="utf-8")), "max_inputs": 3})), "does not match"),
     "card without hashes": (
         lambda m: (m / "model_card.json").write_text(
-            json.dumps({k: v for k, v in json.loads((m / "model_card.json").read_text()).items() if k != "sha256"})),
+            json.dumps({k: v for k, v in json.loads((m / "model_card.json").read_text(encoding="utf-8")).items() if k != "sha256"})),
         "no weight hashes"),
     "card is not JSON": (lambda m: (m / "model_card.json").write_text("{not json"), "cannot read"),
     "pickle instead of safetensors": (

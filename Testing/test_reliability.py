@@ -39,7 +39,7 @@ def test_no_pickle_loading_anywhere_in_the_package():
     no eval/exec."""
     offences = []
     for path in _sources():
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         for number, line in enumerate(text.splitlines(), 1):
             code = line.split("#", 1)[0]
             where = f"{path.relative_to(PACKAGE.parents[1])}:{number}: {line.strip()}"

@@ -86,7 +86,7 @@ def test_sigkill_at_any_moment_leaves_the_old_output_or_a_complete_new_one(tmp_p
     assert leftover is not None, "no kill landed while writing"
     again = subprocess.run([sys.executable, "-m", "xdiffusion.cli", "reconstruct", big_input, "-o",
                             leftover["folder"] / "out.nii.gz", "--method", "extrude", "--quiet"],
-                           capture_output=True, text=True, timeout=240)
+                           capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=240)
     assert again.returncode == 0, again.stderr
     assert _parts(leftover["folder"]) == []
     expected = read_image(leftover["folder"] / "out.nii.gz").array
@@ -126,19 +126,19 @@ def test_sigterm_and_sigint_cancel_cleanly(tmp_path, slow_setup):
             assert time.monotonic() < deadline
             for run in list(waiting):
                 signum, _, _, err, process = run
-                assert process.poll() is None, err.read_text()
-                if "step " in err.read_text():  # the sampler is running
+                assert process.poll() is None, err.read_text(encoding="utf-8")
+                if "step " in err.read_text(encoding="utf-8"):  # the sampler is running
                     process.send_signal(signum)
                     waiting.remove(run)
             time.sleep(0.01)
         for _, _, _, err, process in runs:
-            assert process.wait(timeout=120) == 130, err.read_text()
+            assert process.wait(timeout=120) == 130, err.read_text(encoding="utf-8")
     finally:
         for *_, process in runs:
             if process.poll() is None:
                 process.kill()
     for _, mode, out, err, _ in runs:
-        text = err.read_text()
+        text = err.read_text(encoding="utf-8")
         lines = [line for line in text.splitlines() if line.strip()]
         errors = [line for line in lines if line.startswith("error:")]
         assert errors == ["error: cancelled; no output was written"] and lines[-1] == errors[0], text
@@ -157,13 +157,13 @@ def test_sigterm_while_writing(tmp_path, big_input):
     process = _start(["reconstruct", big_input, "-o", out / "v.nii.gz", "--method", "extrude", "--quiet"], err)
     deadline = time.monotonic() + 240
     while not _parts(out):
-        assert process.poll() is None and time.monotonic() < deadline, err.read_text()
+        assert process.poll() is None and time.monotonic() < deadline, err.read_text(encoding="utf-8")
         time.sleep(0.001)
     process.send_signal(signal.SIGTERM)
     code = process.wait(timeout=120)
     assert _parts(out) == []
     if code == 130:
-        assert list(out.iterdir()) == [] and err.read_text().strip() == "error: cancelled; no output was written"
+        assert list(out.iterdir()) == [] and err.read_text(encoding="utf-8").strip() == "error: cancelled; no output was written"
     else:
         assert code == 0 and read_image(out / "v.nii.gz").geometry.shape == (112, 112, 80)
 

@@ -24,7 +24,7 @@ WIDGETS_FOR_TYPE = {
 
 def parameter_fields() -> dict[str, tuple[str, ast.expr]]:
     """name -> (kind, annotation) of the class decorated with @parameterNodeWrapper."""
-    tree = ast.parse((MODULE / "XDiffusion.py").read_text())
+    tree = ast.parse((MODULE / "XDiffusion.py").read_text(encoding="utf-8"))
     wrapped = [c for c in tree.body if isinstance(c, ast.ClassDef) and any(getattr(d, "id", "") == "parameterNodeWrapper" for d in c.decorator_list)]
     assert len(wrapped) == 1
     fields = {}
@@ -81,6 +81,6 @@ def test_node_selectors_receive_the_scene_and_the_panel_says_research_tool():
     texts = " ".join(s.text or "" for s in root.iter("string"))
     assert "Research tool" in texts and "not be used for diagnosis" in texts
     names = {w.get("name") for w in root.iter("widget")}
-    source = (MODULE / "XDiffusion.py").read_text()
+    source = (MODULE / "XDiffusion.py").read_text(encoding="utf-8")
     for used in {part.split(".")[0] for part in source.split("self.ui.")[1:]}:
         assert used in names, f"XDiffusion.py uses self.ui.{used}, which the .ui does not define"

@@ -55,7 +55,7 @@ def test_train_command_writes_a_loadable_model_with_validation(tmp_path, volume_
     assert main(["train", str(config), "train.lr=0.0005"]) == 0
     model_dir = tmp_path / "run" / "model"
     pipeline = XDiffusionPipeline.from_pretrained(model_dir)
-    card = json.loads((model_dir / "model_card.json").read_text())
+    card = json.loads((model_dir / "model_card.json").read_text(encoding="utf-8"))
     assert card["steps"] == 6 and card["training_config"]["train"]["lr"] == 0.0005
     assert {"val/psnr", "val/psnr_extrude", "val/ssim"} <= set(card["validation"])
     assert card["training_data"]["source"].startswith("folder:")

@@ -198,7 +198,7 @@ def run_cohort(source: str | os.PathLike, output_dir: str | os.PathLike, make_re
         return rows, None
     merged = {}
     for index in range(state.num_processes):
-        for row in json.loads((output_dir / PARTS_FOLDER / f"rows-{index}.json").read_text()):
+        for row in json.loads((output_dir / PARTS_FOLDER / f"rows-{index}.json").read_text(encoding="utf-8")):
             merged[row["input"]] = CohortRow(**row)
     order = [item.input for item in items]
     all_rows = [merged[name] for name in order if name in merged]

@@ -40,7 +40,7 @@ GIB = 1024.0**3
 def available_host_memory() -> Optional[int]:
     """Bytes the OS can give us now (MemAvailable; sysconf where /proc is missing); None if unknown."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
@@ -55,7 +55,7 @@ def usable_cores() -> int:
     """CPU cores this process may really use: its affinity mask, capped by a cgroup CPU quota (containers)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text(encoding="utf-8").split()[:2]
         if quota != "max":
             cores = min(cores, max(1, int(int(quota) // int(period))))
     except (OSError, ValueError):

@@ -113,7 +113,7 @@ def save_model(folder: Union[str, Path], unet: UNet2DConditionModel, condition_e
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelError(f"model folder is incomplete: {path} is missing") from None
     except (OSError, ValueError) as error:

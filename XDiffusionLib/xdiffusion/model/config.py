@@ -141,7 +141,7 @@ class XDiffusionConfig:
 
     @classmethod
     def from_json(cls, path: Union[str, Path]) -> "XDiffusionConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

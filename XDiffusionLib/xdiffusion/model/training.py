@@ -116,7 +116,7 @@ def resolve_config(config: Union[str, os.PathLike, Mapping[str, Any]],
     else:
         path = Path(config)
         try:
-            raw = yaml.safe_load(path.read_text()) or {}  # YAML is a superset of JSON: one parser for both
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}  # YAML is a superset of JSON: one parser for both
         except (OSError, yaml.YAMLError) as error:
             raise InputError(f"cannot read training config {path}: {str(error).splitlines()[0]}") from None
         if not isinstance(raw, dict):
@@ -266,7 +266,7 @@ class Trainer:
                 {"latent_scale": scale, "metrics": self.autoencoder_metrics}) + "\n")
             _replace_dir(staging, folder)
         self.accelerator.wait_for_everyone()
-        saved = json.loads((folder / "latent_scale.json").read_text())
+        saved = json.loads((folder / "latent_scale.json").read_text(encoding="utf-8"))
         self.config.latent_scale = saved["latent_scale"]
         self.autoencoder_metrics = saved["metrics"]
         self.resolved["model"] = self.config.to_dict()
@@ -302,7 +302,7 @@ class Trainer:
                 self.accelerator.load_state(view)
         else:
             self.accelerator.load_state(str(folder))
-        self.step = json.loads((folder / "train_step.json").read_text())["step"]
+        self.step = json.loads((folder / "train_step.json").read_text(encoding="utf-8"))["step"]
         self._load_ema(folder)
         self._forget_metrics_after_step()
 
