@@ -13,20 +13,15 @@ import numpy as np
 import pytest
 
 from conftest import oriented_volume, smooth_head
-from test_pipeline import tiny_model
+from test_pipeline import save_tiny_model
 from xdiffusion.cli import main
 from xdiffusion.cohort import SUMMARY_NAME, list_cohort
 from xdiffusion.io import read_volume, write_volume
-from xdiffusion.model import save_model
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    model = tiny_model()
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    save_model(folder, model.unet, model.condition_encoder, None, model.scheduler_config, model.config,
-               {"default_sampling": {"views": 1, "steps": 1}, "default_modality": "t1"})
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny", views=1, steps=1)
 
 
 @pytest.fixture

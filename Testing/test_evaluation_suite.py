@@ -12,12 +12,11 @@ from scipy import ndimage
 
 from conftest import oriented_volume, smooth_head
 from model_fixtures import single_thread  # noqa: F401 (autouse fixture: one torch thread)
-from test_pipeline import tiny_model
+from test_pipeline import save_tiny_model
 from xdiffusion.atlas import atlas_reconstruct, intensity_lookup
 from xdiffusion.data.tumour import paint_tumour
 from xdiffusion.evaluate import auroc, uncertainty_ranking
 from xdiffusion.io import Volume
-from xdiffusion.model import save_model
 from xdiffusion.pipeline import XDiffusionPipeline
 from xdiffusion.reconstruct import reconstruct, select_slices
 
@@ -28,11 +27,7 @@ import make_report  # noqa: E402
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    model = tiny_model()
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    save_model(folder, model.unet, model.condition_encoder, None, model.scheduler_config, model.config,
-               {"default_sampling": {"views": 2, "steps": 2}, "default_modality": "t1"})
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny", views=2, steps=2)
 
 
 def synthetic_cases() -> dict[str, suite.Case]:

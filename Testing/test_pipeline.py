@@ -25,6 +25,14 @@ def tiny_model(seed: int = 0) -> XDiffusionModel:
     return XDiffusionModel(config, build_unet(config).eval(), ConditionEncoder.from_config(config).eval(), None, dict(scheduler.config))
 
 
+def save_tiny_model(folder, views: int, steps: int):
+    """A saved tiny model whose card sets the sampling defaults the CLI picks up."""
+    model = tiny_model()
+    save_model(folder, model.unet, model.condition_encoder, None, model.scheduler_config, model.config,
+               {"default_sampling": {"views": views, "steps": steps}, "default_modality": "t1"})
+    return folder
+
+
 @pytest.fixture(scope="module")
 def pipeline() -> XDiffusionPipeline:
     return XDiffusionPipeline(tiny_model())

@@ -26,6 +26,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
+from ..data.fetch import sha256_file  # one checksum routine for data and weights
 from ..errors import ModelError
 from .conditioning import ConditionEncoder
 from .config import XDiffusionConfig
@@ -45,14 +46,6 @@ class XDiffusionModel:
     autoencoder: Optional[AutoencoderKL]
     scheduler_config: dict[str, Any]
     model_card: dict[str, Any] = field(default_factory=dict)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_json(path: Path, data: Any) -> None:
