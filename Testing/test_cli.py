@@ -52,6 +52,16 @@ def test_same_seed_gives_the_same_file(tmp_path, model_dir, volume_path):
     np.testing.assert_array_equal(read_volume(tmp_path / "a.nii.gz").array, read_volume(tmp_path / "b.nii.gz").array)
 
 
+def test_atlas_prior_keeps_the_grid_and_the_input_slices(tmp_path, model_dir, volume_path):
+    common = ["--model", str(model_dir), "--quiet", "--plane", "axial", "--slice-index", "9", "--strength", "0.5"]
+    assert main(["reconstruct", str(volume_path), "-o", str(tmp_path / "atlas.nii.gz"), "--prior", "atlas", *common]) == 0
+    assert main(["reconstruct", str(volume_path), "-o", str(tmp_path / "extrude.nii.gz"), "--prior", "extrude", *common]) == 0
+    source, from_atlas = read_volume(volume_path), read_volume(tmp_path / "atlas.nii.gz")
+    assert from_atlas.geometry.same_as(source.geometry, atol=1e-5)
+    np.testing.assert_array_equal(from_atlas.array[:, :, 9], source.array[:, :, 9])
+    assert not np.array_equal(from_atlas.array, read_volume(tmp_path / "extrude.nii.gz").array)
+
+
 def test_single_2d_slice_input(tmp_path, model_dir):
     slice_path = tmp_path / "slice.nrrd"
     array = smooth_head((20, 24, 1))[:, :, 0]
@@ -76,6 +86,9 @@ def test_single_2d_slice_input(tmp_path, model_dir):
     (["--method", "extrude", "--segmentation-output", "{tmp}/seg.nii.gz"], "no segmentation"),
     (["--slice-position", "0.3"], "2D"),
     (["--model", "{tmp}"], "not an XDiffusion model folder"),
+    (["--strength", "0"], "strength"),
+    (["--prior", "mean"], "invalid choice"),
+    (["--method", "extrude", "--atlas", "{tmp}/t.nii.gz"], "--atlas applies"),
 ])
 def test_bad_arguments_are_one_error_line_and_exit_2(tmp_path, model_dir, volume_path, capsys, arguments, message):
     arguments = [a.replace("{tmp}", str(tmp_path)) for a in arguments]

@@ -94,7 +94,7 @@ def test_intensity_lookup_can_invert_a_contrast():
 
 def test_suite_and_report_end_to_end_on_a_tiny_model(tmp_path, model_dir):
     pipeline = XDiffusionPipeline.from_pretrained(model_dir)
-    defaults = {"views": 2, "steps": 2, "guidance": 1.0, "solver": "dpmsolver++"}
+    defaults = {"views": 2, "steps": 2, "guidance": 1.0, "solver": "dpmsolver++", "strength": 0.5, "prior": "atlas"}
     grid = suite.GRIDS["quick"]
     cases = synthetic_cases()
     logged = []
@@ -103,9 +103,12 @@ def test_suite_and_report_end_to_end_on_a_tiny_model(tmp_path, model_dir):
     records = [json.loads(p.read_text(encoding="utf-8")) for p in (tmp_path / "evaluation" / "runs").glob("*.json")]
     assert len(records) == summary["made"] and all("metrics" in r for r in records), [r.get("error") for r in records]
     methods = {r["run"]["method"] for r in records}
-    assert methods == {"xdiffusion", "official", "atlas", "extrude", "interpolate"}
+    assert methods == {"xdiffusion", "pure", "official", "atlas", "extrude", "interpolate"}
     official = [r for r in records if r["run"]["method"] == "official"]
     assert all(r["run"]["sampling"]["steps"] == 50 and r["run"]["sampling"]["guidance"] == 7.5 for r in official)
+    pure = [r for r in records if r["run"]["method"] == "pure"]
+    assert pure and all(r["run"]["sampling"]["strength"] == 1.0 for r in pure + official)
+    assert {r["run"]["sampling"]["strength"] for r in records if r["run"]["method"] == "xdiffusion"} == {0.5, 1.0}  # the strength ablation
     model_runs = [r for r in records if r["run"]["method"] == "xdiffusion" and r["run"]["case"] == "tumour0"]
     assert all(r["metrics"]["dice_wt"] is not None for r in model_runs)
     assert any(r["metrics"].get("uncertainty_auroc") is not None for r in model_runs)

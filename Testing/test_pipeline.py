@@ -178,3 +178,15 @@ def test_strength_starts_from_the_noised_prior_and_runs_fewer_steps(pipeline):
     assert not np.allclose(full.image, half.image)
     with pytest.raises(InputError, match="strength"):
         pipeline(cube_slices(1), "t1", views=1, steps=2, strength=0.0)
+
+
+def test_a_whole_cube_prior_is_where_sdedit_starts(pipeline):
+    side = pipeline.config.cube_size
+    bright, dark = np.full((side,) * 3, 0.8, dtype=np.float32), np.full((side,) * 3, -1.0, dtype=np.float32)
+    from_bright = pipeline(cube_slices(1), "t1", views=2, steps=4, strength=0.25, prior=bright)
+    from_dark = pipeline(cube_slices(1), "t1", views=2, steps=4, strength=0.25, prior=dark)
+    assert from_bright.image.mean() > from_dark.image.mean() + 0.2
+    again = pipeline(cube_slices(1), "t1", views=2, steps=4, strength=0.25, prior=bright)
+    np.testing.assert_array_equal(from_bright.image, again.image)
+    with pytest.raises(InputError, match="prior"):
+        pipeline(cube_slices(1), "t1", views=1, steps=2, strength=0.5, prior=bright[:-1])

@@ -12,7 +12,8 @@ BraTS-style tumours painted in (fixed seeds). Out of domain (reported apart): SR
 (1 x 1 x 3 mm), and a FLAIR-like contrast rendered from SRI24's tissue probability maps (a contrast the model never
 trained on; `--modality any`).
 
-Methods (same inputs, same metrics): `xdiffusion` (the model card's default sampling), `official` (the same model with
+Methods (same inputs, same metrics): `xdiffusion` (the model card's default sampling), `pure` (the same model sampled
+from pure noise: strength 1, so no atlas prior), `official` (the same model with
 the official X-Diffusion sampling: one view, 50 DDIM steps, guidance 7.5; the official code denoises one slice at a
 time, we batch all slices of the view per step: the slices are independent, so the maths is the same), `atlas`,
 `extrude`, `interpolate` (K >= 2).
@@ -45,6 +46,8 @@ from xdiffusion.reconstruct import reconstruct, select_slices  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "evaluation"
 OFFICIAL = {"views": 1, "steps": 50, "guidance": 7.5, "solver": "ddim"}
+PURE = {"strength": 1.0, "prior": "extrude"}  # sampling from pure noise: what the model alone makes of the input slices
+MODEL_METHODS = ("xdiffusion", "pure", "official")
 BASELINES = ("extrude", "interpolate", "atlas")
 BASELINE_OWNER = "baseline"  # what a baseline run's record names instead of a model: valid for every model
 PLANES = ("axial", "coronal", "sagittal")
@@ -65,9 +68,9 @@ class Case:
 
 @dataclass(frozen=True)
 class Run:
-    """One reconstruction to make and score. ``method`` is xdiffusion, official or a baseline."""
+    """One reconstruction to make and score. ``method`` is xdiffusion, pure, official or a baseline."""
 
-    group: str  # main, official, views, steps, guidance, solver, ood
+    group: str  # main, pure, official, views, steps, guidance, solver, strength, ood
     case: str
     plane: str
     k: int
@@ -97,6 +100,8 @@ class Grid:
     official_ks: tuple = (1, 3)
     official_planes: tuple = ("axial",)
     official_cases: Optional[tuple] = None  # None: every in-domain case
+    pure_ks: tuple = (1, 3)
+    strengths: tuple = (0.3, 0.5, 0.7, 1.0)  # with the default prior
     ablation_cases: tuple = ("tumour0",)
     ablation_seeds: tuple = (0,)
     views: tuple = (1, 2, 3, 4, 6, 8)
@@ -112,7 +117,7 @@ class Grid:
 GRIDS = {
     # the tests: a tiny model on a synthetic volume
     "quick": Grid("quick", tumour_seeds=(0,), planes=("axial",), ks=(1, 2), official_ks=(1,), official_cases=("tumour0",), views=(1, 2),
-                  steps=(2, 3), guidance=(1.0, 2.0), solvers=("dpmsolver++", "ddim"), ood=False),
+                  steps=(2, 3), guidance=(1.0, 2.0), solvers=("dpmsolver++", "ddim"), strengths=(0.5, 1.0), ood=False),
     # the published report (docs/results.md gives the measured time)
     "standard": Grid("standard", tumour_seeds=(0, 1)),
     # more seeds: a third tumour, two sampling seeds everywhere (about 2.4x the standard grid's sampling cost)
@@ -152,13 +157,20 @@ def plan_runs(grid: Grid, cases: dict[str, Case], defaults: dict) -> list[Run]:
         for plane in grid.official_planes:
             for k in grid.official_ks:
                 for seed in grid.sampling_seeds:
-                    runs.append(Run("official", case, plane, k, "official", _sampling(defaults, **OFFICIAL), seed))
+                    runs.append(Run("official", case, plane, k, "official", _sampling(defaults, **OFFICIAL, **PURE), seed))
+    if dict(base).get("strength", 1.0) < 1.0:  # the default starts from a prior: show the model without it too
+        for case in in_domain:
+            for plane in grid.planes:
+                for k in grid.pure_ks:
+                    for seed in grid.sampling_seeds:
+                        runs.append(Run("pure", case, plane, k, "pure", _sampling(defaults, **PURE), seed))
     ablation_cases = [c for c in grid.ablation_cases if c in cases] or in_domain[:1]
     for case in ablation_cases:
         for seed in grid.ablation_seeds:
-            for name, values in (("views", grid.views), ("steps", grid.steps), ("guidance", grid.guidance), ("solver", grid.solvers)):
+            for name, values in (("views", grid.views), ("steps", grid.steps), ("guidance", grid.guidance), ("solver", grid.solvers),
+                                 ("strength", grid.strengths)):
                 for value in values:
-                    runs.append(Run(name, case, "axial", 1, "xdiffusion", _sampling(defaults, **{name if name != "views" else "views": value}), seed))
+                    runs.append(Run(name, case, "axial", 1, "xdiffusion", _sampling(defaults, **{name: value}), seed))
     if grid.ood:
         for case in out_domain:
             for plane in grid.ood_planes:
@@ -183,7 +195,7 @@ def case_names(grid: Grid) -> dict[str, object]:
 
 def cost_units(run: Run) -> float:
     """Relative sampling cost of a run: views x steps x (2 with guidance), 0 for the baselines."""
-    if run.method not in ("xdiffusion", "official"):
+    if run.method not in MODEL_METHODS:
         return 0.0
     sampling = dict(run.sampling)
     return float(sampling["views"] * sampling["steps"] * (1 if float(sampling["guidance"]) == 1.0 else 2))
@@ -196,7 +208,7 @@ def priority(run: Run, early_cases: tuple = ("healthy", "tumour0")) -> int:
     early = run.case in early_cases
     if run.group == "main":
         return (0 if early else 3) if run.k in (1, 3) else 4
-    if run.group == "official":
+    if run.group in ("official", "pure"):
         return 1 if early else 3
     return 5 if run.group == "ood" else 2
 
@@ -328,7 +340,7 @@ def score(case: Case, result, inputs, with_labels: bool) -> dict:
 def execute(run: Run, case: Case, pipeline, atlas: Optional[str] = None) -> tuple[dict, object]:
     inputs = select_slices(case.image, run.plane, input_indices(case.image.geometry.shape[_axis(case, run.plane)], run.k))
     started = time.perf_counter()
-    if run.method in ("xdiffusion", "official"):
+    if run.method in MODEL_METHODS:
         result = reconstruct(inputs, "xdiffusion", pipeline, case.modality, **dict(run.sampling), seed=run.seed)
     else:
         result = reconstruct(inputs, run.method, atlas=atlas)
@@ -400,7 +412,7 @@ def run_suite(grid: Grid, cases: dict[str, Case], pipeline, defaults: dict, mode
         with atomic_output(path) as temporary:
             temporary.write_text(json.dumps(_json_safe(record), allow_nan=False) + "\n")
         made += 1
-        if result is not None and (run.case, run.plane, run.k) == grid.gallery and run.seed == 0 and run.group in ("main", "official"):
+        if result is not None and (run.case, run.plane, run.k) == grid.gallery and run.seed == 0 and run.group in ("main", "pure", "official"):
             _keep_volumes(volumes_dir, case, run, result)
         metrics = record.get("metrics", {})
         log(f"[{number}/{len(planned)}] {run.id}: {record.get('seconds', 0):.1f} s, PSNR "

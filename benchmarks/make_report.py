@@ -24,15 +24,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "evaluation"
-METHOD_ORDER = ("xdiffusion", "official", "atlas", "interpolate", "extrude")
+METHOD_ORDER = ("xdiffusion", "pure", "official", "atlas", "interpolate", "extrude")
+MODEL_METHODS = ("xdiffusion", "pure", "official")  # the model with some sampling; the rest are baselines
 METHOD_LABEL = {
     "xdiffusion": "XDiffusion (ours, default sampling)",
+    "pure": "XDiffusion from pure noise (no atlas prior, strength 1)",
     "official": "official sampling (1 view, 50 DDIM, g 7.5)",
     "atlas": "atlas (ICBM 2009c, affine+B-spline)",
     "interpolate": "interpolate (linear)",
     "extrude": "extrude (nearest slice)",
 }
-COLOURS = {"xdiffusion": "tab:red", "official": "tab:orange", "atlas": "tab:blue", "interpolate": "tab:green", "extrude": "tab:gray"}
+COLOURS = {"xdiffusion": "tab:red", "pure": "tab:purple", "official": "tab:orange", "atlas": "tab:blue", "interpolate": "tab:green", "extrude": "tab:gray"}
 PAPER = "BraTS 2023 FLAIR, per slice: PSNR 15.2 dB / SSIM 0.727 with one input slice, 16.2 dB / 0.752 with three (50-300 DDIM steps, guidance 7.5)"
 
 
@@ -67,6 +69,11 @@ def select(records: Iterable[dict], group: Optional[str] = None, **where) -> lis
         if all((run.get(key) in value) if isinstance(value, (tuple, list, set)) else run.get(key) == value for key, value in where.items()):
             chosen.append(record)
     return chosen
+
+
+def main_table(records: Iterable[dict], **where) -> list[dict]:
+    """The main table's runs: the default model and baselines, plus the model's other samplings on the same inputs."""
+    return [r for group in ("main", "pure", "official") for r in select(records, group, **where)]
 
 
 def values(records: Iterable[dict], key: str) -> np.ndarray:
@@ -208,7 +215,7 @@ def _errorbar(axes, xs, records_per_x, key, **style):
 def plot_method_k(records: list[dict], planes: list[str], path: Path) -> Path:
     plt = _plt()
     figure, grid = plt.subplots(2, len(planes), figsize=(4.2 * len(planes), 6.5), squeeze=False)
-    main = select(records, "main") + select(records, "official")
+    main = main_table(records)
     ks = sorted({r["run"]["k"] for r in main})
     for column, plane in enumerate(planes):
         for row, key in enumerate(("psnr", "ssim")):
@@ -229,8 +236,9 @@ def plot_method_k(records: list[dict], planes: list[str], path: Path) -> Path:
 
 def plot_ablations(records: list[dict], path: Path) -> Path:
     plt = _plt()
-    specs = [("views", "views", "views N"), ("steps", "steps", "solver steps"), ("guidance", "guidance", "guidance scale"), ("solver", "solver", "solver")]
-    figure, grid = plt.subplots(2, 4, figsize=(16, 6.5), squeeze=False)
+    specs = [("views", "views", "views N"), ("steps", "steps", "solver steps"), ("guidance", "guidance", "guidance scale"), ("solver", "solver", "solver"),
+             ("strength", "strength", "strength (1 = pure noise)")]
+    figure, grid = plt.subplots(2, len(specs), figsize=(4 * len(specs), 6.5), squeeze=False)
     for column, (group, key, label) in enumerate(specs):
         chosen = select(records, group)
         xs = sorted({r["run"]["sampling"][key] for r in chosen}, key=lambda v: (isinstance(v, str), v))
@@ -254,7 +262,7 @@ def plot_ablations(records: list[dict], path: Path) -> Path:
 
 def plot_profile(records: list[dict], path: Path) -> Path:
     plt = _plt()
-    main = select(records, "main", domain="in-domain") + select(records, "official", domain="in-domain")
+    main = main_table(records, domain="in-domain")
     ks = [k for k in (1, 3) if select(main, k=k)]
     figure, grid = plt.subplots(1, max(1, len(ks)), figsize=(6.5 * max(1, len(ks)), 4.2), squeeze=False)
     bin_mm = 4.0
@@ -287,7 +295,7 @@ def plot_profile(records: list[dict], path: Path) -> Path:
 
 def plot_dice(records: list[dict], path: Path) -> Path:
     plt = _plt()
-    tumour = [r for r in select(records, "main") + select(records, "official") if r["run"].get("tumour_seed") is not None
+    tumour = [r for r in main_table(records) if r["run"].get("tumour_seed") is not None
               and r["run"]["domain"] == "in-domain" and r["metrics"].get("dice_wt") is not None]
     ks = sorted({r["run"]["k"] for r in tumour})
     methods = methods_present(tumour)
@@ -312,7 +320,7 @@ def plot_dice(records: list[dict], path: Path) -> Path:
 
 def plot_brain_volume(records: list[dict], path: Path) -> Path:
     plt = _plt()
-    main = select(records, "main", domain="in-domain") + select(records, "official", domain="in-domain")
+    main = main_table(records, domain="in-domain")
     ks = sorted({r["run"]["k"] for r in main})
     figure, axes = plt.subplots(figsize=(7, 4))
     for method in methods_present(main):
@@ -386,7 +394,7 @@ def plot_gallery(results: Path, suite: dict, path: Path) -> Optional[Path]:
 
 def _claims(records: list[dict]) -> list[str]:
     """The paper's claims we can test here, each with its numbers and a verdict computed from them."""
-    main = select(records, "main", domain="in-domain") + select(records, "official", domain="in-domain")
+    main = main_table(records, domain="in-domain")
     claims = []
 
     def m(method, k, key="psnr", **where):
@@ -437,7 +445,7 @@ def _claims(records: list[dict]) -> list[str]:
     claims.append("**Absolute numbers are not comparable** with the paper's (" + PAPER + "): different data (an atlas "
                   "average, 2 mm, T1), a small model (64³ cube) trained on 2 CPU cores, and a different PSNR scaling. "
                   "Compare trends only.")
-    if not any(r["run"]["method"] in ("xdiffusion", "official") for r in main):
+    if not any(r["run"]["method"] in MODEL_METHODS for r in main):
         claims.append("**Every claim about the model is pending**: no model run is made yet (see the status line at the top).")
     claims.append("**Out of reach here**: body MRI and knee (the paper's other domains): no such data is available "
                   "in this environment, so no claim about them is tested.")
@@ -447,7 +455,7 @@ def _claims(records: list[dict]) -> list[str]:
 def _estimates(records: list[dict], suite: dict) -> list[tuple[str, int, float]]:
     """Minutes each grid would take at the rates measured here (sampling cost + fixed part, baselines' mean)."""
     costs = suite.get("grid_costs")
-    model = [r for r in records if r["run"]["method"] in ("xdiffusion", "official")]
+    model = [r for r in records if r["run"]["method"] in MODEL_METHODS]
     if not costs or len(model) < 2:
         return []
     units = np.array([r["run"]["sampling"]["views"] * r["run"]["sampling"]["steps"] * (1 if float(r["run"]["sampling"]["guidance"]) == 1.0 else 2) for r in model], dtype=float)
@@ -478,7 +486,7 @@ def build(results: Path, docs: Path) -> Document:
     doc.heading("XDiffusion evaluation results", 1)
     doc.text("Generated by `benchmarks/make_report.py` from the cached runs of `benchmarks/evaluation_suite.py`; do not "
              "edit by hand. Reconstructed volumes are generated, not measured: a research tool, not a diagnosis.")
-    model_runs = [r for r in records if r["run"]["method"] in ("xdiffusion", "official")]
+    model_runs = [r for r in records if r["run"]["method"] in MODEL_METHODS]
     planned = {p["id"] for p in suite["plan"]}
     if not model_runs or len(records) < len(planned):
         doc.text(f"**Status: incomplete.** {len(records)} of {len(planned)} planned runs are made, {len(model_runs)} of them "
@@ -530,7 +538,7 @@ def build(results: Path, docs: Path) -> Document:
         "Spread: mean ± std over cases (healthy + tumour seeds) and sampling seeds; n runs per cell is in the tables.",
     ])
 
-    main = select(records, "main", domain="in-domain") + select(records, "official", domain="in-domain")
+    main = main_table(records, domain="in-domain")
     planes = [p for p in ("axial", "coronal", "sagittal") if select(main, plane=p)]
     ks = sorted({r["run"]["k"] for r in main})
     doc.heading("Headline: every method, K = 1 and K = 3 (all planes pooled)")
@@ -567,7 +575,8 @@ def build(results: Path, docs: Path) -> Document:
     doc.image(plot_profile(records, images / "results_profile.png"), "Per-slice PSNR along the input axis, binned by distance (4 mm) to the nearest input slice; band = std over runs.")
 
     for group, key, label in (("views", "views", "number of views N"), ("steps", "steps", "sampling steps"),
-                              ("guidance", "guidance", "guidance scale"), ("solver", "solver", "solver")):
+                              ("guidance", "guidance", "guidance scale"), ("solver", "solver", "solver"),
+                              ("strength", "strength", "SDEdit strength from the default prior (1 = pure noise)")):
         chosen = select(records, group)
         if not chosen:
             continue

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 from .errors import Cancelled, InputError, XDiffusionError, commit_started, reset_commit
 from .progress import end_progress_line
 
-DEFAULT_SAMPLING = {"views": 4, "steps": 12, "guidance": 1.0, "strength": 1.0}  # the model card may override
+DEFAULT_SAMPLING = {"views": 4, "steps": 12, "guidance": 1.0, "strength": 1.0, "prior": "extrude"}  # the model card may override
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,8 +112,8 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     uncertainty_output = _check_output(args.uncertainty_output, [source], "--uncertainty-output")
     if args.method != "xdiffusion" and (segmentation_output or uncertainty_output):
         raise InputError(f"--method {args.method} makes no segmentation or uncertainty; drop those outputs")
-    if args.atlas is not None and args.method != "atlas":
-        raise InputError("--atlas applies only to --method atlas")
+    if args.atlas is not None and args.method in ("extrude", "interpolate"):
+        raise InputError(f"--atlas applies to --method atlas and to the xdiffusion atlas prior, not to --method {args.method}")
 
     volume = read_image(source)
     from .reconstruct import reconstruct, select_slices, single_slice_input  # after reading: a bad file fails fast
@@ -221,11 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--views", type=_positive, default=None, metavar="N")
     rec.add_argument("--steps", type=_positive, default=None, metavar="S")
     rec.add_argument("--guidance", type=_finite, default=None, metavar="G")
+    rec.add_argument("--strength", type=_finite, default=None, metavar="F", help="below 1: start from the noised prior (SDEdit)")
+    rec.add_argument("--prior", choices=("extrude", "atlas"), default=None, help="what --strength < 1 starts from")
     rec.add_argument("--seed", type=_seed, default=0)
     rec.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     rec.add_argument("--model", default=None, metavar="DIR")
     rec.add_argument("--method", choices=("xdiffusion", "extrude", "interpolate", "atlas"), default="xdiffusion")
-    rec.add_argument("--atlas", default=None, metavar="PATH", help="--method atlas: template volume (default: the shipped ICBM 2009c T1 brain)")
+    rec.add_argument("--atlas", default=None, metavar="PATH", help="--method/--prior atlas: template volume (default: the shipped ICBM 2009c T1 brain)")
     rec.add_argument("--segmentation-output", default=None, metavar="SEG")
     rec.add_argument("--uncertainty-output", default=None, metavar="UNC")
     rec.add_argument("--quiet", action="store_true")
@@ -241,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--views", type=_positive, default=None, metavar="N")
     cohort.add_argument("--steps", type=_positive, default=None, metavar="S")
     cohort.add_argument("--guidance", type=_finite, default=None, metavar="G")
+    cohort.add_argument("--strength", type=_finite, default=None, metavar="F", help="below 1: start from the noised prior (SDEdit)")
+    cohort.add_argument("--prior", choices=("extrude", "atlas"), default=None, help="what --strength < 1 starts from")
     cohort.add_argument("--seed", type=_seed, default=0)
     cohort.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     cohort.add_argument("--model", default=None, metavar="DIR")

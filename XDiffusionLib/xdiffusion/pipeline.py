@@ -329,10 +329,12 @@ class XDiffusionPipeline:
         data_consistency: bool = True,
         progress: Optional[ProgressCallback] = None,
         strength: float = 1.0,
+        prior: Optional[np.ndarray] = None,
     ) -> CubeReconstruction:
         """Generate the cube from input slices already placed in it (``geometry.slice_to_cube``, normalised).
 
-        ``strength`` < 1 starts every slice from its noised extrude prior (SDEdit) rather than from pure noise."""
+        ``strength`` < 1 starts every slice from a noised prior (SDEdit) rather than from pure noise: ``prior``, a
+        whole (S, S, S) cube in model units (e.g. a registered atlas), else the extrude prior."""
         if not slices:
             raise InputError("at least one input slice is needed")
         if modality not in self.config.modalities:
@@ -348,7 +350,13 @@ class XDiffusionPipeline:
         known_rows = [v * side + depth for v, view_known in enumerate(known) for depth in view_known]
         known_images = torch.from_numpy(np.stack([view_known[d] for view_known in known for d in view_known])) if known_rows else None
 
-        decoded, evaluations = self.generate_slices(conditioning, steps, guidance, seed, solver, chunk_size, known_rows, known_images, progress, strength)
+        if prior is not None:
+            if prior.shape != (side,) * 3 or not np.isfinite(prior).all():
+                raise InputError(f"the prior must be a finite {side}^3 cube, got shape {prior.shape}")
+            prior_slices = [np.moveaxis(ndimage.map_coordinates(prior, geometry.view_sample_points(rotation, side), order=1, mode="constant", cval=-1.0), -1, 0)
+                            for rotation in rotations]
+            prior = torch.from_numpy(np.concatenate(prior_slices)[:, None].astype(np.float32))
+        decoded, evaluations = self.generate_slices(conditioning, steps, guidance, seed, solver, chunk_size, known_rows, known_images, progress, strength, prior)
         volumes = [np.ascontiguousarray(np.moveaxis(view, 0, -1)) for view in decoded.numpy().reshape(views, side, -1, side, side)]
         self._report(progress, 0.95, "averaging views")
         mean, spread, coverage = geometry.realign_and_average(volumes, rotations)  # views are (C, S, S, depth)
@@ -368,11 +376,13 @@ class XDiffusionPipeline:
         known_images: Optional[torch.Tensor] = None,
         progress: Optional[ProgressCallback] = None,
         strength: float = 1.0,
+        prior_images: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, int]:
         """Denoise a batch of independent target slices (all sharing each solver step) and decode them.
 
-        ``strength`` < 1 starts from the extrude prior noised to that fraction of the schedule (SDEdit) instead of
-        pure noise: fewer steps run, and the sample stays closer to what the input slices say.
+        ``strength`` < 1 starts from ``prior_images`` (B, 1, S, S) (else the extrude prior ``conditioning["guess"]``)
+        noised to that fraction of the schedule (SDEdit) instead of pure noise: fewer steps run, and the sample stays
+        closer to the prior.
 
         Returns (B, 4, S, S) in model units (image, then tumour channels) and the number of U-Net evaluations.
         ``chunk_size`` (slices per network call) defaults to what fits (see ``choose_chunk_size``).
@@ -393,7 +403,8 @@ class XDiffusionPipeline:
             if hasattr(scheduler, "set_begin_index"):
                 scheduler.set_begin_index(start)
             timesteps = timesteps[start:]
-            latents = scheduler.add_noise(self._encode_prior(conditioning["guess"], chunk_size), latents, timesteps[:1])
+            start_image = prior_images if prior_images is not None else conditioning["guess"]
+            latents = scheduler.add_noise(self._encode_prior(start_image, chunk_size), latents, timesteps[:1])
         steps = len(timesteps)
         known_rows = list(known_rows)
         evaluations = 0
@@ -413,7 +424,7 @@ class XDiffusionPipeline:
         return self._decode(latents, progress), evaluations
 
     def _encode_prior(self, guess: torch.Tensor, chunk_size: int) -> torch.Tensor:
-        """The extrude prior as a clean target (image = guess, no tumour), in the space the U-Net denoises."""
+        """A prior image as a clean target (no tumour), in the space the U-Net denoises."""
         target = torch.cat([guess, -torch.ones(guess.shape[0], 3, *guess.shape[2:])], dim=1).float()
         if self.model.autoencoder is None:
             return target

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # torch and diffusers load only when the model runs: the base
     from .pipeline import ProgressCallback, XDiffusionPipeline
 
 METHODS = ("xdiffusion", "extrude", "interpolate", "atlas")
+PRIORS = ("extrude", "atlas")  # where SDEdit sampling (strength < 1) starts from
 # in-plane axes (as LPS directions) given to a 2D file that carries no orientation of its own, per plane
 SINGLE_SLICE_BASES = {
     "axial": np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]).T,
@@ -129,9 +130,22 @@ def place_in_cube(inputs: InputSlices, side: int) -> tuple[list[geometry.CubeSli
     return [geometry.CubeSlice(scale.normalise(p.image), p.axis, p.position) for p in placed], frame, scale
 
 
-def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str, progress: Optional[ProgressCallback], **sampling) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str, progress: Optional[ProgressCallback],
+               prior: str = "extrude", atlas: Optional[str] = None, **sampling) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    if prior not in PRIORS:
+        raise InputError(f"unknown prior {prior!r}; use one of {', '.join(PRIORS)}")
+    if not 0.0 < sampling.get("strength", 1.0) <= 1.0:  # before the atlas registration, not after it
+        raise InputError(f"strength must be in (0, 1], got {sampling['strength']}")
     slices, frame, scale = place_in_cube(inputs, pipeline.config.cube_size)
-    result = pipeline(slices, modality, progress=progress, **sampling)
+    prior_cube = None
+    if prior == "atlas" and sampling.get("strength", 1.0) < 1.0:
+        from .atlas import atlas_reconstruct, load_template
+
+        if progress is not None:
+            progress(0.0, "registering the atlas prior")
+        guess = Volume(_paste_inputs(atlas_reconstruct(inputs, load_template(atlas)), inputs).astype(np.float32), inputs.geometry)
+        prior_cube = scale.normalise(geometry.volume_to_cube(guess, frame))
+    result = pipeline(slices, modality, progress=progress, prior=prior_cube, **sampling)
     image = geometry.cube_to_grid(scale.restore(result.image), frame, inputs.geometry)
     spread = geometry.cube_to_grid(result.uncertainty * scale.scale / 2.0, frame, inputs.geometry)
     probability = np.stack([geometry.cube_to_grid(p, frame, inputs.geometry) for p in result.tumour_probability])
@@ -162,14 +176,14 @@ def reconstruct(
     **sampling,
 ) -> Reconstruction:
     """Reconstruct the volume on ``inputs.geometry`` with the model or a baseline (``views``, ``steps``, ``guidance``,
-    ``seed``, ``solver`` go to the pipeline; ``atlas`` is the `atlas` baseline's template file, default the shipped
-    one)."""
+    ``seed``, ``solver``, ``strength`` go to the pipeline; ``prior="atlas"`` with ``strength`` < 1 starts sampling
+    from the `atlas` guess; ``atlas`` is the template file for both, default the shipped one)."""
     description = f"{GENERATED_DESCRIPTION} ({method})"
     if method == "xdiffusion":
         if pipeline is None:
             raise InputError("the xdiffusion method needs a model")
         modality = modality or pipeline.modalities[0]
-        image, labels, spread, evaluations = _diffusion(inputs, pipeline, modality, progress, **sampling)
+        image, labels, spread, evaluations = _diffusion(inputs, pipeline, modality, progress, atlas=atlas, **sampling)
         if not (np.isfinite(image).all() and np.isfinite(spread).all()):  # never written as if it were an image
             raise ModelError("the model produced NaN or infinite values (damaged weights, or float16 overflow on a "
                              "GPU: try --device cpu); nothing was written")
