@@ -167,7 +167,7 @@ def main() -> None:
         lines += ["## End to end", "",
                   f"Fresh processes, wall time and peak resident memory by GNU time: `xdiffusion demo` {fmt(e2e['demo']['seconds'])} s, "
                   f"{fmt(e2e['demo']['peak_rss_mb'], 0)} MB (PSNR {fmt(e2e['demo']['psnr'], 2)} dB, extrude baseline "
-                  f"{fmt(e2e['demo']['extrude_psnr'], 2)} dB); `xdiffusion reconstruct` {fmt(e2e['reconstruct']['seconds'])} s, "
+                  f"{fmt(e2e['demo']['extrude_psnr'], 2)} dB, atlas {fmt(e2e['demo'].get('atlas_psnr'), 2)} dB); `xdiffusion reconstruct` {fmt(e2e['reconstruct']['seconds'])} s, "
                   f"{fmt(e2e['reconstruct']['peak_rss_mb'], 0)} MB. Default sampling: `{json.dumps(e2e['stages']['sampling'])}`.", "",
                   "Where one reconstruction's time goes (in-process, model already imported):", "", "| stage | seconds |", "|---|---|"]
         lines += [f"| {name} | {seconds:.2f} |" for name, seconds in e2e["stages"]["seconds"].items()]
@@ -203,10 +203,12 @@ def main() -> None:
                   f"{o['seconds_per_volume_sampling_only']} s per volume (sampling and decoding only, so the comparison favours it)"
                   + (f"; its quality, from the same settings run batched: PSNR {o['psnr']:.2f} dB, SSIM {o['ssim']:.3f}" if "psnr" in o else "")
                   + ". Ours: the end-to-end `reconstruct` (everything included).", "",
-                  "| solver | steps | views | seconds | U-Net evals | PSNR (dB) | SSIM | speed-up | PSNR loss (dB) |", "|---|---|---|---|---|---|---|---|---|"]
-        for r in sq["curve"] + [v for v in sq["views_curve"] if v not in sq["curve"]]:
+                  "| start | solver | steps | views | seconds | U-Net evals | PSNR (dB) | SSIM | speed-up | PSNR loss (dB) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        default_first = [sq["ours_default"]] if sq["ours_default"] not in sq["curve"] else []
+        for r in default_first + sq["curve"] + [v for v in sq["views_curve"] if v not in sq["curve"]]:
             loss = "n/a" if r.get("psnr_loss_db") is None else f"{r['psnr_loss_db']:+.2f}"
-            lines.append(f"| {r['solver']} | {r['steps']} | {r['views']} | {r['seconds']} | {r['unet_evaluations']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['speedup']}× | {loss} |")
+            start = "noise" if r.get("strength", 1.0) >= 1.0 else f"{r.get('prior', 'extrude')} prior, strength {r['strength']}"
+            lines.append(f"| {start} | {r['solver']} | {r['steps']} | {r['views']} | {r['seconds']} | {r['unet_evaluations']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['speedup']}× | {loss} |")
         best = sq.get("fastest_meeting_target")
         if best:
             lines += ["", f"Fastest setting meeting both targets (≥ 25×, ≤ 0.5 dB): {best['solver']}, {best['steps']} steps, "

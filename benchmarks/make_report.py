@@ -426,6 +426,14 @@ def _claims(records: list[dict]) -> list[str]:
         if x1[0] is not None and b1[0] is not None:
             claims.append(f"**The diffusion model beats the {baseline} baseline from one slice**: {n(x1[0])} vs {n(b1[0])} dB "
                           f"PSNR, SSIM {n(s1[0], 3)} vs {n(m(baseline, 1, 'ssim')[0], 3)}. Beyond the spread: {verdict(x1, b1)}.")
+    p1 = m("pure", 1)
+    if p1[0] is not None:
+        e1 = m("extrude", 1)
+        claims.append(f"**The model alone, from pure noise (no atlas prior)**, K = 1: {n(p1[0])} dB PSNR, SSIM "
+                      f"{n(m('pure', 1, 'ssim')[0], 3)}, against extrude {n(e1[0])} dB / {n(m('extrude', 1, 'ssim')[0], 3)}: "
+                      f"better PSNR beyond the spread: {verdict(p1, e1)}; better SSIM beyond the spread: "
+                      f"{verdict(m('pure', 1, 'ssim'), m('extrude', 1, 'ssim'))}. The default's gain over this row is what the "
+                      "atlas prior adds.")
     i3 = m("interpolate", 3)
     if x3[0] is not None and i3[0] is not None:
         claims.append(f"**Beats slice interpolation with K = 3**: {n(x3[0])} vs {n(i3[0])} dB. Beyond the spread: {verdict(x3, i3)}.")

@@ -1,7 +1,7 @@
 """Ship a trained run as the package's default model: U-Net weights stored as float16 (half the size, loaded back
 as float32 on the CPU), the card completed with the sampling defaults measured on CPU, every hash recomputed.
 
-    python scripts/package_default_model.py runs/cpu_default/model --views 4 --steps 12 --guidance 1.0
+    python scripts/package_default_model.py runs/cpu_default/model --views 4 --steps 12 --guidance 1.0 --strength 0.5 --prior atlas
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ def main() -> None:
     parser.add_argument("--views", type=int, required=True)
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--guidance", type=float, required=True)
+    parser.add_argument("--strength", type=float, default=1.0, help="below 1: sampling starts from the noised --prior (SDEdit)")
+    parser.add_argument("--prior", choices=("extrude", "atlas"), default="extrude")
     parser.add_argument("--extra-card", type=Path, default=None, help="JSON merged into the model card (e.g. measured metrics)")
     parser.add_argument("--autoencoder", type=Path, default=None, help="a fine-tuned autoencoder folder (same encoder) to ship instead")
     args = parser.parse_args()
@@ -36,7 +38,7 @@ def main() -> None:
         finetune = args.autoencoder / "finetune.json"
         card["autoencoder_decoder_finetune"] = json.loads(finetune.read_text()) if finetune.is_file() else str(args.autoencoder)
     card.pop("sha256", None)
-    card["default_sampling"] = {"views": args.views, "steps": args.steps, "guidance": args.guidance}
+    card["default_sampling"] = {"views": args.views, "steps": args.steps, "guidance": args.guidance, "strength": args.strength, "prior": args.prior}
     card["default_modality"] = "t1"
     card["weights_storage"] = "U-Net in float16 (loaded as float32 on CPU); condition encoder and autoencoder in float32"
     if args.extra_card:
