@@ -142,3 +142,10 @@ def test_latent_mode_trains_the_autoencoder_first(tmp_path):
     assert loaded.config.latent_scale == loaded.model_card["latent_scale"]
     assert {"psnr", "dice"} <= set(loaded.model_card["autoencoder"])
     assert not any(p.requires_grad for p in loaded.autoencoder.parameters())
+
+
+def test_a_resume_at_the_last_step_still_validates_what_it_exports(tmp_path):
+    Trainer(resolve_config(_config(tmp_path, steps=4, checkpoint_every=4, validate_every=100)), CopyGuessSamples()).run()
+    resumed = Trainer(resolve_config(_config(tmp_path, steps=4, resume="latest")), CopyGuessSamples(), lambda model: {"score": 2.0})
+    assert resumed.step == 4
+    assert load_model(resumed.run()).model_card["validation"] == {"val/score": 2.0}

@@ -439,6 +439,8 @@ class Trainer:
             if self.step % self.train.checkpoint_every == 0:
                 self.save_checkpoint()
         progress.close()
+        if not self.last_validation or self.step % self.train.validate_every != 0:
+            self._run_validation()  # the card reports the exported weights, also after a resume at the last step
         return self._export()
 
     def _export(self) -> Path:
