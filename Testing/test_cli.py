@@ -59,6 +59,7 @@ def test_atlas_prior_keeps_the_grid_and_the_input_slices(tmp_path, model_dir, vo
     source, from_atlas = read_volume(volume_path), read_volume(tmp_path / "atlas.nii.gz")
     assert from_atlas.geometry.same_as(source.geometry, atol=1e-5)
     np.testing.assert_array_equal(from_atlas.array[:, :, 9], source.array[:, :, 9])
+    assert from_atlas.metadata["description"].endswith("(atlas prior 0.5)")
     assert not np.array_equal(from_atlas.array, read_volume(tmp_path / "extrude.nii.gz").array)
 
 

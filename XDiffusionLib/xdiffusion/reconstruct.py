@@ -179,6 +179,8 @@ def reconstruct(
     ``seed``, ``solver``, ``strength`` go to the pipeline; ``prior="atlas"`` with ``strength`` < 1 starts sampling
     from the `atlas` guess; ``atlas`` is the template file for both, default the shipped one)."""
     description = f"{GENERATED_DESCRIPTION} ({method})"
+    if method == "xdiffusion" and sampling.get("strength", 1.0) < 1.0:  # what sampling started from (fits NIfTI's 79 characters)
+        description = f"{GENERATED_DESCRIPTION} ({sampling.get('prior', 'extrude')} prior {sampling['strength']:g})"
     if method == "xdiffusion":
         if pipeline is None:
             raise InputError("the xdiffusion method needs a model")
