@@ -184,7 +184,8 @@ def main() -> None:
             slices = d["views"] * sq["model_cube"]
             total = d["unet_evaluations"] * fl["unet_gflop_per_slice"] + slices * fl["decoder_gflop_per_slice"]
             floor = total / fl["matmul_gflops"]
-            lines += [f"Default reconstruction: {d['views']} views × {sq['model_cube']} slices × {d['steps']} steps = "
+            run_steps = d["unet_evaluations"] // slices  # strength < 1 runs only the last part of the schedule
+            lines += [f"Default reconstruction: {d['views']} views × {sq['model_cube']} slices × {run_steps} steps run (of {d['steps']}) = "
                       f"{d['unet_evaluations']} U-Net slice evaluations = {total:.0f} GFLOP with decoding, i.e. **{floor:.1f} s at the "
                       f"matmul rate**; measured {d['seconds']:.1f} s end to end, {100 * floor / d['seconds']:.0f}% of the floor's speed. "
                       f"The official-style loop needs {sq['official_style']['unet_evaluations_per_volume']} evaluations "
