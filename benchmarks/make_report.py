@@ -447,7 +447,9 @@ def _claims(records: list[dict]) -> list[str]:
     if dice:
         d1 = stat([r for r in dice if r["run"]["k"] == 1], "dice_wt")
         d3 = stat([r for r in dice if r["run"]["k"] == 3], "dice_wt")
-        claims.append(f"**The tumour is carried into 3D** (the paper shows tumour profiles; it reports no Dice): whole-tumour "
+        carried = (d1[0] or 0.0) >= 0.1 or (d3[0] or 0.0) >= 0.1
+        claims.append(("**The tumour is carried into 3D**" if carried else "**Not reproduced: the tumour is not carried into 3D**")
+                      + " (the paper shows tumour profiles; it reports no Dice): whole-tumour "
                       f"Dice {n(d1[0])} ± {n(d1[1])} (K = 1), {n(d3[0])} ± {n(d3[1])} (K = 3). "
                       "A synthetic tumour crossing the input slice, not a real one.")
     claims.append("**Absolute numbers are not comparable** with the paper's (" + PAPER + "): different data (an atlas "
