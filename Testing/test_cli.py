@@ -87,7 +87,7 @@ def test_single_2d_slice_input(tmp_path, model_dir):
     (["--method", "extrude", "--segmentation-output", "{tmp}/seg.nii.gz"], "no segmentation"),
     (["--slice-position", "0.3"], "2D"),
     (["--model", "{tmp}"], "not an XDiffusion model folder"),
-    (["--strength", "0"], "strength"),
+    (["--strength", "0"], "--strength: must be within (0, 1]"),
     (["--prior", "mean"], "invalid choice"),
     (["--method", "extrude", "--atlas", "{tmp}/t.nii.gz"], "--atlas applies"),
 ])

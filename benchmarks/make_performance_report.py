@@ -34,6 +34,13 @@ def verdict(ok) -> str:
     return "n/a" if ok is None else ("met" if ok else "**not met**")
 
 
+def _save(fig, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(IMAGES / name, dpi=110)
+    plt.close(fig)
+    return name
+
+
 def plot_speed_quality(sq) -> str:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     markers = {"dpmsolver++": "o", "unipc": "s", "ddim": "^"}
@@ -57,11 +64,7 @@ def plot_speed_quality(sq) -> str:
     ax.set_title("Speed / quality on the sample (numbers at points: solver steps)")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = IMAGES / "perf_speed_quality.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(fig, "perf_speed_quality.png")
 
 
 def plot_scaling(sc) -> str:
@@ -93,11 +96,7 @@ def plot_scaling(sc) -> str:
     ax.set_ylabel("seconds per step")
     ax2.set_ylabel("peak MB")
     ax.set_title("time and memory vs views")
-    fig.tight_layout()
-    path = IMAGES / "perf_scaling.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(fig, "perf_scaling.png")
 
 
 def plot_batches(fl) -> str:
@@ -111,11 +110,7 @@ def plot_batches(fl) -> str:
     ax.set_title("U-Net throughput vs batch (2 CPU cores)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = IMAGES / "perf_batch.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(fig, "perf_batch.png")
 
 
 def main() -> None:

@@ -48,6 +48,14 @@ def _finite(text: str) -> float:
     return value
 
 
+def _strength(text: str) -> float:
+    """Refused while parsing, so a cohort does not fail volume by volume on a bad argument."""
+    value = _finite(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within (0, 1], got {text}")
+    return value
+
+
 def _device(name: str):
     import torch
 
@@ -221,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--views", type=_positive, default=None, metavar="N")
     rec.add_argument("--steps", type=_positive, default=None, metavar="S")
     rec.add_argument("--guidance", type=_finite, default=None, metavar="G")
-    rec.add_argument("--strength", type=_finite, default=None, metavar="F", help="below 1: start from the noised prior (SDEdit)")
+    rec.add_argument("--strength", type=_strength, default=None, metavar="F", help="below 1: start from the noised prior (SDEdit)")
     rec.add_argument("--prior", choices=("extrude", "atlas"), default=None, help="what --strength < 1 starts from")
     rec.add_argument("--seed", type=_seed, default=0)
     rec.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -243,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--views", type=_positive, default=None, metavar="N")
     cohort.add_argument("--steps", type=_positive, default=None, metavar="S")
     cohort.add_argument("--guidance", type=_finite, default=None, metavar="G")
-    cohort.add_argument("--strength", type=_finite, default=None, metavar="F", help="below 1: start from the noised prior (SDEdit)")
+    cohort.add_argument("--strength", type=_strength, default=None, metavar="F", help="below 1: start from the noised prior (SDEdit)")
     cohort.add_argument("--prior", choices=("extrude", "atlas"), default=None, help="what --strength < 1 starts from")
     cohort.add_argument("--seed", type=_seed, default=0)
     cohort.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -21,7 +21,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistep
 from scipy import ndimage
 
 from . import geometry
-from .data.samples import conditioning_slots, sample_in_view
+from .data.samples import conditioning_slots, image_in_view, sample_in_view
 from .errors import Cancelled, InputError, ModelError
 from .model import XDiffusionModel, decode_latent, denoiser_forward, encode_target, load_model
 
@@ -118,6 +118,11 @@ def known_view_slices(slices: Sequence[geometry.CubeSlice], rotation: np.ndarray
             geometry.extrude_in_cube([cube_slice], side)[0], points, order=0, mode="nearest"
         ).astype(np.float32)
     return known
+
+
+def check_strength(strength: float) -> None:
+    if not 0.0 < strength <= 1.0:
+        raise InputError(f"strength must be in (0, 1], got {strength}")
 
 
 class XDiffusionPipeline:
@@ -353,9 +358,8 @@ class XDiffusionPipeline:
         if prior is not None:
             if prior.shape != (side,) * 3 or not np.isfinite(prior).all():
                 raise InputError(f"the prior must be a finite {side}^3 cube, got shape {prior.shape}")
-            prior_slices = [np.moveaxis(ndimage.map_coordinates(prior, geometry.view_sample_points(rotation, side), order=1, mode="constant", cval=-1.0), -1, 0)
-                            for rotation in rotations]
-            prior = torch.from_numpy(np.concatenate(prior_slices)[:, None].astype(np.float32))
+            prior_slices = [np.moveaxis(image_in_view(prior, geometry.view_sample_points(rotation, side)), -1, 0) for rotation in rotations]
+            prior = torch.from_numpy(np.concatenate(prior_slices)[:, None])
         decoded, evaluations = self.generate_slices(conditioning, steps, guidance, seed, solver, chunk_size, known_rows, known_images, progress, strength, prior)
         volumes = [np.ascontiguousarray(np.moveaxis(view, 0, -1)) for view in decoded.numpy().reshape(views, side, -1, side, side)]
         self._report(progress, 0.95, "averaging views")
@@ -395,8 +399,7 @@ class XDiffusionPipeline:
         scheduler.set_timesteps(steps)
         generator = torch.Generator().manual_seed(int(seed))
         latents = torch.randn((count, self.config.target_channels, size, size), generator=generator) * scheduler.init_noise_sigma
-        if not 0.0 < strength <= 1.0:
-            raise InputError(f"strength must be in (0, 1], got {strength}")
+        check_strength(strength)
         timesteps = scheduler.timesteps
         if strength < 1.0:
             start = min(len(timesteps) - 1, int(round((1.0 - strength) * len(timesteps))))

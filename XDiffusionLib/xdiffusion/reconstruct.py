@@ -134,8 +134,9 @@ def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str,
                prior: str = "extrude", atlas: Optional[str] = None, **sampling) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     if prior not in PRIORS:
         raise InputError(f"unknown prior {prior!r}; use one of {', '.join(PRIORS)}")
-    if not 0.0 < sampling.get("strength", 1.0) <= 1.0:  # before the atlas registration, not after it
-        raise InputError(f"strength must be in (0, 1], got {sampling['strength']}")
+    from .pipeline import check_strength  # loaded already: the pipeline is an XDiffusionPipeline
+
+    check_strength(sampling.get("strength", 1.0))  # before the atlas registration, not after it
     slices, frame, scale = place_in_cube(inputs, pipeline.config.cube_size)
     prior_cube = None
     if prior == "atlas" and sampling.get("strength", 1.0) < 1.0:

@@ -88,11 +88,15 @@ def view_plane_points(rotation: np.ndarray, side: int, depth_index: float) -> np
     return (rotation.T @ view + middle).reshape(3, side, side)
 
 
+def image_in_view(cube: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """A cube in model units at cube ``points``; outside the cube is background (-1)."""
+    return ndimage.map_coordinates(cube, points, order=1, mode="constant", cval=-1.0).astype(np.float32)
+
+
 def sample_in_view(extruded: np.ndarray, distance: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The extrude prior and distance-to-known-plane at cube ``points`` (training and inference share this)."""
-    guess = ndimage.map_coordinates(extruded, points, order=1, mode="constant", cval=-1.0)
     known = ndimage.map_coordinates(distance, points, order=1, mode="nearest")
-    return guess.astype(np.float32), known.astype(np.float32)
+    return image_in_view(extruded, points), known.astype(np.float32)
 
 
 def tumour_channels(labels: np.ndarray) -> np.ndarray:
