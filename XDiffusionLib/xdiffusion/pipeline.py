@@ -251,6 +251,8 @@ class XDiffusionPipeline:
         if solver not in SOLVERS:
             raise InputError(f"unknown solver {solver!r}; use one of {', '.join(SOLVERS)}")
         scheduler_class, options = SOLVERS[solver]
+        if self.config.latent:  # latents are not bounded to ±1: clipping them (diffusers' DDIM default) ruins the sample
+            options = {**options, "clip_sample": False}
         return scheduler_class.from_config(self.model.scheduler_config, **options)
 
     def _conditioning(self, slices: Sequence[geometry.CubeSlice], rotations: np.ndarray, modality: int) -> dict[str, torch.Tensor]:
