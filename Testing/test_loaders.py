@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from xdiffusion import geometry
 from xdiffusion.data import loaders
 from xdiffusion.data.fetch import cached_paths
-from xdiffusion.data.loaders import (iter_brats_folder, iter_volume_folder, load_brats_case, load_training_subjects,
-                                     subject_from_brats)
-from xdiffusion.data.manifest import load_manifest
+from xdiffusion.data.loaders import (iter_brats_folder, iter_volume_folder, load_brats_case, load_source_subject,
+                                     load_training_subjects, subject_from_brats)
+from xdiffusion.data.manifest import HELD_OUT_SOURCES, OUT_OF_DOMAIN_SOURCES, SUBJECT_SETS, load_manifest
+from xdiffusion.data.validation_split import VALIDATION_STREAM, augmented_validation_subjects
 from xdiffusion.errors import InputError
 
 SHAPE = (12, 14, 10)
@@ -121,25 +123,26 @@ def test_iter_volume_folder(tmp_path: Path) -> None:
         list(iter_volume_folder(tmp_path / "nothing"))
 
 
-def _fake_cache(tmp_path: Path, source_id: str, shapes: dict[str, tuple[int, int, int]]) -> Path:
-    """Write small stand-ins for a manifest source's files (the real ones are fetched by test_data_fetch)."""
+def _fake_cache(tmp_path: Path, source_id: str, shapes: dict[str, tuple[int, int, int]], value: float = 5.0) -> Path:
+    """Write small stand-ins for a manifest source's files, derived ones included (the real ones are fetched by
+    test_data_fetch): images hold ``value`` in a block, label maps 2, masks 1."""
     source = load_manifest().sources[source_id]
     for role, path in cached_paths(tmp_path, source).items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.name.endswith(".csv"):
-            path.write_text("index,name\n")
+        if path.name.endswith((".csv", ".dcm")):  # a label table, a mosaic the derived image was made from
+            path.write_text("not read by the loader\n")
             continue
         shape = shapes.get(role, SHAPE)
         array = np.zeros(shape, dtype=np.float32)
-        array[3:9, 3:10, 2:8] = 5.0 if "label" not in role else 2.0
+        array[3:9, 3:10, 2:8] = 2.0 if "label" in role else 1.0 if "mask" in role else value
         _write_sitk(path, array)
     return tmp_path
 
 
 def test_training_subjects_from_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     manifest = load_manifest()
-    monkeypatch.setattr(loaders, "training_sources", lambda: [manifest.sources["icbm2009c"]])
-    monkeypatch.setattr(loaders, "validation_sources", lambda: [manifest.sources["sri24"]])
+    monkeypatch.setattr(loaders, "training_sources", lambda **_: [manifest.sources["icbm2009c"]])
+    monkeypatch.setattr(loaders, "validation_sources", lambda **_: [manifest.sources["sri24"]])
     _fake_cache(tmp_path, "icbm2009c", {})
     _fake_cache(tmp_path, "sri24", {})
     (subject,) = load_training_subjects(tmp_path)
@@ -156,9 +159,92 @@ def test_training_subjects_from_cache(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_training_subjects_grid_mismatch_and_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     manifest = load_manifest()
-    monkeypatch.setattr(loaders, "training_sources", lambda: [manifest.sources["mni152nlin6asym"]])
+    monkeypatch.setattr(loaders, "training_sources", lambda **_: [manifest.sources["mni152nlin6asym"]])
     with pytest.raises(InputError, match="not fetched; run `xdiffusion fetch-data`"):
         load_training_subjects(tmp_path)
     _fake_cache(tmp_path, "mni152nlin6asym", {"brain_mask": (12, 14, 11)})
     with pytest.raises(InputError, match="brain_mask .* is not on the grid of t1"):
         load_training_subjects(tmp_path)
+
+
+def _value(source_id: str) -> float:
+    """A distinct image value per source, so a leaked volume would be recognisable."""
+    return 10.0 + sorted(load_manifest().sources).index(source_id)
+
+
+def test_split_never_leaks_held_out_subjects(tmp_path: Path) -> None:
+    for source_id in load_manifest().sources:
+        _fake_cache(tmp_path, source_id, {}, value=_value(source_id))
+    for name, chosen in SUBJECT_SETS.items():
+        train = load_training_subjects(tmp_path, "train", name)
+        assert [subject.id for subject in train] == list(chosen.train)
+        held_out = load_training_subjects(tmp_path, "held_out", name)
+        assert [subject.id for subject in held_out] == list(chosen.held_out)
+        assert {subject.id for subject in load_training_subjects(tmp_path, "out_of_domain", name)} == set(chosen.out_of_domain)
+        forbidden = {_value(source_id) for source_id in HELD_OUT_SOURCES | OUT_OF_DOMAIN_SOURCES}
+        for subject in train:
+            assert subject.id not in HELD_OUT_SOURCES | OUT_OF_DOMAIN_SOURCES
+            for volume in subject.modalities.values():
+                assert not forbidden & set(np.unique(volume.array).tolist())
+        validation = load_training_subjects(tmp_path, "validation", name)
+        if chosen.validation:  # templates: SRI24, as the shipped model validated
+            assert [subject.id for subject in validation] == ["sri24"]
+        else:  # individuals: fresh variants of the training subjects, never a held-out brain
+            assert [subject.id.split("~")[0] for subject in validation] == [s for s in chosen.train for _ in range(2)]
+            assert all(subject.brain_mask is not None and len(subject.modalities) == 1 for subject in validation)
+    assert [subject.id for subject in load_training_subjects(tmp_path)] == ["icbm2009c", "mni152nlin6asym",
+                                                                             "desikan_killiany"]  # `fetched` as before
+    with pytest.raises(InputError, match="unknown subject set"):
+        load_training_subjects(tmp_path, "train", "everyone")
+
+
+def test_validation_variants_are_seeded_and_apart_from_training_streams(tmp_path: Path) -> None:
+    _fake_cache(tmp_path, "pycortex_s1", {})
+    subject = load_source_subject("pycortex_s1", tmp_path)
+    first = augmented_validation_subjects([subject], variants_per_subject=2, seed=3)
+    again = augmented_validation_subjects([subject], variants_per_subject=2, seed=3)
+    for a, b in zip(first, again):
+        assert a.id == b.id and list(a.modalities) == list(b.modalities)
+        np.testing.assert_array_equal(next(iter(a.modalities.values())).array, next(iter(b.modalities.values())).array)
+    # a training cube's stream is [seed, subject, variant]; validation's always starts with VALIDATION_STREAM
+    training_draw = np.random.default_rng([3, 0, 0]).random(4)
+    validation_draw = np.random.default_rng([VALIDATION_STREAM, 3, 0, 0]).random(4)
+    assert not np.allclose(training_draw, validation_draw)
+    with pytest.raises(InputError, match="at least 1"):
+        augmented_validation_subjects([subject], variants_per_subject=0)
+
+
+def test_individual_scan_4d_uint8_lia(tmp_path: Path) -> None:
+    """pycortex S1 is uint8 and LIA; other files carry a trailing 4th axis of length 1: both load as 3D float32."""
+    manifest = load_manifest()
+    source = manifest.sources["pycortex_s1"]
+    paths = cached_paths(tmp_path, source)
+    _fake_cache(tmp_path, "pycortex_s1", {})
+    lia = np.array([[-1.0, 0, 0, 10], [0, 0, 1.0, -20], [0, -1.0, 0, 30], [0, 0, 0, 1]])  # axes: L, I, A
+    head = np.zeros(SHAPE + (1,), dtype=np.uint8)
+    head[3:9, 3:10, 2:8, 0] = 200
+    nib.save(nib.Nifti1Image(head, lia), str(paths["t1"]))
+    for role in ("brain_mask", "labels"):
+        nib.save(nib.Nifti1Image((head > 0).astype(np.uint8), lia), str(paths[role]))
+    subject = load_source_subject("pycortex_s1", tmp_path)
+    t1 = subject.modalities["t1"]
+    assert t1.array.shape == SHAPE and t1.array.dtype == np.float32 and t1.array.max() == 200.0
+    assert {plane: geometry.plane_axis(t1.geometry, plane) for plane in ("sagittal", "coronal", "axial")} == \
+        {"sagittal": 0, "coronal": 2, "axial": 1}
+    assert subject.brain_mask.array.sum() == 6 * 7 * 6 and subject.labels.array.dtype == np.int32
+
+
+def test_training_config_names_the_subject_set(tmp_path: Path) -> None:
+    """`data.source: fetched` stays the templates set; `fetched:individuals` is the explicit, named new choice."""
+    from xdiffusion.training_run import DataConfig, split_subjects
+
+    for source_id in load_manifest().sources:
+        _fake_cache(tmp_path, source_id, {})
+    train, validation = split_subjects(DataConfig(source="fetched", cache_dir=str(tmp_path)))
+    assert [s.id for s in train] == ["icbm2009c", "mni152nlin6asym", "desikan_killiany"]
+    assert [s.id for s in validation] == ["sri24"]
+    train, validation = split_subjects(DataConfig(source="fetched:individuals", cache_dir=str(tmp_path)))
+    assert [s.id for s in train] == list(SUBJECT_SETS["individuals"].train)
+    assert not {s.id.split("~")[0] for s in validation} - set(SUBJECT_SETS["individuals"].train)
+    with pytest.raises(InputError, match="unknown subject set 'nobody'"):
+        split_subjects(DataConfig(source="fetched:nobody", cache_dir=str(tmp_path)))

@@ -1,5 +1,9 @@
 """Dataset loaders: BraTS case folders, plain folders of volumes, and the fetched manifest sources.
 
+Fetched sources come by subject set and split (``manifest.SUBJECT_SETS``): ``train``, ``validation`` (a set's
+validation sources, or for ``individuals`` augmented variants of its training subjects), ``held_out`` and
+``out_of_domain``. Individual scans carry the brain mask and tissue classes derived at fetch time.
+
 Everything comes back as ``io.Volume`` objects (ITK index order, exact geometry). Modality names are the library's
 canonical ``t1``, ``t1c``, ``t2``, ``flair`` whichever BraTS naming the files use, and every volume of one case or
 subject must share one grid: we never resample silently, because a half-voxel shift between an image and its labels
@@ -18,9 +22,13 @@ import numpy as np
 from ..errors import InputError
 from ..io import Volume, read_volume
 from .fetch import cached_paths, default_cache_dir
-from .manifest import Source, training_sources, validation_sources
+from .manifest import (DEFAULT_SUBJECT_SET, Source, held_out_sources, load_manifest, out_of_domain_sources,
+                       subject_set, training_sources, validation_sources)
 
 MODALITIES = ("t1", "t1c", "t2", "flair")
+OTHER_IMAGE_ROLES = ("mr",)  # an image of unknown weighting (the out-of-domain abdominal MR)
+LABEL_ROLES = ("labels", "tissue_labels", "organ_labels")  # first present wins
+SPLITS = ("train", "validation", "held_out", "out_of_domain")
 # BraTS 2023+ suffixes (t1n, t1c, t2w, t2f) and BraTS 2020/2021 suffixes (t1, t1ce, t2, flair)
 BRATS_SUFFIXES = {"t1n": "t1", "t1c": "t1c", "t2w": "t2", "t2f": "flair",
                   "t1": "t1", "t1ce": "t1c", "t2": "t2", "flair": "flair", "seg": "seg"}
@@ -151,14 +159,14 @@ def _subject_from_source(source: Source, paths: dict[str, Path]) -> Subject:
     roles = set(paths)
     images: dict[str, Volume] = {}
     stripped = False
-    for modality in MODALITIES:
+    for modality in MODALITIES + OTHER_IMAGE_ROLES:
         # prefer the full-head image; fall back to the skull-stripped one (SRI24 ships only that)
         role = modality if modality in roles else f"{modality}_brain" if f"{modality}_brain" in roles else None
         if role is not None:
             stripped |= role.endswith("_brain")
-            volume = read_volume(paths[role])
+            volume = read_volume(paths[role])  # any stored type (uint8, big-endian int16, ...) becomes float32
             images[modality] = volume.with_array(volume.array.astype(np.float32))
-    label_role = "labels" if "labels" in roles else "tissue_labels" if "tissue_labels" in roles else None
+    label_role = next((role for role in LABEL_ROLES if role in roles), None)
     labels = _integer_map(read_volume(paths[label_role])) if label_role else None
     if "brain_mask" in roles:
         mask_volume = read_volume(paths["brain_mask"])
@@ -166,19 +174,49 @@ def _subject_from_source(source: Source, paths: dict[str, Path]) -> Subject:
     elif stripped:
         first = next(iter(images.values()))
         brain_mask = first.with_array((first.array > 0).astype(np.uint8))
-    elif labels is not None:
+    elif labels is not None and source.split != "out_of_domain":
         brain_mask = labels.with_array((labels.array > 0).astype(np.uint8))
     else:
-        brain_mask = None
+        brain_mask = None  # e.g. organ labels of a body scan: not a brain
     on_grid = {**images, **({"labels": labels} if labels else {}), **({"brain_mask": brain_mask} if brain_mask else {})}
     _check_same_grid(on_grid, f"data source '{source.id}'")
     return Subject(source.id, images, labels, brain_mask, None)
 
 
-def load_training_subjects(cache_dir: str | Path | None = None, split: str = "train") -> list[Subject]:
-    """The fetched manifest sources of one split as subjects (validation data only with ``split="validation"``)."""
-    if split not in ("train", "validation"):
-        raise InputError(f"unknown split '{split}'; use 'train' or 'validation'")
+def split_sources(split: str, set_name: str = DEFAULT_SUBJECT_SET) -> list[Source]:
+    """The manifest sources of one split of a subject set (``validation`` may be empty: see ``load_training_subjects``)."""
+    if split not in SPLITS:
+        raise InputError(f"unknown split '{split}'; use one of {', '.join(SPLITS)}")
+    subject_set(set_name)
+    if split == "train":
+        return training_sources(set_name=set_name)
+    if split == "validation":
+        return validation_sources(set_name=set_name)
+    return held_out_sources(set_name=set_name) if split == "held_out" else out_of_domain_sources(set_name=set_name)
+
+
+def load_training_subjects(cache_dir: str | Path | None = None, split: str = "train",
+                           set_name: str = DEFAULT_SUBJECT_SET) -> list[Subject]:
+    """The fetched sources of one split of a subject set, as subjects.
+
+    ``set_name="templates"`` (the default, `data.source: fetched`) is what the shipped model trained and validated
+    on. A set without validation sources (``individuals``) validates on augmented variants of its training subjects
+    (``validation_split``), never on a held-out subject.
+    """
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    sources = training_sources() if split == "train" else validation_sources()
+    sources = split_sources(split, set_name)
+    if split == "validation" and not subject_set(set_name).validation:
+        from .validation_split import augmented_validation_subjects  # synthesis pulls in torch: only when needed
+
+        return augmented_validation_subjects(load_training_subjects(cache, "train", set_name))
     return [_subject_from_source(source, cached_paths(cache, source)) for source in sources]
+
+
+def load_source_subject(source_id: str, cache_dir: str | Path | None = None) -> Subject:
+    """One fetched source as a subject, whatever its split (for inspection and reports, not for training)."""
+    manifest = load_manifest()
+    if source_id not in manifest.sources:
+        raise InputError(f"unknown data source '{source_id}'; known: {', '.join(manifest.sources)}")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    source = manifest.sources[source_id]
+    return _subject_from_source(source, cached_paths(cache, source))
