@@ -31,6 +31,15 @@ def manifest(tmp_path_factory) -> dict[str, list[str]]:
     return entries
 
 
+def test_only_the_module_file_sits_at_the_top_of_the_module_folder():
+    """Slicer's scripted-module factory loads every .py at the top of a module folder as a module and reports
+    "class ... was not found" for one that defines no class of its name; helpers belong in a subpackage."""
+    top = sorted(p.name for p in MODULE.glob("*.py"))
+    assert top == ["XDiffusion.py"], f"module files Slicer would try to load as modules: {top}"
+    packages = [p for p in MODULE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()]
+    assert [p.name for p in packages] == ["XDiffusionModuleLib"]  # not XDiffusionLib: the library's folder installs beside it
+
+
 def test_every_module_file_is_listed(manifest):
     listed = {Path(p) for p in manifest["script"] + manifest["resource"]}
     on_disk = {p for p in MODULE.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.name != "CMakeLists.txt"}
@@ -41,7 +50,7 @@ def test_every_module_file_is_listed(manifest):
 
 def test_metadata_is_set_and_matches_the_extensions_index_entry(manifest):
     assert manifest["EXTENSION_NAME"] == ["XDiffusion"] and manifest["cpack"] == ["XDiffusion"]
-    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_ICONURL"):
         assert manifest[key][0].startswith("https://"), key
     assert "not for diagnosis" in manifest["EXTENSION_DESCRIPTION"][0]
     entry = json.loads((ROOT / "ExtensionsIndex" / "XDiffusion.json").read_text(encoding="utf-8"))
@@ -50,9 +59,18 @@ def test_metadata_is_set_and_matches_the_extensions_index_entry(manifest):
                           "scm_type", "scm_url", "tier"}  # the schema allows no other keys
     assert entry["category"] and entry["scm_url"].startswith("https://")
     assert entry["build_dependencies"] == manifest["EXTENSION_DEPENDS"][0].split(";")
-    # the icon and screenshot the URLs point at are in the repository, at those paths
-    for url in (manifest["EXTENSION_ICONURL"][0], manifest["EXTENSION_SCREENSHOTURLS"][0]):
-        assert (ROOT / url.split("/main/", 1)[1]).is_file(), url
+    # the icon the URL points at is in the repository, at that path
+    icon = manifest["EXTENSION_ICONURL"][0]
+    assert (ROOT / icon.split("/main/", 1)[1]).is_file(), icon
+
+
+def test_no_mock_up_is_shown_as_a_screenshot(manifest):
+    """The Extension Manager shows EXTENSION_SCREENSHOTURLS as screenshots of Slicer: only a real one may go there
+    (none is taken yet), and the old mock-up of the panel, with invented results, is gone everywhere."""
+    assert manifest["EXTENSION_SCREENSHOTURLS"] == [""]
+    assert not (ROOT / "docs" / "images" / "slicer_panel.png").exists()
+    for path in [ROOT / "README.md", ROOT / "CMakeLists.txt", *sorted((ROOT / "docs").glob("*.md"))]:
+        assert "slicer_panel.png" not in path.read_text(encoding="utf-8"), path
 
 
 def test_the_icon_is_128_pixels_square():

@@ -1,19 +1,17 @@
 """Reconstruct 3D: a 3D MRI volume from one or a few 2D slices, in 3D Slicer (the XDiffusion extension).
 
-The Widget only binds the GUI and polls the child process; the Logic prepares and loads; scene work lives in
-XDiffusionSceneLogic.py and process handling in XDiffusionProcess.py (both Qt-free and tested outside Slicer).
+The only module file at the top of the module folder (Slicer loads each one there as a module): the Module, Widget,
+Logic and Test. Everything below the widgets lives in the `XDiffusionModuleLib` subpackage, which needs neither Qt nor
+the `xdiffusion` library, and is tested outside Slicer against slicer-core. The library runs only in child
+processes, through its CLI.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import pathlib
-import shutil
-import tempfile
 import threading
-import time
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Union
 
 import qt
 import slicer
@@ -25,14 +23,18 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from XDiffusionProcess import (INPUT_NAME, ReconstructionProcess, build_reconstruct_arguments, detect_compute_device,
-                               format_eta, python_command)
-from XDiffusionSceneLogic import (GENERATED_NOTE, XDiffusionSceneLogic, choose_slice_indices, plane_of_slice_view,
-                                  sample_data_files, slice_count, slice_index_at)
+from XDiffusionModuleLib import bundle, cli, dependencies, grid, views
+from XDiffusionModuleLib.childprocess import python_command
+from XDiffusionModuleLib.jobs import CANCELLED, CANCELLING, DONE
+from XDiffusionModuleLib.runs import (CompareRequest, ComparisonRun, ModelInfoQuery, ReconstructionRun, RunRequest,
+                                      model_key)
+from XDiffusionModuleLib.scene import GENERATED_ATTRIBUTE, GENERATED_NOTE, NO_TUMOUR_LABELS, uncertainty_caption
 
 MODULE_DIR = pathlib.Path(__file__).resolve().parent
-MINIMUM_TORCH = ">=2.1"
 SAMPLE_NAMES = ("XDiffusionSampleT1", "XDiffusionSampleT1Labels")
+# parameters whose widget is wired by hand, not by the parameterNodeWrapper: the slice slider's maximum depends on
+# the input volume and plane, and the wrapper only binds a slider with fixed bounds
+HAND_WIRED_PARAMETERS = {"sliceIndex": "sliceIndexSlider"}
 
 
 class XDiffusion(ScriptedLoadableModule):
@@ -45,13 +47,14 @@ class XDiffusion(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["XDiffusion contributors"]
         self.parent.helpText = _(
-            "Reconstructs a 3D MRI volume, brain-tumour labels (BraTS) and an uncertainty map from one or a few 2D "
-            "slices with a cross-sectional diffusion model. <b>Research tool: every output is generated, not measured, "
-            "and must not be used for diagnosis.</b> See the "
+            "Reconstructs a 3D MRI volume, an uncertainty map and, where the model segments tumours, BraTS tumour "
+            "labels from one or a few 2D slices with a cross-sectional diffusion model. <b>Research tool: every output "
+            "is generated, not measured, and must not be used for diagnosis.</b> See the "
             '<a href="https://github.com/xdiffusion/xdiffusion/blob/main/docs/slicer.md">user guide</a>.')
         self.parent.acknowledgementText = _(
             "The model follows X-Diffusion (cross-sectional diffusion for MRI volumes). The module's structure follows "
-            "Slicer's scripted-module template.")
+            "Slicer's scripted-module template, its process handling SlicerMONAIAuto3DSeg and its dependency "
+            "installation SlicerTotalSegmentator.")
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
@@ -59,7 +62,7 @@ def registerSampleData():
     """The shipped T1 volume and its BraTS labels, in the Sample Data module (local files: nothing is downloaded)."""
     import SampleData
 
-    files = sample_data_files(MODULE_DIR)
+    files = bundle.sample_data_files(MODULE_DIR)
     if files is None:
         logging.warning("XDiffusion: sample data files are missing from this installation; not registering them")
         return
@@ -77,6 +80,7 @@ class XDiffusionParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     plane: Annotated[str, Choice(["axial", "coronal", "sagittal"])] = "axial"
     sliceIndex: Annotated[int, Minimum(0)] = 0
+    slicePosition: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     followSliceView: bool = True
     inputSliceCount: Annotated[int, WithinRange(1, 4)] = 1
     sliceSpread: Annotated[str, Choice(["even", "neighbours"])] = "even"
@@ -88,11 +92,11 @@ class XDiffusionParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     outputUncertainty: vtkMRMLScalarVolumeNode
     groundTruthVolume: vtkMRMLScalarVolumeNode
-    groundTruthSegmentation: vtkMRMLLabelMapVolumeNode
+    groundTruthLabels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
 
 
 class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: binds the .ui to the parameter node and keeps the GUI responsive while the child process runs."""
+    """The panel: binds the .ui to the parameter node and polls the module's jobs from one QTimer."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -100,9 +104,15 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic: Optional[XDiffusionLogic] = None
         self._parameterNode: Optional[XDiffusionParameterNode] = None
         self._parameterNodeGuiTag = None
-        self._lastSliceNode = None
-        self._deviceInfo: dict = {}
-        self.process: Optional[ReconstructionProcess] = None
+        self.follower: Optional[views.SliceViewFollower] = None
+        self.run: Optional[ReconstructionRun] = None
+        self.comparison: Optional[ComparisonRun] = None
+        self.install: Optional[dependencies.InstallJob] = None
+        self.modelQuery: Optional[ModelInfoQuery] = None
+        self._deviceQueried = False
+        self._dependenciesReady = False
+        self._unreadModelCards: set = set()  # models whose card could not be read: not asked again
+        self._updatingSlider = False
         self.timer = qt.QTimer()
         self.timer.setInterval(200)
 
@@ -113,42 +123,46 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = XDiffusionLogic()
+        self.follower = views.SliceViewFollower(slicer.mrmlScene, self.onSliceViewMoved)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.useCurrentSliceButton.connect("clicked(bool)", self.onUseCurrentSlice)
+        self.ui.sliceIndexSlider.connect("valueChanged(double)", self.onSliceSliderMoved)
         self.ui.compareButton.connect("clicked(bool)", self.onCompare)
         self.ui.showUncertaintyButton.connect("clicked(bool)", self.onShowUncertainty)
         self.ui.volumeRenderingButton.connect("clicked(bool)", self.onVolumeRendering)
         self.ui.showLogButton.connect("clicked(bool)", self.onShowLog)
-        self.ui.progressBar.setVisible(False)
-        self.ui.showLogButton.setVisible(False)
         self.timer.connect("timeout()", self.onPoll)
-        layoutManager = slicer.app.layoutManager()
-        for name in layoutManager.sliceViewNames():
-            self.addObserver(layoutManager.sliceWidget(name).mrmlSliceNode(), vtk.vtkCommand.ModifiedEvent, self.onSliceNodeModified)
+        for widget in (self.ui.progressBar, self.ui.showLogButton, self.ui.warningsLabel, self.ui.installDependenciesButton):
+            widget.setVisible(False)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        if self.process is not None and not self.process.finished:
-            self.process.cancel()
+        for job in (self.run, self.comparison, self.install, self.modelQuery):
+            if job is not None:
+                job.abandon()  # the process tree is killed at once, without waiting; temporary files removed
         self.timer.stop()
+        if self.follower is not None:
+            self.follower.detach()
         self.removeObservers()
 
     def enter(self) -> None:
         self.initializeParameterNode()
-        if not self._deviceInfo and self.logic.dependenciesInstalled():
-            self.detectDevice()
+        self.follower.attach()
+        self.refreshDependencies()
 
     def exit(self) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self.follower.detach()  # no more slice-view observers: nothing rewrites the parameter node elsewhere
 
     def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
+        self.setParameterNode(None)  # the running jobs cancel themselves on the same event
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -171,187 +185,341 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
 
+    # --- the panel follows the parameter node ---------------------------------------------------------------------
+
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         parameters = self._parameterNode
-        running = self.process is not None and not self.process.finished
-        self.ui.applyButton.enabled = running or bool(parameters and parameters.inputVolume)
+        volume = parameters.inputVolume if parameters else None
+        single = grid.is_single_slice(volume)
+        self.follower.volume_node = volume
+        self.follower.enabled = bool(parameters and parameters.followSliceView)
+        for widget in (self.ui.planeComboBox, self.ui.sliceIndexSlider, self.ui.useCurrentSliceButton,
+                       self.ui.followSliceViewCheckBox, self.ui.inputSliceCountSpinBox, self.ui.sliceSpreadComboBox):
+            widget.enabled = not single
+        self.ui.slicePositionSliderWidget.setVisible(single)
+        self.ui.slicePositionLabel.setVisible(single)
+        if single:
+            self.ui.inputKindLabel.text = _("A single 2D slice ({plane}): the volume is built around it; choose where "
+                                            "it sits in the output's depth.").format(plane=grid.plane_of_single_slice(volume))
+        else:
+            self.ui.inputKindLabel.text = ""
+        self._updateSliceSlider()
         self.ui.modelFolderPathLineEdit.enabled = bool(parameters and parameters.modelSource == "folder")
-        if parameters and parameters.inputVolume and parameters.inputVolume.GetImageData():
-            self.ui.sliceIndexSpinBox.maximum = slice_count(parameters.inputVolume, parameters.plane) - 1
-        self.ui.compareButton.enabled = bool(parameters and parameters.groundTruthVolume and parameters.outputVolume)
+        if self._dependenciesReady:
+            self._queryModelCard()
+        self._updateModelCardLabel()
+        self._updateRunGui()
+        self.ui.compareButton.enabled = bool(parameters and parameters.groundTruthVolume and parameters.outputVolume
+                                             and not (self.comparison and self.comparison.active))
 
-    # slice views -> plane and slice index
-    def onSliceNodeModified(self, sliceNode, event) -> None:
-        """The slice view the user last used sets the plane; while 'follow' is on, its position sets the index."""
-        plane = plane_of_slice_view(sliceNode.GetOrientation())
-        if plane is None or self._parameterNode is None or self.process is not None:
+    def _updateSliceSlider(self) -> None:
+        """The hand-wired slider: its range follows the volume and plane, its value the parameter node."""
+        parameters = self._parameterNode
+        self._updatingSlider = True
+        try:
+            slider = self.ui.sliceIndexSlider
+            volume = parameters.inputVolume if parameters else None
+            if volume is None or volume.GetImageData() is None or grid.is_single_slice(volume):
+                slider.enabled = False
+                return
+            try:
+                slider.maximum = grid.slice_count(volume, parameters.plane) - 1
+                slider.toolTip = _("Raw 0-based index of the input slice along the plane's axis.")
+            except ValueError as error:  # the plane is ambiguous on this oblique grid
+                slider.enabled = False
+                slider.toolTip = str(error)
+                return
+            slider.value = min(parameters.sliceIndex, slider.maximum)
+        finally:
+            self._updatingSlider = False
+
+    def _updateRunGui(self) -> None:
+        parameters = self._parameterNode
+        run = self.run
+        running = run is not None and run.active
+        self.ui.applyButton.text = _("Cancel") if running else _("Reconstruct 3D")
+        self.ui.applyButton.enabled = (running and run.state != CANCELLING) or (
+            not running and bool(parameters and parameters.inputVolume) and not (self.install and self.install.active))
+        self.ui.progressBar.setVisible(running)
+
+    # --- slice views <-> slice index ------------------------------------------------------------------------------
+
+    def onSliceViewMoved(self, plane: str, index: int) -> None:
+        """A slice view moved while 'follow' is on: its plane and slice become the input's."""
+        parameters = self._parameterNode
+        if parameters is None or (parameters.plane == plane and parameters.sliceIndex == index):
             return
-        self._lastSliceNode = sliceNode
-        if self._parameterNode.followSliceView and self._parameterNode.inputVolume:
-            self._setSliceFrom(sliceNode, plane)
+        with slicer.util.NodeModify(parameters):
+            parameters.plane = plane
+            parameters.sliceIndex = index
+
+    def onSliceSliderMoved(self, value: float) -> None:
+        if self._updatingSlider or self._parameterNode is None:
+            return
+        index = int(round(value))
+        self._parameterNode.sliceIndex = index
+        if self._parameterNode.followSliceView:
+            self.follower.show_slice(self._parameterNode.plane, index)
 
     def onUseCurrentSlice(self) -> None:
         parameters = self._parameterNode
-        if not parameters.inputVolume:
+        if not parameters or not parameters.inputVolume:
             return
-        layoutManager = slicer.app.layoutManager()
-        candidates = [self._lastSliceNode] + [layoutManager.sliceWidget(n).mrmlSliceNode() for n in layoutManager.sliceViewNames()]
-        for sliceNode in candidates:
-            if sliceNode is not None and plane_of_slice_view(sliceNode.GetOrientation()) == parameters.plane:
-                self._setSliceFrom(sliceNode, parameters.plane)
-                return
-        slicer.util.warningDisplay(_("No slice view shows the {plane} plane.").format(plane=parameters.plane))
+        index = self.follower.current(parameters.plane)
+        if index is None:
+            slicer.util.warningDisplay(_("No slice view shows the {plane} plane.").format(plane=parameters.plane))
+            return
+        parameters.sliceIndex = index
 
-    def _setSliceFrom(self, sliceNode, plane: str) -> None:
-        centre = [sliceNode.GetSliceToRAS().GetElement(row, 3) for row in range(3)]
-        with slicer.util.NodeModify(self._parameterNode):
-            self._parameterNode.plane = plane
-            self._parameterNode.sliceIndex = slice_index_at(self._parameterNode.inputVolume, plane, centre)
+    # --- dependencies and device ----------------------------------------------------------------------------------
 
-    # device
+    def refreshDependencies(self) -> Optional[dependencies.Report]:
+        try:
+            report = self.logic.checkDependencies()
+        except Exception as error:
+            self.ui.dependenciesLabel.text = str(error)
+            return None
+        self._dependenciesReady = report.ready
+        self.ui.dependenciesLabel.text = report.summary()
+        if report.torch_needed:
+            self.ui.deviceLabel.text = _("PyTorch is not installed yet: click Install dependencies.")
+        self.ui.installDependenciesButton.setVisible(not report.ready)
+        self.ui.installDependenciesButton.enabled = not (self.install and self.install.active)
+        if report.ready and not self._deviceQueried:
+            self.detectDevice()
+        if report.ready:
+            self._queryModelCard()
+        return report
+
+    def onInstallDependencies(self) -> None:
+        def showStatus(text):
+            self.ui.dependenciesLabel.text = text
+            slicer.app.processEvents()
+
+        with slicer.util.tryWithErrorDisplay(_("The installation failed."), waitCursor=False):
+            self.install = self.logic.installDependencies(askConfirmation=True, showStatus=showStatus)
+            if self.install is not None and self.install.active:
+                self.ui.installDependenciesButton.enabled = False
+                self.timer.start()
+            else:
+                self._onInstallEnded()
+
+    def _onInstallEnded(self) -> None:
+        self._unreadModelCards.clear()  # a new library may read them
+        job = self.install
+        if job is not None and job.state not in (DONE,):
+            self.ui.dependenciesLabel.text = job.error or job.status
+            return
+        if self.logic.restartNeeded():
+            if slicer.util.confirmOkCancelDisplay(_("XDiffusion's Python packages were updated while an older version was "
+                                                    "loaded. Restart Slicer now to use them?")):
+                slicer.util.restart()
+        self._deviceQueried = False
+        self.refreshDependencies()  # also names the device again: the new torch may see the GPU
+
     def detectDevice(self) -> None:
         """Name the GPU (or say why there is none) without blocking the GUI: a thread asks a child interpreter."""
-        self.ui.deviceLabel.text = _("Detecting the compute device...")
+        self._deviceQueried = True
+        self.ui.deviceLabel.text = _("Detecting the compute device…")
         found: dict = {}
-        threading.Thread(target=lambda: found.update(detect_compute_device(python_command())), daemon=True).start()
+        threading.Thread(target=lambda: found.update(dependencies.detect_compute_device(python_command())), daemon=True).start()
 
         def show():
             if not found:
                 qt.QTimer.singleShot(500, show)
                 return
-            self._deviceInfo = found
             self.ui.deviceLabel.text = found["note"]
 
         qt.QTimer.singleShot(500, show)
 
-    # reconstruction
+    def _queryModelCard(self) -> None:
+        parameters = self._parameterNode
+        if parameters is None or (self.modelQuery and self.modelQuery.active):
+            return
+        try:
+            modelDir = self.logic.modelDirectory(parameters)
+        except ValueError:
+            return
+        if model_key(modelDir) in self.logic.modelCards or model_key(modelDir) in self._unreadModelCards:
+            return
+        self.modelQuery = self.logic.queryModelCard(modelDir)
+        self.timer.start()
+
+    def _updateModelCardLabel(self) -> None:
+        parameters = self._parameterNode
+        try:
+            card = self.logic.modelCards.get(model_key(self.logic.modelDirectory(parameters))) if parameters else None
+        except ValueError:
+            card = None
+        segments = (card or {}).get("segments_tumours")  # None: not read yet, or a card that predates the field
+        self.ui.outputSegmentationSelector.enabled = segments is not False
+        self.ui.tumourLabelsNoteLabel.text = NO_TUMOUR_LABELS if segments is False else ""
+        self.ui.tumourLabelsNoteLabel.setVisible(segments is False)
+        self.ui.showUncertaintyButton.toolTip = uncertainty_caption(card)
+        self.ui.uncertaintyNoteLabel.text = uncertainty_caption(card) if card else ""
+
+    # --- reconstruction --------------------------------------------------------------------------------------------
+
     def onApplyButton(self) -> None:
-        if self.process is not None and not self.process.finished:
-            self.ui.statusLabel.text = _("Cancelling...")
-            slicer.app.processEvents()
-            self.process.cancel()
-            self.onPoll()
+        if self.run is not None and self.run.active:
+            self.run.cancel()  # returns at once: "Cancelling…" until the process tree is gone
+            self.ui.statusLabel.text = self.run.status
+            self._updateRunGui()
             return
         self.ui.errorLabel.text = ""
+        self.ui.warningsLabel.setVisible(False)
         self.ui.showLogButton.setVisible(False)
-        with slicer.util.tryWithErrorDisplay(_("Could not start the reconstruction."), waitCursor=True):
-            if not self.logic.ensureDependencies(askConfirmation=True):
-                self.ui.statusLabel.text = _("The required Python packages are not installed; nothing was run.")
+        with slicer.util.tryWithErrorDisplay(_("Could not start the reconstruction."), waitCursor=False):
+            report = self.refreshDependencies()
+            if report is None or not report.ready:
+                self.ui.statusLabel.text = _("Install the dependencies first (Install dependencies, above).")
                 return
-            if not self._deviceInfo:
-                self.detectDevice()
-            self.process = self.logic.startReconstruction(self._parameterNode)
-            self.ui.applyButton.text = _("Cancel")
+            self.run = self.logic.startReconstruction(self._parameterNode)
             self.ui.progressBar.value = 0
-            self.ui.progressBar.setVisible(True)
-            self.ui.statusLabel.text = _("Starting (loading the model)...")
+            self.ui.statusLabel.text = self.run.status
             self.timer.start()
+        self._updateRunGui()
 
     def onPoll(self) -> None:
-        process = self.process
-        events = process.poll()
-        elapsed = int(time.monotonic() - process.started_at)
-        if events:
-            latest = events[-1]
-            self.ui.progressBar.value = int(round(latest.fraction * 100))
-            self.ui.statusLabel.text = f"{latest.stage}: {format_eta(latest.eta_s)} ({elapsed} s so far)"
-        if not process.finished:
-            return
-        self.timer.stop()
-        self.ui.applyButton.text = _("Reconstruct 3D")
-        self.ui.progressBar.setVisible(False)
-        if process.returncode == 0:
-            with slicer.util.tryWithErrorDisplay(_("The reconstruction finished but could not be loaded."), waitCursor=True):
-                outputs = self.logic.finishReconstruction(process, self._parameterNode)
-                self.logic.showResults(outputs)
-                self.ui.statusLabel.text = _("Done in {seconds} s. {note}").format(seconds=elapsed, note=GENERATED_NOTE)
-        else:
-            process.cleanup()
+        for job, ended in ((self.run, self._onRunEnded), (self.comparison, self._onComparisonEnded),
+                           (self.install, self._onInstallEnded), (self.modelQuery, self._onModelQueryEnded)):
+            if job is None or not job.active:
+                continue
+            job.poll()
+            if job is self.run and job.active:
+                self.ui.progressBar.value = int(round((job.fraction or 0.0) * 100))
+                self.ui.statusLabel.text = job.status
+                self._showWarnings(job.warnings)
+            if job is self.install and job.active:
+                self.ui.dependenciesLabel.text = job.status
+            if not job.active:
+                ended()
+        if not any(job is not None and job.active for job in (self.run, self.comparison, self.install, self.modelQuery)):
+            self.timer.stop()
+        self._updateRunGui()
+
+    def _showWarnings(self, warnings) -> None:
+        self.ui.warningsLabel.text = _("Warnings: ") + " ".join(warnings) if warnings else ""
+        self.ui.warningsLabel.setVisible(bool(warnings))
+
+    def _onRunEnded(self) -> None:
+        run = self.run
+        self.ui.statusLabel.text = run.status
+        self._showWarnings(run.warnings)
+        if run.state == DONE:
+            if self._parameterNode is not None:
+                self.logic.keepOutputs(run, self._parameterNode)
+            self.logic.showResults(run.outputs)
+        elif run.state != CANCELLED:
             self.ui.statusLabel.text = ""
-            self.ui.errorLabel.text = process.error_message()
-            self.ui.showLogButton.setVisible(bool(process.log))
-        self._onParameterNodeModified()
+            self.ui.errorLabel.text = run.error
+            self.ui.showLogButton.setVisible(bool(run.log))
+        self._updateModelCardLabel()
+
+    def _onModelQueryEnded(self) -> None:
+        query = self.modelQuery
+        if query.state == DONE:
+            self.logic.modelCards[model_key(query.model_dir)] = query.info
+        else:
+            self._unreadModelCards.add(model_key(query.model_dir))
+            logging.warning("XDiffusion: could not read the model card: %s", query.error)
+        self._updateModelCardLabel()
 
     def onShowLog(self) -> None:
-        slicer.util.infoDisplay(self.ui.errorLabel.text, windowTitle=_("XDiffusion log"), detailedText=self.process.log_text)
+        if self.run is not None:
+            slicer.util.infoDisplay(self.ui.errorLabel.text, windowTitle=_("XDiffusion log"), detailedText=self.run.log_text)
 
-    # results
+    # --- results ---------------------------------------------------------------------------------------------------
+
     def onShowUncertainty(self) -> None:
         parameters = self._parameterNode
         if parameters.outputVolume and parameters.outputUncertainty:
-            self.logic.scene.show_uncertainty_overlay(parameters.outputVolume, parameters.outputUncertainty)
+            views.show_uncertainty_overlay(slicer.mrmlScene, parameters.outputVolume, parameters.outputUncertainty)
 
     def onVolumeRendering(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Volume rendering failed."), waitCursor=True):
             self.logic.showVolumeRendering(self._parameterNode)
 
     def onCompare(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("The comparison failed."), waitCursor=True):
-            table = self.logic.compare(self._parameterNode)
-            self.ui.metricsTableView.setMRMLTableNode(table)
+        with slicer.util.tryWithErrorDisplay(_("The comparison failed."), waitCursor=False):
+            self.comparison = self.logic.startComparison(self._parameterNode)
+            self.ui.compareStatusLabel.text = self.comparison.status
+            self.ui.compareButton.enabled = False
+            self.timer.start()
+
+    def _onComparisonEnded(self) -> None:
+        comparison = self.comparison
+        if comparison.state == DONE:
+            self.ui.metricsTableView.setMRMLTableNode(comparison.table)
+            self.ui.compareStatusLabel.text = comparison.status
+        else:
+            self.ui.compareStatusLabel.text = comparison.error or comparison.status
+        self._onParameterNodeModified()
 
 
 class XDiffusionLogic(ScriptedLoadableModuleLogic):
-    """The module's work, usable from Slicer's Python console without the GUI; scene work is delegated to
-    `XDiffusionSceneLogic`, the child process to `ReconstructionProcess`."""
+    """The module's work, usable from Slicer's Python console without the panel: jobs that take and make nodes."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.scene = XDiffusionSceneLogic(slicer.mrmlScene, slicer.modules.volumerendering.logic())
+        self.modelCards: dict = {}  # model -> its card summary (`xdiffusion model-info --json`), read once
+        self._installer: Optional[dependencies.Installer] = None
 
     def getParameterNode(self) -> XDiffusionParameterNode:
         return XDiffusionParameterNode(super().getParameterNode())
 
+    @staticmethod
+    def cliPrefix() -> list[str]:
+        return cli.cli_command(python_command())
+
+    @staticmethod
+    def temporaryFolder() -> str:
+        return slicer.app.temporaryPath
+
     # dependencies
     @staticmethod
-    def bundledLibraryPath() -> pathlib.Path:
-        """The XDiffusionLib folder the extension ships (beside this file when installed; the repository root in a
-        source checkout)."""
-        for folder in (MODULE_DIR / "XDiffusionLib", MODULE_DIR.parent / "XDiffusionLib"):
-            if (folder / "pyproject.toml").is_file():
-                return folder
-        raise RuntimeError(f"The XDiffusionLib folder is missing from this installation ({MODULE_DIR}); reinstall the extension.")
+    def bundledLibrary() -> pathlib.Path:
+        folder = bundle.library_folder(MODULE_DIR)
+        if folder is None:
+            raise RuntimeError(_("The XDiffusionLib folder is missing from this installation ({folder}); reinstall the "
+                                 "extension.").format(folder=MODULE_DIR))
+        return folder
 
-    @staticmethod
-    def dependenciesInstalled() -> bool:
-        return all(importlib.util.find_spec(name) is not None for name in ("torch", "xdiffusion"))
+    @property
+    def installer(self) -> dependencies.Installer:
+        if self._installer is None:
+            self._installer = dependencies.Installer(self.bundledLibrary(), python_command(), self.temporaryFolder())
+        return self._installer
 
-    def ensureDependencies(self, askConfirmation: bool = True) -> bool:
-        """Install, on first use and after confirmation, torch (through the PyTorch extension, which picks the build
-        that matches the GPU driver) and then the bundled library. Returns False if the user declined."""
-        if importlib.util.find_spec("torch") is None:
+    def checkDependencies(self) -> dependencies.Report:
+        return self.installer.check()
+
+    def installDependencies(self, askConfirmation: bool = True, showStatus=logging.info) -> Optional[dependencies.InstallJob]:
+        """Torch through PyTorchUtils (blocking: its own dialog and log), then a job that runs pip in child processes
+        (the panel polls it). Returns None when nothing is left to install or the user declined."""
+
+        def confirm(report: dependencies.Report) -> bool:
+            return not askConfirmation or slicer.util.confirmOkCancelDisplay(
+                _("XDiffusion needs these Python packages in Slicer's Python (once; a few minutes). The model weights ship "
+                  "with the extension: nothing is downloaded from a model hub."), windowTitle=_("Install XDiffusion"),
+                detailedText="\n".join(check.describe() for check in report.missing))
+
+        def installTorch(requirement: str) -> bool:
             try:
                 import PyTorchUtils
             except ModuleNotFoundError:
                 raise RuntimeError(_("XDiffusion needs the PyTorch extension. Install 'PyTorch' from the Extensions "
                                      "Manager, restart Slicer, then try again.")) from None
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                torch = torchLogic.installTorch(askConfirmation=askConfirmation, torchVersionRequirement=MINIMUM_TORCH)
-                if torch is None:
-                    return False
-        if importlib.util.find_spec("xdiffusion") is None:
-            library = self.bundledLibraryPath()
-            message = _("XDiffusion needs its Python library (shipped with the extension) and a few packages from PyPI "
-                        "(diffusers, SimpleITK, scikit-image, ...) in Slicer's Python. This is done once and takes a few "
-                        "minutes. The model weights ship with the extension: nothing is downloaded from a model hub.\n\n"
-                        "Install now?")
-            if askConfirmation and not slicer.util.confirmOkCancelDisplay(message, windowTitle=_("Install XDiffusion")):
-                return False
-            with slicer.util.WaitCursor():
-                slicer.util.pip_install([str(library)])
-            importlib.invalidate_caches()
-            if importlib.util.find_spec("xdiffusion") is None:
-                if slicer.util.confirmOkCancelDisplay(_("The installation finished but Slicer must restart to use it. Restart now?")):
-                    slicer.util.restart()
-                return False
-        return True
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=askConfirmation,
+                                                                  torchVersionRequirement=requirement)
+            return torch is not None
 
-    # reconstruction
-    def sliceIndices(self, parameters: XDiffusionParameterNode) -> list[int]:
-        length = slice_count(parameters.inputVolume, parameters.plane)
-        return choose_slice_indices(length, parameters.sliceIndex, parameters.inputSliceCount, parameters.sliceSpread)
+        return self.installer.start(confirm, installTorch, showStatus)
 
+    def restartNeeded(self) -> bool:
+        return self.installer.restart_needed()
+
+    # model
     def modelDirectory(self, parameters: XDiffusionParameterNode) -> Optional[str]:
         if parameters.modelSource == "bundled":
             return None
@@ -360,75 +528,80 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("{folder} is not an XDiffusion model folder (it has no model_index.json).").format(folder=folder))
         return str(folder)
 
-    def startReconstruction(self, parameters: XDiffusionParameterNode, method: str = "xdiffusion") -> ReconstructionProcess:
-        """Write the input to a private temporary folder and start the CLI on it; returns at once."""
-        if not parameters.inputVolume:
-            raise ValueError(_("Select an input volume."))
-        workdir = pathlib.Path(tempfile.mkdtemp(prefix="XDiffusion-", dir=slicer.app.temporaryPath))
-        try:
-            self.scene.write_input(parameters.inputVolume, workdir / INPUT_NAME)
-            arguments = build_reconstruct_arguments(workdir, parameters.plane, self.sliceIndices(parameters), parameters.quality,
-                                                    parameters.device, self.modelDirectory(parameters), method)
-            process = ReconstructionProcess(python_command(), arguments, workdir)
-            logging.info("XDiffusion: running %s", " ".join(process.command))
-            process.start()
-        except Exception:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
-        return process
+    def queryModelCard(self, modelDir: Optional[str]) -> ModelInfoQuery:
+        return ModelInfoQuery(self.cliPrefix(), modelDir).start()
 
-    def finishReconstruction(self, process: ReconstructionProcess, parameters: XDiffusionParameterNode) -> dict:
-        """Load a finished run's files into the output nodes (new ones unless chosen) and delete the files."""
-        try:
-            source = parameters.inputVolume
-            method = process.command[process.command.index("--method") + 1]
-            outputs = {"image": self.scene.load_volume(process.output_path("image"), source, parameters.outputVolume, method)}
-            parameters.outputVolume = outputs["image"]
-            if process.output_path("segmentation").is_file():
-                outputs["segmentation"] = self.scene.load_segmentation(process.output_path("segmentation"), source, parameters.outputSegmentation)
-                parameters.outputSegmentation = outputs["segmentation"]
-            if process.output_path("uncertainty").is_file():
-                outputs["uncertainty"] = self.scene.load_uncertainty(process.output_path("uncertainty"), source, parameters.outputUncertainty)
-                parameters.outputUncertainty = outputs["uncertainty"]
-        finally:
-            process.cleanup()
-        return outputs
+    # reconstruction
+    def startReconstruction(self, parameters: XDiffusionParameterNode, method: str = "xdiffusion") -> ReconstructionRun:
+        """Freeze the parameters into a request, write the input and start the CLI; returns at once."""
+        request = RunRequest.from_parameters(parameters, self.modelDirectory(parameters), method)
+        logging.info("XDiffusion: reconstructing from %s", request.describe())
+        return ReconstructionRun(slicer.mrmlScene, request, self.cliPrefix(), self.modelCards, self.temporaryFolder()).start()
 
-    def reconstruct(self, parameters: XDiffusionParameterNode, method: str = "xdiffusion", timeout: Optional[float] = None) -> dict:
+    @staticmethod
+    def keepOutputs(run: ReconstructionRun, parameters: XDiffusionParameterNode) -> None:
+        """The run's output nodes become the panel's selection (the next run overwrites them unless changed)."""
+        with slicer.util.NodeModify(parameters):
+            parameters.outputVolume = run.outputs.get("image")
+            if "segmentation" in run.outputs:
+                parameters.outputSegmentation = run.outputs["segmentation"]
+            if "uncertainty" in run.outputs:
+                parameters.outputUncertainty = run.outputs["uncertainty"]
+
+    def reconstruct(self, parameters: XDiffusionParameterNode, method: str = "xdiffusion",
+                    timeout: Optional[float] = None) -> dict:
         """Blocking run, for scripts and the self-test."""
-        process = self.startReconstruction(parameters, method)
-        if process.wait(timeout) != 0:
-            process.cleanup()
-            raise RuntimeError(process.error_message())
-        return self.finishReconstruction(process, parameters)
+        run = self.startReconstruction(parameters, method)
+        if run.wait(timeout) != DONE:
+            raise RuntimeError(run.error or run.status)
+        self.keepOutputs(run, parameters)
+        return run.outputs
 
-    def showResults(self, outputs: dict) -> None:
+    @staticmethod
+    def showResults(outputs: dict) -> None:
         slicer.util.setSliceViewerLayers(background=outputs["image"], foreground=None, fit=True)
         if "segmentation" in outputs:
             outputs["segmentation"].GetDisplayNode().SetVisibility(True)
 
-    def showVolumeRendering(self, parameters: XDiffusionParameterNode):
+    @staticmethod
+    def showVolumeRendering(parameters: XDiffusionParameterNode):
         if not parameters.outputVolume:
             raise ValueError(_("Run a reconstruction first."))
-        display = self.scene.show_volume_rendering(parameters.outputVolume)
+        display = views.show_volume_rendering(slicer.modules.volumerendering.logic(), parameters.outputVolume)
         if parameters.outputSegmentation:  # the tumour as closed surfaces inside the rendered head
             parameters.outputSegmentation.GetDisplayNode().SetVisibility3D(True)
         slicer.app.layoutManager().threeDWidget(0).threeDView().resetFocalPoint()
         return display
 
-    def compare(self, parameters: XDiffusionParameterNode):
-        """Linked side-by-side views and a metrics table (the library's `evaluate_volumes`)."""
-        if not (parameters.groundTruthVolume and parameters.outputVolume):
+    # comparison
+    def startComparison(self, parameters: XDiffusionParameterNode) -> ComparisonRun:
+        """Side-by-side linked views at once; the metrics from `xdiffusion evaluate` in a child process."""
+        reference, prediction = parameters.groundTruthVolume, parameters.outputVolume
+        if not (reference and prediction):
             raise ValueError(_("Select a ground-truth volume and run a reconstruction first."))
-        metrics, table = self.scene.compare(parameters.groundTruthVolume, parameters.outputVolume,
-                                            parameters.groundTruthSegmentation, parameters.outputSegmentation)
-        self.scene.set_compare_layout(parameters.groundTruthVolume, parameters.outputVolume)
-        logging.info("XDiffusion comparison: %s", metrics)
-        return table
+        plane = parameters.plane if not grid.is_single_slice(parameters.inputVolume) else grid.plane_of_single_slice(parameters.inputVolume)
+        logics = slicer.app.applicationLogic().GetSliceLogics()
+        views.show_side_by_side(slicer.mrmlScene, reference, prediction, plane,
+                                [logics.GetItemAsObject(i) for i in range(logics.GetNumberOfItems())])
+        try:
+            segments = self.modelCards.get(model_key(self.modelDirectory(parameters)), {}).get("segments_tumours")
+        except ValueError:
+            segments = None
+        request = CompareRequest(reference.GetID(), prediction.GetID(),
+                                 parameters.groundTruthLabels.GetID() if parameters.groundTruthLabels else None,
+                                 parameters.outputSegmentation.GetID() if parameters.outputSegmentation else None,
+                                 parameters.outputUncertainty.GetID() if parameters.outputUncertainty else None, segments)
+        return ComparisonRun(slicer.mrmlScene, request, self.cliPrefix(), self.temporaryFolder()).start()
+
+    def compare(self, parameters: XDiffusionParameterNode, timeout: Optional[float] = None):
+        comparison = self.startComparison(parameters)
+        if comparison.wait(timeout) != DONE:
+            raise RuntimeError(comparison.error or comparison.status)
+        return comparison.table
 
 
 class XDiffusionTest(ScriptedLoadableModuleTest):
-    """Runs in real Slicer (Reload and Test): the sample data through the bundled model, and checks the nodes."""
+    """Runs in real Slicer (Reload and Test): the sample through the bundled model, then compare and 3D."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -438,7 +611,7 @@ class XDiffusionTest(ScriptedLoadableModuleTest):
         self.test_ReconstructSample()
 
     def test_ReconstructSample(self):
-        if sample_data_files(MODULE_DIR) is None:
+        if bundle.sample_data_files(MODULE_DIR) is None:
             self.skipTest("the sample data files are not in this installation")
         import SampleData
 
@@ -447,11 +620,13 @@ class XDiffusionTest(ScriptedLoadableModuleTest):
         volume = SampleData.downloadSample(SAMPLE_NAMES[0])
         labels = SampleData.downloadSample(SAMPLE_NAMES[1])
         logic = XDiffusionLogic()
-        self.assertTrue(logic.ensureDependencies(askConfirmation=False))
+        report = logic.checkDependencies()
+        if not report.ready:
+            self.skipTest(f"XDiffusion's Python packages are not installed: {report.summary()}")
         parameters = logic.getParameterNode()
         parameters.inputVolume = volume
         parameters.plane = "axial"
-        parameters.sliceIndex = slice_count(volume, "axial") // 2
+        parameters.sliceIndex = grid.slice_count(volume, "axial") // 2
         parameters.quality = "fast"
         self.delayDisplay("Reconstructing (fast quality)")
         outputs = logic.reconstruct(parameters, timeout=3600)
@@ -462,15 +637,16 @@ class XDiffusionTest(ScriptedLoadableModuleTest):
         self.assertEqual([inputMatrix.GetElement(r, c) for r in range(4) for c in range(4)],
                          [outputMatrix.GetElement(r, c) for r in range(4) for c in range(4)])
         self.assertIn("(generated)", outputs["image"].GetName())
-        self.assertEqual(outputs["image"].GetAttribute("XDiffusion.Generated"), "true")
-        segmentation = outputs["segmentation"].GetSegmentation()
-        self.assertEqual(segmentation.GetNumberOfSegments(), 3)
-        self.assertEqual(segmentation.GetNthSegment(0).GetName(), "Necrotic tumour core")
+        self.assertEqual(outputs["image"].GetAttribute(GENERATED_ATTRIBUTE), "true")
+        self.assertIn(GENERATED_NOTE, outputs["image"].GetDescription())
+        segments = logic.modelCards[model_key(None)].get("segments_tumours")
+        self.assertEqual("segmentation" in outputs, segments is not False)
         self.assertGreaterEqual(slicer.util.arrayFromVolume(outputs["uncertainty"]).min(), 0.0)
 
         parameters.groundTruthVolume = volume
-        parameters.groundTruthSegmentation = labels
-        table = logic.compare(parameters)
+        parameters.groundTruthLabels = labels
+        table = logic.compare(parameters, timeout=600)
         self.assertGreater(table.GetNumberOfRows(), 5)
         self.assertIsNotNone(logic.showVolumeRendering(parameters))
         self.delayDisplay("Test passed")
+
