@@ -111,7 +111,11 @@ def test_process_level_errors_have_no_traceback(tmp_path, volume_path):
 def test_demo_writes_volume_figure_and_metrics(tmp_path, model_dir, capsys):
     assert main(["demo", "--output-dir", str(tmp_path / "demo"), "--model", str(model_dir), "--progress", "json"]) == 0
     names = sorted(p.name for p in (tmp_path / "demo").iterdir())
-    assert names == ["demo_figure.png", "metrics.json", "reconstruction.nii.gz", "reconstruction_seg.nii.gz", "uncertainty.nii.gz"]
+    assert names == ["demo_figure.png", "metrics.json", "reconstruction.json", "reconstruction.nii.gz", "reconstruction_seg.json",
+                     "reconstruction_seg.nii.gz", "uncertainty.json", "uncertainty.nii.gz"]
+    sidecar = json.loads((tmp_path / "demo" / "reconstruction_seg.json").read_text(encoding="utf-8"))  # provenance, one code path
+    assert sidecar["Content"] == "tumour labels" and sidecar["Model"]["path"] == str(model_dir.absolute())
+    assert sidecar["Input"]["path"].endswith("sample_t1.nii.gz") and sidecar["Sampling"]["views"] == 2
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["input"]["plane"] == "axial" and metrics["sampling"]["views"] == 2
     assert {"psnr", "ssim", "dice_wt"} <= set(metrics["xdiffusion"]) and metrics["extrude"]["psnr"] > 0

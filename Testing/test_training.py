@@ -136,11 +136,12 @@ def test_resume_restores_step_optimizer_and_ema(tmp_path):
 def test_latent_mode_trains_the_autoencoder_first(tmp_path):
     config = _config(tmp_path, steps=3, autoencoder_steps=5, validate_every=100)
     config["model"]["latent"] = True
-    folder = train(config, samples=CopyGuessSamples())
+    held_out = torch.stack([CopyGuessSamples(count=100)[i]["target"] for i in range(90, 98)])
+    folder = train(config, samples=CopyGuessSamples(), held_out=held_out)
     loaded = load_model(folder)
     assert loaded.autoencoder is not None and loaded.config.latent_scale != 1.0
     assert loaded.config.latent_scale == loaded.model_card["latent_scale"]
-    assert {"psnr", "dice"} <= set(loaded.model_card["autoencoder"])
+    assert {"psnr", "dice", "held_out_slices"} <= set(loaded.model_card["autoencoder"])
     assert not any(p.requires_grad for p in loaded.autoencoder.parameters())
 
 

@@ -8,10 +8,15 @@
    mutual information, so any contrast works); the offset with the best summed metric is kept, for all inputs.
 3. Each input slice gets a 2D affine + B-spline (deformable) registration of its matching template slice.
 4. Every output slice takes the template slice at the same offset and warps it with the transform of its nearest
-   input slice.
+   (informative) input slice.
 5. Intensities: a lookup table from template to input intensities, fitted on the registered input slice(s) (median
    input value per template-intensity quantile bin, linearly interpolated). It is not forced to be monotonic, so a
    T1 template can stand in for a T2 or FLAIR input.
+
+Input slices with no tissue (`reconstruct.is_informative`: empty, constant, a speck) are left out of steps 2, 3 and 5.
+Every fallback is reported as one line in ``warnings`` (the CLI prints it as `warning: ...`): a slice left out, the
+centre-of-mass initialiser replaced by grid centring, an affine that failed (centring alone), a B-spline that failed
+(affine alone), offset 0 when no template position has tissue at the input slices.
 
 It sees exactly what the model sees (``InputSlices``: the chosen slices and the grid's metadata), never the volume.
 """
@@ -25,7 +30,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
-from .io import Geometry, Volume, read_volume, to_sitk
+from .io import Geometry, Volume, _itk_reason, read_volume, to_sitk
+from .reconstruct import MIN_TISSUE_PIXELS, background_value, is_informative
 
 ATLAS_DIR = Path(__file__).resolve().parent / "atlas_data"
 DEFAULT_TEMPLATE = ATLAS_DIR / "icbm2009c_t1_brain_2mm.nii.gz"
@@ -75,23 +81,50 @@ def _registration(iterations: int, shrink: Sequence[int], seed: int = 2024) -> s
     return method
 
 
-def _affine(fixed: sitk.Image, moving: sitk.Image, quick: bool) -> tuple[sitk.Transform, float]:
-    """2D affine (initialised on the centres of mass) maximising mutual information; returns it and the metric."""
-    initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(2), sitk.CenteredTransformInitializerFilter.MOMENTS)
+def _reason(error: RuntimeError) -> str:
+    """SimpleITK's complaint, its first sentence only (e.g. "All samples map outside moving image buffer")."""
+    return _itk_reason(error).split(". ")[0].rstrip(".")
+
+
+def _tissue_mass(image: np.ndarray) -> np.ndarray:
+    """A slice as mass for the moments: each pixel's distance from the slice's background value, so negative or
+    offset intensities (z-scored data, a constant air level) neither cancel nor shift the centre of mass."""
+    image = np.asarray(image, dtype=np.float64)
+    return np.abs(image - background_value(image))
+
+
+def _centring(fixed: np.ndarray, moving: np.ndarray, spacing_2d: Sequence[float]) -> tuple[sitk.Transform, Optional[str]]:
+    """The affine's start: centre of tissue mass onto centre of tissue mass; where the moments cannot be computed
+    (no mass: a slice with nothing in it), grid centre onto grid centre. Returns it and what failed, if anything."""
+    try:
+        return sitk.CenteredTransformInitializer(_image_2d(_tissue_mass(fixed), spacing_2d), _image_2d(_tissue_mass(moving), spacing_2d),
+                                                 sitk.AffineTransform(2), sitk.CenteredTransformInitializerFilter.MOMENTS), None
+    except RuntimeError as error:
+        geometric = sitk.CenteredTransformInitializer(_image_2d(fixed, spacing_2d), _image_2d(moving, spacing_2d), sitk.AffineTransform(2),
+                                                      sitk.CenteredTransformInitializerFilter.GEOMETRY)
+        return geometric, f"the centre-of-mass initialiser failed ({_reason(error)}); grid centres used instead"
+
+
+def _affine(fixed: np.ndarray, moving: np.ndarray, spacing_2d: Sequence[float], quick: bool) -> tuple[sitk.Transform, float, list[str]]:
+    """2D affine (initialised on the centres of tissue mass) maximising mutual information; returns it, the metric
+    and the fallbacks taken (one phrase each)."""
+    initial, problem = _centring(fixed, moving, spacing_2d)
+    problems = [problem] if problem else []
     method = _registration(30 if quick else 80, (4, 2) if quick else (4, 2, 1))
     method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=30 if quick else 80,
                                                     gradientMagnitudeTolerance=1e-6)
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetInitialTransform(initial, inPlace=False)
     try:
-        transform = method.Execute(fixed, moving)
-        return transform, float(method.GetMetricValue())
-    except RuntimeError:  # e.g. too few overlapping samples: keep the centring alone
-        return initial, 0.0
+        transform = method.Execute(_image_2d(fixed, spacing_2d), _image_2d(moving, spacing_2d))
+        return transform, float(method.GetMetricValue()), problems
+    except RuntimeError as error:  # e.g. too few overlapping samples: keep the centring alone
+        return initial, 0.0, problems + [f"the affine registration failed ({_reason(error)}); the template is only centred there"]
 
 
-def _deformable(fixed: sitk.Image, moving: sitk.Image, affine: sitk.Transform) -> sitk.Transform:
-    """A B-spline refinement on top of the affine (the affine is fixed, only the B-spline moves)."""
+def _deformable(fixed: sitk.Image, moving: sitk.Image, affine: sitk.Transform) -> tuple[sitk.Transform, Optional[str]]:
+    """A B-spline refinement on top of the affine (the affine is fixed, only the B-spline moves); returns it and
+    what failed, if anything (then the affine alone)."""
     bspline = sitk.BSplineTransformInitializer(fixed, [BSPLINE_MESH, BSPLINE_MESH], order=3)
     method = _registration(40, (2, 1))
     method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=40, maximumNumberOfCorrections=5)
@@ -99,12 +132,12 @@ def _deformable(fixed: sitk.Image, moving: sitk.Image, affine: sitk.Transform) -
     method.SetInitialTransform(bspline, inPlace=True)
     try:
         method.Execute(fixed, moving)
-    except RuntimeError:
-        return affine
+    except RuntimeError as error:
+        return affine, f"the deformable (B-spline) registration failed ({_reason(error)}); affine only"
     composite = sitk.CompositeTransform(2)
     composite.AddTransform(affine)
     composite.AddTransform(bspline)
-    return composite
+    return composite, None
 
 
 def _warp(image: sitk.Image, transform: sitk.Transform) -> np.ndarray:
@@ -132,27 +165,36 @@ def intensity_lookup(template: np.ndarray, target: np.ndarray, bins: int = INTEN
     return x[keep], y[keep]
 
 
-def _best_offset(stack: np.ndarray, inputs, spacing_2d: Sequence[float], normal_mm: float) -> int:
-    """Through-plane template shift (in slices) whose quick affine fits the input slices best (summed metric)."""
+def _best_offset(stack: np.ndarray, inputs, useful: Sequence[bool], spacing_2d: Sequence[float], normal_mm: float) -> Optional[int]:
+    """Through-plane template shift (in slices) whose quick affine fits the informative input slices best (summed
+    metric); None when no candidate has template tissue at every informative input slice."""
     length = stack.shape[0]
     candidates = sorted({int(round(mm / normal_mm)) for mm in OFFSETS_MM})
     scores = {}
     for offset in candidates:
         total = 0.0
-        for image, index in zip(inputs.images, inputs.indices):
+        for image, index, informative in zip(inputs.images, inputs.indices, useful):
+            if not informative:
+                continue
             source = index + offset
-            if not 0 <= source < length or not stack[source].any():
+            if not 0 <= source < length or not is_informative(stack[source]):
                 total = np.inf
                 break
-            total += _affine(_image_2d(image, spacing_2d), _image_2d(stack[source], spacing_2d), quick=True)[1]
+            total += _affine(image, stack[source], spacing_2d, quick=True)[1]
         scores[offset] = total
     best = min(scores, key=lambda o: (scores[o], abs(o)))
-    return 0 if not np.isfinite(scores[best]) else best
+    return best if np.isfinite(scores[best]) else None
 
 
-def atlas_reconstruct(inputs, template: Optional[Volume] = None, register: bool = True, deformable: bool = True) -> np.ndarray:
+def atlas_reconstruct(inputs, template: Optional[Volume] = None, register: bool = True, deformable: bool = True,
+                      warnings: Optional[list[str]] = None) -> np.ndarray:
     """The atlas guess on ``inputs.geometry`` (float32, the input's units). ``register=False`` keeps the centred
     template (the baseline's own ablation: what registration buys).
+
+    Uninformative input slices (`reconstruct.is_informative`: empty, constant, a speck) are left out of the
+    registration and of the intensity map; the output slices nearest to them take the transform of the nearest
+    informative one. Every fallback (a slice left out, an initialiser or a registration stage that failed, offset 0
+    when no template position fits) is appended to ``warnings`` as one line, when a list is given.
 
     SimpleITK runs single-threaded meanwhile (its global default, restored after): multi-threaded metric sums make
     the optimiser's path, and so the result, differ from run to run; one thread makes a rerun give the same volume.
@@ -160,34 +202,49 @@ def atlas_reconstruct(inputs, template: Optional[Volume] = None, register: bool 
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
-        return _atlas_reconstruct(inputs, template, register, deformable)
+        return _atlas_reconstruct(inputs, template, register, deformable, warnings if warnings is not None else [])
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
-def _atlas_reconstruct(inputs, template: Optional[Volume], register: bool, deformable: bool) -> np.ndarray:
+def _atlas_reconstruct(inputs, template: Optional[Volume], register: bool, deformable: bool, warnings: list[str]) -> np.ndarray:
     template = template if template is not None else load_template()
     grid, axis = inputs.geometry, inputs.axis
     stack = np.moveaxis(template_on_grid(template, grid), axis, 0)  # (n, a, b)
     spacing_2d = [float(grid.spacing[a]) for a in range(3) if a != axis]
     length = stack.shape[0]
-    offset = _best_offset(stack, inputs, spacing_2d, float(grid.spacing[axis])) if register else 0
-    transforms, pairs = [], []
-    for image, index in zip(inputs.images, inputs.indices):
+    useful = [is_informative(image) for image in inputs.images]
+    if not any(useful):
+        raise InputError("the input slices are empty or constant (nothing for the atlas to register to)")
+    if register:
+        warnings.extend(f"input slice {index} has no tissue to register (fewer than {MIN_TISSUE_PIXELS} pixels apart from its "
+                        f"background): left out of the atlas registration" for index, informative in zip(inputs.indices, useful) if not informative)
+    offset = _best_offset(stack, inputs, useful, spacing_2d, float(grid.spacing[axis])) if register else 0
+    if offset is None:
+        warnings.append("atlas registration: the template has no tissue at the input slices' position for any through-plane "
+                        "offset tried; offset 0 used")
+        offset = 0
+    transforms, pairs = {}, []
+    for image, index, informative in zip(inputs.images, inputs.indices, useful):
+        if not informative:
+            continue
         source = int(np.clip(index + offset, 0, length - 1))
-        fixed, moving = _image_2d(image, spacing_2d), _image_2d(stack[source], spacing_2d)
-        if register and stack[source].any():
-            affine, _ = _affine(fixed, moving, quick=False)
-            transform = _deformable(fixed, moving, affine) if deformable else affine
-        else:
-            transform = sitk.Transform(2, sitk.sitkIdentity)
-        transforms.append(transform)
-        pairs.append((_warp(moving, transform), np.asarray(image, dtype=np.float32)))
+        transform = sitk.Transform(2, sitk.sitkIdentity)
+        if register and not is_informative(stack[source]):
+            warnings.append(f"atlas registration of input slice {index}: the template has no tissue there; left unregistered")
+        elif register:
+            transform, _, problems = _affine(image, stack[source], spacing_2d, quick=False)
+            if deformable:
+                transform, problem = _deformable(_image_2d(image, spacing_2d), _image_2d(stack[source], spacing_2d), transform)
+                problems += [problem] if problem else []
+            warnings.extend(f"atlas registration of input slice {index}: {problem}" for problem in problems)
+        transforms[index] = transform
+        pairs.append((_warp(_image_2d(stack[source], spacing_2d), transform), np.asarray(image, dtype=np.float32)))
     knots_x, knots_y = intensity_lookup(np.concatenate([p[0].ravel() for p in pairs]), np.concatenate([p[1].ravel() for p in pairs]))
-    indices = np.asarray(inputs.indices)
+    registered = np.asarray(sorted(transforms))
     output = np.full(stack.shape, float(np.interp(0.0, knots_x, knots_y)), dtype=np.float32)
     for position in range(length):
-        nearest = int(np.abs(indices - position).argmin())
+        nearest = int(registered[np.abs(registered - position).argmin()])
         source = position + offset
         if not 0 <= source < length:
             continue

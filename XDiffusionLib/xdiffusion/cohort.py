@@ -6,8 +6,10 @@ inputs through `PartialState().split_between_processes`; a plain `xdiffusion rec
 (accelerate's own `--cpu` multi-process mode goes through mpirun and needs an MPI hostfile; `--multi_gpu` on a
 machine without GPU runs the same gloo CPU processes without MPI.) CPU processes share the cores: torch threads are
 set to cores / processes. Outputs are written
-atomically, so a finished output is a complete one and a rerun skips it (resumable). One summary table (CSV and
-printed) lists every input with its output, seconds and status; a bad file is a failed row, not a dead cohort.
+atomically, each with its provenance sidecar (`provenance`), so a finished output is a complete one and a rerun skips
+it (resumable). One summary table (CSV and printed) lists every input with its output, seconds, status and the run's
+warnings (fallbacks such as an input slice left out of the atlas registration); a bad file is a failed row, not a dead
+cohort.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from typing import Callable, Optional, Sequence
 
 from .errors import InputError, XDiffusionError
 from .io import VOLUME_SUFFIXES, atomic_output
+from .provenance import check_sidecars
 
 SUMMARY_NAME = "cohort_summary.csv"
 PARTS_FOLDER = ".cohort_parts"
 OUTPUT_SUFFIX = "_xdiffusion.nii.gz"
-FIELDS = ("input", "output", "seconds", "status", "message")
+FIELDS = ("input", "output", "seconds", "status", "message", "warnings")
+WARNING_SEPARATOR = " | "  # between a row's warnings in the summary's `warnings` column
 
 
 @dataclass
@@ -43,6 +47,7 @@ class CohortRow:
     seconds: float
     status: str  # done | skipped (already finished) | failed
     message: str = ""
+    warnings: str = ""  # the run's fallbacks (`Reconstruction.warnings`), joined by WARNING_SEPARATOR
 
 
 def _volume_name(path: Path) -> str:
@@ -93,17 +98,21 @@ def list_cohort(source: str | os.PathLike, output_dir: str | os.PathLike) -> lis
             raise InputError(f"two inputs would write the same output {target}; give an output column in the CSV")
         seen.add(target)
         items.append(CohortItem(str(path), str(target)))
+    check_sidecars([item.output for item in items], [item.input for item in items])  # two outputs, one provenance .json
     return items
 
 
-ReconstructOne = Callable[[Path, Path], None]
+ReconstructOne = Callable[[Path, Path], Optional[Sequence[str]]]  # returns the run's warnings (None: none)
 
 
 def reconstruct_file(source: Path, output: Path, method: str = "xdiffusion", pipeline=None, modality: Optional[str] = None,
-                     plane: Optional[str] = None, slice_index: Optional[Sequence[int]] = None, **sampling) -> None:
+                     plane: Optional[str] = None, slice_index: Optional[Sequence[int]] = None, model_dir: Optional[Path] = None,
+                     **sampling) -> list[str]:
     """One cohort volume, as `xdiffusion reconstruct` does it: its slice(s) (default the middle axial one; a 2D file
-    in the middle of its own depth), the method, the output written atomically."""
-    from .io import read_image, write_volume
+    in the middle of its own depth), the method, the output and its provenance sidecar written atomically. Returns
+    the run's warnings."""
+    from .io import read_image
+    from .provenance import write_reconstruction
     from .reconstruct import reconstruct, select_slices, single_slice_input
 
     volume = read_image(source)
@@ -113,7 +122,8 @@ def reconstruct_file(source: Path, output: Path, method: str = "xdiffusion", pip
         inputs = select_slices(volume, plane or "axial", slice_index)
     del volume
     result = reconstruct(inputs, method, pipeline, modality, None, **sampling)
-    write_volume(result.image, output)
+    write_reconstruction(result, inputs, output, source=source, model_dir=model_dir)
+    return result.warnings
 
 
 def run_items(items: Sequence[CohortItem], reconstruct_one: ReconstructOne, log: Callable[[str], None] = print) -> list[CohortRow]:
@@ -126,8 +136,9 @@ def run_items(items: Sequence[CohortItem], reconstruct_one: ReconstructOne, log:
             log(f"[{number}/{len(items)}] {item.input}: skipped (output exists)")
             continue
         started = time.monotonic()
+        warnings: Sequence[str] = ()
         try:
-            reconstruct_one(Path(item.input), output)
+            warnings = reconstruct_one(Path(item.input), output) or ()
             status, message = "done", ""
         except XDiffusionError as error:
             status, message = "failed", " ".join(str(error).split())
@@ -135,8 +146,11 @@ def run_items(items: Sequence[CohortItem], reconstruct_one: ReconstructOne, log:
             status, message = "failed", f"internal error ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
             log(traceback.format_exc())
         seconds = round(time.monotonic() - started, 2)
-        rows.append(CohortRow(item.input, item.output, seconds, status, message))
+        warnings = [" ".join(str(w).split()) for w in warnings]
+        rows.append(CohortRow(item.input, item.output, seconds, status, message, WARNING_SEPARATOR.join(warnings)))
         log(f"[{number}/{len(items)}] {item.input}: {status} in {seconds:.1f} s{(' - ' + message) if message else ''}")
+        for warning in warnings:
+            log(f"[{number}/{len(items)}] {item.input}: warning: {warning}")
     return rows
 
 
@@ -153,7 +167,7 @@ def format_summary(rows: Sequence[CohortRow]) -> str:
     width = max([len("input")] + [len(Path(r.input).name) for r in rows])
     lines = [f"{'input':<{width}}  {'status':<8}  {'seconds':>8}  output"]
     for r in rows:
-        note = f"  ({r.message})" if r.status == "failed" else ""
+        note = f"  ({r.message})" if r.status == "failed" else (f"  ({r.warnings.count(WARNING_SEPARATOR) + 1} warning(s))" if r.warnings else "")
         lines.append(f"{Path(r.input).name:<{width}}  {r.status:<8}  {r.seconds:>8.1f}  {r.output}{note}")
     counts = {s: sum(r.status == s for r in rows) for s in ("done", "skipped", "failed")}
     lines.append(f"{len(rows)} volumes: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; "

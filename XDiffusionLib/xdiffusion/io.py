@@ -12,6 +12,7 @@ is the only behaviour that is the same for all formats, and no method, metric or
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -355,16 +356,9 @@ def _remove_stale_parts(target: Path, folder: Path) -> None:
                 os.unlink(entry.path)
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
-
-    The temporary (``.NAME.HOST-PID.RANDOM.partSUFFIX``, hidden) keeps the real suffix so writers pick the right
-    format. An exception, Ctrl-C or SIGTERM removes it; a crash or SIGKILL leaves the old file (or nothing) at
-    ``path``, never a partial one, plus at most a stale ``.part`` file, which the next write of the same ``path``
-    deletes once its writer process is gone.
-    """
-    target = Path(path)
+def _temporary_beside(target: Path) -> Path:
+    """A new hidden temporary beside ``target`` (``.NAME.HOST-PID.RANDOM.partSUFFIX``), after removing this target's
+    stale ones."""
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise InputError(f"{target}: output folder {folder} does not exist")
@@ -377,16 +371,51 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as error:
         raise InputError(f"{target}: cannot write into {folder} ({error.strerror or error})") from None
     os.close(handle)
-    temporary_path = Path(temporary)
+    return Path(temporary)
+
+
+def _remove_own_parts(target: Path) -> None:
+    """Delete this process's temporaries for ``target``, also one whose name a cancel (SIGTERM, Ctrl-C) kept from
+    being recorded: the signal can arrive between the file's creation and the caller's bookkeeping."""
+    folder = target.parent if str(target.parent) else Path(".")
+    prefix, suffix = f".{target.name}.{_HOST}-{os.getpid()}.", f".part{_suffix(target)}"
     try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(prefix) and entry.name.endswith(suffix) and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+def _seal(temporary: Path) -> None:
+    """Make a written temporary ready to be renamed into place: normal permissions, data on disk."""
+    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes the file private (0600); outputs are not
+    with open(temporary, "r+b") as written:  # writable: Windows cannot flush a read-only handle
+        os.fsync(written.fileno())  # the data is on disk before the name points at it
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
+
+    The temporary (``.NAME.HOST-PID.RANDOM.partSUFFIX``, hidden) keeps the real suffix so writers pick the right
+    format. An exception, Ctrl-C or SIGTERM removes it; a crash or SIGKILL leaves the old file (or nothing) at
+    ``path``, never a partial one, plus at most a stale ``.part`` file, which the next write of the same ``path``
+    deletes once its writer process is gone.
+    """
+    target = Path(path)
+    done = False
+    try:
+        temporary_path = _temporary_beside(target)
         yield temporary_path
-        os.chmod(temporary_path, 0o666 & ~_umask())  # mkstemp makes the file private (0600); outputs are not
-        with open(temporary_path, "r+b") as written:  # writable: Windows cannot flush a read-only handle
-            os.fsync(written.fileno())  # the data is on disk before the name points at it
+        _seal(temporary_path)
         os.replace(temporary_path, target)
+        done = True
     finally:
-        if temporary_path.exists():
-            temporary_path.unlink()
+        if not done:
+            _remove_own_parts(target)
 
 
 def _image_for(volume: Volume, target: Path, description: str | None) -> sitk.Image:
@@ -428,14 +457,45 @@ def write_volume(volume: Volume, path: str | os.PathLike, description: str | Non
     return target
 
 
-def write_volumes(items: Sequence[tuple[Volume, str | os.PathLike]]) -> list[Path]:
-    """Write several outputs of one result as a unit: all go to their hidden temporaries first and are renamed into
-    place only when every one is written. An error or a cancellation (Ctrl-C, SIGTERM) before that point leaves
-    every old file (or nothing); once the renames begin, `errors.commit_started()` is true and the CLI lets them
-    finish instead of cancelling, so a set is never split and a completed run is never reported as cancelled."""
+def _write_json(document: dict, target: Path, temporary: Path) -> None:
+    try:
+        temporary.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    except OSError as error:  # disk full, quota, a folder gone read-only meanwhile
+        raise InputError(f"{target}: cannot write ({error.strerror or error})") from None
+
+
+def write_volumes(items: Sequence[tuple[Volume, str | os.PathLike]],
+                  documents: Sequence[tuple[dict, str | os.PathLike]] = ()) -> list[Path]:
+    """Write several outputs of one result as a unit: the volumes, and ``documents`` (JSON objects, e.g. their
+    provenance sidecars). All go to hidden temporaries first, are flushed to disk, and are renamed into place only
+    when every one is complete: a failure (disk full, a bad value) or a cancellation (Ctrl-C, SIGTERM) before that
+    point leaves every old file (or nothing) and no temporary. Once the renames begin, `errors.commit_started()` is
+    true and the CLI lets them finish instead of cancelling, so a set is never split and a completed run is never
+    reported as cancelled. Only a SIGKILL or a power loss during the renames can split a set; the documents are
+    renamed last and their old files removed first, so a volume may then lack its sidecar but never stands beside
+    another run's. Returns the paths written, volumes first."""
     prepared = [(_image_for(volume, Path(path), None), Path(path)) for volume, path in items]
-    with contextlib.ExitStack() as stack:
+    texts = [(document, Path(path)) for document, path in documents]
+    written: list[tuple[Path, Path]] = []  # (temporary, target)
+    done = False
+    try:
         for image, target in prepared:
-            _write_image(image, target, stack.enter_context(atomic_output(target)))
+            written.append((_temporary_beside(target), target))
+            _write_image(image, target, written[-1][0])
+        for document, target in texts:
+            written.append((_temporary_beside(target), target))
+            _write_json(document, target, written[-1][0])
+        for temporary, _ in written:
+            _seal(temporary)
         begin_commit()
-    return [target for _, target in prepared]
+        for _, target in texts:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(target)
+        for temporary, target in written:
+            os.replace(temporary, target)
+        done = True
+    finally:
+        if not done:
+            for target in [target for _, target in prepared] + [target for _, target in texts]:
+                _remove_own_parts(target)
+    return [target for _, target in written]

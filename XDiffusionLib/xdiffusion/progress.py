@@ -1,4 +1,9 @@
-"""Progress on stderr: a human bar (`text`), one JSON object per line (`json`, for the Slicer module), or nothing."""
+"""Progress on stderr: a human bar (`text`), one JSON object per line (`json`, for the Slicer module), or nothing.
+
+Warnings (a fallback the run took, e.g. an input slice left out of the atlas registration) go to the same stream, in
+every mode, ``--quiet`` included: a line ``warning: MESSAGE``, or in `json` mode the object
+``{"event": "warning", "message": MESSAGE}`` on a line of its own.
+"""
 
 from __future__ import annotations
 
@@ -59,3 +64,15 @@ class ProgressReporter:
                 _open_lines.add(self.stream)
             self.stream.flush()
         return True
+
+    def warning(self, message: str) -> None:
+        """Report a fallback the run took, as one line (see the module docstring); shown even when progress is not."""
+        message = " ".join(str(message).split())
+        if self.mode == "json":
+            self.stream.write(json.dumps({"event": "warning", "message": message}) + "\n")
+        else:
+            if self.stream in _open_lines:  # the bar's line is unfinished: the warning starts a line of its own
+                self.stream.write("\n")
+                _open_lines.discard(self.stream)
+            self.stream.write(f"warning: {message}\n")
+        self.stream.flush()

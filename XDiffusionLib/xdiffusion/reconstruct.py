@@ -6,8 +6,8 @@ peek at the answer. Outputs carry the input's geometry exactly, and the input sl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # torch and diffusers load only when the model runs: the base
 
 METHODS = ("xdiffusion", "extrude", "interpolate", "atlas")
 PRIORS = ("extrude", "atlas")  # where SDEdit sampling (strength < 1) starts from
+MIN_TISSUE_PIXELS = 16  # an informative slice has at least this many pixels apart from its background (see is_informative)
 # in-plane axes (as LPS directions) given to a 2D file that carries no orientation of its own, per plane
 SINGLE_SLICE_BASES = {
     "axial": np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]).T,
@@ -38,14 +39,44 @@ class InputSlices:
     indices: tuple[int, ...]
     images: np.ndarray  # (K, a, b), the slices in index order, the input's own dtype and units
     dtype: np.dtype
+    slice_position: Optional[float] = None  # a 2D input: its place in the output depth (0-1); None for a 3D input
 
 
 @dataclass
 class Reconstruction:
+    """The generated volumes and what made them: the method, the sampling actually used (after the model card's
+    defaults; None for a baseline), the model's card (None for a baseline), and one line per fallback taken on the
+    way (an input slice left out of the registration, a registration stage that failed), for the user to see."""
+
     image: Volume
     segmentation: Optional[Volume] = None
     uncertainty: Optional[Volume] = None
     unet_evaluations: int = 0
+    method: str = "xdiffusion"
+    sampling: Optional[dict[str, Any]] = None
+    model_card: Optional[dict[str, Any]] = None
+    template: Optional[str] = None  # the atlas template file, when the atlas (method or prior) was used
+    warnings: list[str] = field(default_factory=list)
+
+
+def background_value(image: np.ndarray) -> float:
+    """A slice's background: its most common value (0 outside a skull-stripped brain; the air of a scan whose
+    background was set to a constant). A slice with no repeated value has no background: its minimum stands in."""
+    values, counts = np.unique(np.asarray(image).ravel(), return_counts=True)
+    return float(values[counts.argmax()])
+
+
+def is_informative(image: np.ndarray) -> bool:
+    """Whether a slice holds tissue a registration can use: at least ``MIN_TISSUE_PIXELS`` pixels differ from its
+    background value (`background_value`); a slice of fewer than 64 pixels needs a quarter of them instead.
+
+    Uninformative: an empty or constant slice (zero variance), a speck (a few bright pixels), one outlier in a
+    constant slice. They are still copied into the output bit-exact and still condition the model (an empty slice
+    above the head is true information); only the atlas registration leaves them out. An input whose slices are all
+    uninformative is refused."""
+    image = np.asarray(image)
+    tissue = int(np.count_nonzero(image != background_value(image)))
+    return tissue >= max(1, min(MIN_TISSUE_PIXELS, image.size // 4))
 
 
 def select_slices(volume: Volume, plane: str = "axial", indices: Optional[Sequence[int]] = None) -> InputSlices:
@@ -87,7 +118,7 @@ def single_slice_input(slice_volume: Volume, plane: Optional[str], slice_positio
     grid = Geometry((*source.shape[:2], depth), (*in_plane, depth_spacing), origin - direction[:, 2] * depth_spacing * index, direction)
     images = slice_volume.array[None, :, :, 0]
     _check_finite(images)
-    return InputSlices(grid, 2, (index,), images, slice_volume.array.dtype)
+    return InputSlices(grid, 2, (index,), images, slice_volume.array.dtype, float(slice_position))
 
 
 def _check_finite(images: np.ndarray) -> None:
@@ -95,8 +126,9 @@ def _check_finite(images: np.ndarray) -> None:
         raise InputError("the input slices contain NaN or infinite values")
     if np.issubdtype(images.dtype, np.floating) and np.abs(images).max() > np.finfo(np.float32).max:
         raise InputError("the input slices hold values beyond float32's range (about 3.4e38); rescale the image first")
-    if np.all(images == images.flat[0]):
-        raise InputError("the input slices are constant (no image content to reconstruct from)")
+    if not any(is_informative(image) for image in images):
+        raise InputError(f"the input slices are empty or constant (no image content to reconstruct from: each has fewer "
+                         f"than {MIN_TISSUE_PIXELS} pixels apart from its background)")
 
 
 def extrude(inputs: InputSlices) -> np.ndarray:
@@ -131,7 +163,8 @@ def place_in_cube(inputs: InputSlices, side: int) -> tuple[list[geometry.CubeSli
 
 
 def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str, progress: Optional[ProgressCallback],
-               prior: str = "extrude", atlas: Optional[str] = None, **sampling) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+               warnings: list[str], prior: str = "extrude", atlas: Optional[str] = None,
+               **sampling) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     if prior not in PRIORS:
         raise InputError(f"unknown prior {prior!r}; use one of {', '.join(PRIORS)}")
     from .pipeline import check_strength  # loaded already: the pipeline is an XDiffusionPipeline
@@ -144,7 +177,8 @@ def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str,
 
         if progress is not None:
             progress(0.0, "registering the atlas prior")
-        guess = Volume(_paste_inputs(atlas_reconstruct(inputs, load_template(atlas)), inputs).astype(np.float32), inputs.geometry)
+        guess = atlas_reconstruct(inputs, load_template(atlas), warnings=warnings)
+        guess = Volume(_paste_inputs(guess, inputs).astype(np.float32), inputs.geometry)
         prior_cube = scale.normalise(geometry.volume_to_cube(guess, frame))
     result = pipeline(slices, modality, progress=progress, prior=prior_cube, **sampling)
     image = geometry.cube_to_grid(scale.restore(result.image), frame, inputs.geometry)
@@ -152,6 +186,20 @@ def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str,
     probability = np.stack([geometry.cube_to_grid(p, frame, inputs.geometry) for p in result.tumour_probability])
     labels = np.where(probability.max(axis=0) >= 0.5, probability.argmax(axis=0) + 1, 0).astype(np.uint8)
     return image, labels, spread.astype(np.float32), result.unet_evaluations
+
+
+SAMPLING_RECORD = ("views", "steps", "guidance", "solver", "strength", "prior", "seed")  # what a sidecar records
+
+
+def sampling_used(pipeline: XDiffusionPipeline, sampling: dict[str, Any]) -> dict[str, Any]:
+    """The sampling settings as the pipeline runs them: the caller's (the CLI merges the model card's defaults in),
+    else the pipeline's own defaults. ``prior`` is None at strength 1: sampling then starts from noise alone."""
+    import inspect
+
+    parameters = inspect.signature(type(pipeline).__call__).parameters
+    used = {key: sampling.get(key, parameters[key].default if key in parameters else None) for key in SAMPLING_RECORD}
+    used["prior"] = sampling.get("prior", "extrude") if used["strength"] < 1.0 else None
+    return used
 
 
 def _paste_inputs(array: np.ndarray, inputs: InputSlices) -> np.ndarray:
@@ -178,25 +226,29 @@ def reconstruct(
 ) -> Reconstruction:
     """Reconstruct the volume on ``inputs.geometry`` with the model or a baseline (``views``, ``steps``, ``guidance``,
     ``seed``, ``solver``, ``strength`` go to the pipeline; ``prior="atlas"`` with ``strength`` < 1 starts sampling
-    from the `atlas` guess; ``atlas`` is the template file for both, default the shipped one)."""
+    from the `atlas` guess; ``atlas`` is the template file for both, default the shipped one). The result lists the
+    fallbacks the atlas registration took (`Reconstruction.warnings`)."""
     description = f"{GENERATED_DESCRIPTION} ({method})"
     if method == "xdiffusion" and sampling.get("strength", 1.0) < 1.0:  # what sampling started from (fits NIfTI's 79 characters)
         description = f"{GENERATED_DESCRIPTION} ({sampling.get('prior', 'extrude')} prior {sampling['strength']:g})"
+    warnings: list[str] = []
     if method == "xdiffusion":
         if pipeline is None:
             raise InputError("the xdiffusion method needs a model")
         modality = modality or pipeline.modalities[0]
-        image, labels, spread, evaluations = _diffusion(inputs, pipeline, modality, progress, atlas=atlas, **sampling)
+        image, labels, spread, evaluations = _diffusion(inputs, pipeline, modality, progress, warnings, atlas=atlas, **sampling)
         if not (np.isfinite(image).all() and np.isfinite(spread).all()):  # never written as if it were an image
             raise ModelError("the model produced NaN or infinite values (damaged weights, or float16 overflow on a "
                              "GPU: try --device cpu); nothing was written")
         if progress is not None:
             progress(1.0, "done")
+        used = sampling_used(pipeline, sampling)
         return Reconstruction(
             Volume(_paste_inputs(image, inputs), inputs.geometry, {"description": description}),
             Volume(labels, inputs.geometry, {"description": f"{description} tumour labels"}),
             Volume(spread, inputs.geometry, {"description": f"{description} uncertainty (std across views)"}),
-            evaluations,
+            evaluations, method=method, sampling=used, model_card=pipeline.model.model_card,
+            template=_template_name(atlas) if used["prior"] == "atlas" else None, warnings=warnings,
         )
     if method == "extrude":
         image = extrude(inputs)
@@ -205,9 +257,16 @@ def reconstruct(
     elif method == "atlas":
         from .atlas import atlas_reconstruct, load_template
 
-        image = atlas_reconstruct(inputs, load_template(atlas))
+        image = atlas_reconstruct(inputs, load_template(atlas), warnings=warnings)
     else:
         raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if progress is not None:
         progress(1.0, method)
-    return Reconstruction(Volume(_paste_inputs(image, inputs), inputs.geometry, {"description": description}))
+    return Reconstruction(Volume(_paste_inputs(image, inputs), inputs.geometry, {"description": description}), method=method,
+                          template=_template_name(atlas) if method == "atlas" else None, warnings=warnings)
+
+
+def _template_name(atlas: Optional[str]) -> str:
+    from .atlas import DEFAULT_TEMPLATE
+
+    return str(atlas) if atlas is not None else str(DEFAULT_TEMPLATE)

@@ -18,7 +18,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from .data.fetch import default_cache_dir
 from .data.loaders import Subject, iter_brats_folder, iter_volume_folder, load_training_subjects, subject_from_brats
-from .data.samples import SampleGenerator
+from .data.samples import IntensityScale, SampleGenerator, TrainingCube, tumour_channels
 from .data.training_set import TrainingSetConfig, build_training_cubes, build_validation_cubes
 from .errors import InputError
 from .model import XDiffusionConfig, XDiffusionModel
@@ -28,7 +28,8 @@ from .pipeline import XDiffusionPipeline
 
 @dataclass
 class DataConfig:
-    """The `data:` section. `source`: `fetched` (the manifest's PyPI volumes), `brats:PATH` or `folder:PATH`."""
+    """The `data:` section. `source`: `fetched` (the manifest's PyPI volumes; `fetched:SET` names a subject set of
+    `data.manifest.SUBJECT_SETS`, `fetched` is `fetched:templates`), `brats:PATH` or `folder:PATH`."""
 
     source: str = "fetched"
     cache_dir: str = ""
@@ -46,16 +47,17 @@ class DataConfig:
 
 def split_subjects(data: DataConfig) -> tuple[list[Subject], list[Subject]]:
     """(training, validation) subjects; for user folders the last `validation_subjects` by name are held out."""
-    if data.source == "fetched":
-        cache = Path(data.cache_dir) if data.cache_dir else default_cache_dir()
-        return load_training_subjects(cache, "train"), load_training_subjects(cache, "validation")
     kind, _, path = data.source.partition(":")
+    if kind == "fetched":  # `fetched` is the `templates` subject set; `fetched:individuals` adds real people
+        cache = Path(data.cache_dir) if data.cache_dir else default_cache_dir()
+        set_name = path or "templates"
+        return load_training_subjects(cache, "train", set_name), load_training_subjects(cache, "validation", set_name)
     if kind == "brats" and path:
         subjects = [subject_from_brats(case) for case in iter_brats_folder(path)]
     elif kind == "folder" and path:
         subjects = [Subject(id=file.name, modalities={data.folder_modality: volume}) for file, volume in iter_volume_folder(path)]
     else:
-        raise InputError(f"data.source must be fetched, brats:PATH or folder:PATH, not {data.source!r}")
+        raise InputError(f"data.source must be fetched, fetched:SET, brats:PATH or folder:PATH, not {data.source!r}")
     subjects.sort(key=lambda subject: subject.id)
     held = data.validation_subjects
     if len(subjects) <= held:
@@ -70,9 +72,33 @@ def _image_metrics(generated: np.ndarray, target: np.ndarray) -> tuple[float, fl
     return psnr, float(structural_similarity(b, a, data_range=1.0))
 
 
+def held_out_targets(cubes: Sequence[TrainingCube], stride: int = 4) -> torch.Tensor:
+    """Every ``stride``-th slice of each held-out cube along each axis, as targets [N, 4, S, S] (image scaled as the
+    samples scale it, tumour channels), background-only slices left out: what the autoencoder is measured on."""
+    targets = []
+    for cube in cubes:
+        image = IntensityScale.from_slices([cube.image]).normalise(cube.image)
+        for axis in range(3):
+            for index in range(stride // 2, cube.side, stride):
+                slice_image = np.take(image, index, axis=axis)
+                if slice_image.max() > -0.9:
+                    targets.append(np.concatenate([slice_image[None], tumour_channels(np.take(cube.tumour, index, axis=axis))]))
+    if not targets:
+        raise InputError("the held-out cubes hold only background")
+    return torch.from_numpy(np.stack(targets).astype(np.float32))
+
+
+def _pooled_dice(generated: np.ndarray, target: np.ndarray) -> float | None:
+    """Whole-tumour Dice over all slices at once (any tumour channel > 0); None when the truth holds no tumour."""
+    truth, guess = (target[:, 1:] > 0).any(axis=1), (generated[:, 1:] > 0).any(axis=1)
+    present = int(truth.sum())
+    return 2.0 * int((truth & guess).sum()) / (present + int(guess.sum())) if present else None
+
+
 def make_validator(cubes, modalities: Sequence[str], max_inputs: int, count: int, steps: int, seed: int = 12345):
     """A fixed set of held-out samples; each validation generates them and scores PSNR/SSIM against the truth and
-    against the extrude prior (the model must beat it to be worth running)."""
+    against the extrude prior (the model must beat it to be worth running), and, when the truth holds tumour, the
+    whole-tumour Dice of the generated tumour channels (`dice_tumour`, the model card's `segments_tumours` basis)."""
     generator = SampleGenerator(cubes, modalities, max_inputs, seed=seed)
     samples, index = [], 0
     while len(samples) < count:  # background-only targets would score a meaningless 100 dB for any method
@@ -82,7 +108,8 @@ def make_validator(cubes, modalities: Sequence[str], max_inputs: int, count: int
             samples.append(sample)
     batch = {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
     conditioning = {key: value for key, value in batch.items() if key != "target"}
-    target = batch["target"][:, 0].numpy()
+    targets = batch["target"].numpy()
+    target = targets[:, 0]
     guess = batch["guess"][:, 0].numpy()
 
     def validate(model: XDiffusionModel) -> dict[str, float]:
@@ -90,10 +117,12 @@ def make_validator(cubes, modalities: Sequence[str], max_inputs: int, count: int
         decoded, _ = XDiffusionPipeline(model, device=device).generate_slices(conditioning, steps, seed=seed)
         ours = [_image_metrics(g, t) for g, t in zip(decoded[:, 0].numpy(), target)]
         prior = [_image_metrics(g, t) for g, t in zip(guess, target)]
-        return {
+        scores = {
             "psnr": float(np.mean([m[0] for m in ours])), "ssim": float(np.mean([m[1] for m in ours])),
             "psnr_extrude": float(np.mean([m[0] for m in prior])), "ssim_extrude": float(np.mean([m[1] for m in prior])),
         }
+        dice = _pooled_dice(decoded.numpy(), targets)
+        return scores if dice is None else {**scores, "dice_tumour": dice}
 
     return validate
 
@@ -115,8 +144,9 @@ def train_from_config(config: Union[str, os.PathLike, Mapping[str, Any]], overri
     train_section = resolved["train"]
     length = max(1000, train_section["steps"] * train_section["batch_size"] * train_section["grad_accum"])
     samples = SampleGenerator(cubes, model.modalities, model.max_inputs, seed=data.seed, length=length)
-    validate = None
+    validate, held_out = None, None
     if validation_subjects:
         validation_cubes = build_validation_cubes(validation_subjects, model.modalities, model.cube_size)
         validate = make_validator(validation_cubes, model.modalities, model.max_inputs, data.validation_samples, data.validation_steps)
-    return train(resolved, samples=samples, validate=validate)
+        held_out = held_out_targets(validation_cubes)
+    return train(resolved, samples=samples, validate=validate, held_out=held_out)

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 from ..data.fetch import sha256_file  # one checksum routine for data and weights
 from ..errors import ModelError
+from ..io import atomic_output
 from .conditioning import ConditionEncoder
 from .config import XDiffusionConfig
 
@@ -102,6 +103,25 @@ def save_model(folder: Union[str, Path], unet: UNet2DConditionModel, condition_e
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def update_model_card(folder: Union[str, Path], changes: dict[str, Any]) -> dict[str, Any]:
+    """Set ``changes`` in a saved model's card (a None value removes the key) and rewrite its README; the weights and
+    their SHA-256 stay as they are. For facts measured after saving (held-out metrics, what a field really was)."""
+    folder = Path(folder)
+    card = _read_json(folder / "model_card.json")
+    if "sha256" in changes:
+        raise ModelError("the weight hashes are not edited by hand; save the model again instead")
+    for key, value in changes.items():
+        if value is None:
+            card.pop(key, None)
+        else:
+            card[key] = value
+    for name, text in (("model_card.json", json.dumps(card, indent=2, sort_keys=True, default=str) + "\n"),
+                       ("README.md", _readme(card))):
+        with atomic_output(folder / name) as temporary:
+            temporary.write_text(text)
+    return card
 
 
 def _read_json(path: Path) -> Any:

@@ -144,22 +144,24 @@ def decode_latent(autoencoder: AutoencoderKL, latents: torch.Tensor, latent_scal
     return autoencoder.decode(latents / latent_scale).sample
 
 
-def autoencoder_metrics(autoencoder: AutoencoderKL, target: torch.Tensor) -> dict[str, float]:
+def autoencoder_metrics(autoencoder: AutoencoderKL, target: torch.Tensor) -> dict[str, Optional[float]]:
     """Reconstruction PSNR of the image channel (range [-1, 1], so peak-to-peak 2) and Dice of each tumour channel
-    (positive = inside); a label absent from both truth and reconstruction counts as Dice 1.
+    (positive = inside), pooled over the batch. Pass held-out slices: the training batches say nothing about unseen
+    data. A label absent from the truth has no Dice (``None``, not a free 1.0), and ``dice`` is the mean over the
+    labels present (``None`` if none is).
     """
     with torch.no_grad():
         recon = autoencoder.decode(autoencoder.encode(target).latent_dist.mode()).sample.clamp(-1, 1)
     mse = F.mse_loss(recon[:, 0].float(), target[:, 0].float()).item()
-    metrics = {"psnr": 10.0 * math.log10(4.0 / max(mse, 1e-12))}
+    metrics: dict[str, Optional[float]] = {"psnr": 10.0 * math.log10(4.0 / max(mse, 1e-12))}
     dices = []
     for channel in range(1, target.shape[1]):
         truth, guess = target[:, channel] > 0, recon[:, channel] > 0
-        total = truth.sum().item() + guess.sum().item()
-        dice = 1.0 if total == 0 else 2.0 * (truth & guess).sum().item() / total
+        present = int(truth.sum().item())
+        dice = 2.0 * (truth & guess).sum().item() / (present + guess.sum().item()) if present else None
         metrics[f"dice_label{channel}"] = dice
-        dices.append(dice)
-    metrics["dice"] = sum(dices) / len(dices)
+        dices += [dice] if dice is not None else []
+    metrics["dice"] = sum(dices) / len(dices) if dices else None
     return metrics
 
 
@@ -174,18 +176,19 @@ def autoencoder_loss(recon: torch.Tensor, target: torch.Tensor, tumour_weight: f
 
 def train_autoencoder(autoencoder: AutoencoderKL, targets: Iterable[torch.Tensor], steps: int, lr: float = 1e-3,
                       kl_weight: float = 1e-6, device: Union[str, torch.device] = "cpu", tumour_weight: float = 20.0,
-                      decoder_only: bool = False) -> dict[str, float]:
+                      decoder_only: bool = False) -> None:
     """Fit the autoencoder on batches of targets [B, 4, S, S] (`autoencoder_loss` + a small KL that keeps latents
-    bounded for diffusion), then return `autoencoder_metrics` on the last batch seen.
+    bounded for diffusion), then freeze it; measure it with `autoencoder_metrics` on held-out slices.
 
     ``decoder_only`` keeps the encoder, and so every latent a U-Net was trained on, unchanged.
     """
+    if steps < 1:
+        raise ValueError("train_autoencoder needs steps >= 1")
     autoencoder.to(device).train()
     trained = autoencoder.decoder.parameters() if decoder_only else autoencoder.parameters()
     parameters = list(trained) + (list(autoencoder.post_quant_conv.parameters()) if decoder_only and autoencoder.post_quant_conv is not None else [])
     optimizer = torch.optim.AdamW(parameters, lr=lr)
     batches: Iterator[torch.Tensor] = iter(targets)
-    target = None
     for _ in range(steps):
         target = next(batches).to(device)
         if decoder_only:
@@ -201,9 +204,6 @@ def train_autoencoder(autoencoder: AutoencoderKL, targets: Iterable[torch.Tensor
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
     autoencoder.eval().requires_grad_(False)
-    if target is None:
-        raise ValueError("train_autoencoder needs steps >= 1")
-    return autoencoder_metrics(autoencoder, target)
 
 
 def measure_latent_scale(autoencoder: AutoencoderKL, targets: Iterable[torch.Tensor], batches: int = 8,

@@ -37,12 +37,18 @@ from ..io import atomic_output
 from .checkpoint import XDiffusionModel, save_model
 from .conditioning import ConditionEncoder
 from .config import XDiffusionConfig, preset
-from .networks import (Denoiser, build_autoencoder, build_unet, encode_target, init_unet_from_pretrained,
-                       measure_latent_scale, train_autoencoder)
+from .networks import (Denoiser, autoencoder_metrics, build_autoencoder, build_unet, encode_target,
+                       init_unet_from_pretrained, measure_latent_scale, train_autoencoder)
 
 Validator = Callable[[XDiffusionModel], Mapping[str, float]]
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 EMA_WEIGHTS = "ema.safetensors"  # the EMA in a checkpoint: safetensors, not accelerate's pickled custom state
+AUTOENCODER_RECORD = "latent_scale.json"  # in the run's autoencoder/: its latent scale and how it was trained
+AUTOENCODER_KEYS = ("autoencoder_from", "autoencoder_steps", "autoencoder_lr", "autoencoder_tumour_weight")
+CONFIG_HISTORY = "config_history.jsonl"  # one line per start of the run: the step it started at, its config
+SEGMENTS_TUMOURS_MIN_DICE = 0.5  # held-out whole-tumour Dice below which a model's tumour labels are not offered
+UNRECORDED_AUTOENCODER = ("not recorded: this run's autoencoder was trained before its settings were saved with it; "
+                          "the run's config, re-read with today's defaults at every resume, does not say how")
 
 
 @dataclass
@@ -172,7 +178,8 @@ class Trainer:
     """One training run. Construction builds (or resumes) everything; `run()` trains and writes the model folder."""
 
     def __init__(self, config: Mapping[str, Any], samples: Union[Dataset, IterableDataset],
-                 validate: Optional[Validator] = None) -> None:
+                 validate: Optional[Validator] = None, held_out: Optional[torch.Tensor] = None) -> None:
+        """``held_out``: held-out targets [N, 4, S, S] on which the autoencoder is measured for the model card."""
         self.resolved = dict(config)
         self.config = XDiffusionConfig.from_dict(config["model"])
         self.train = TrainConfig(**config["train"])
@@ -182,7 +189,9 @@ class Trainer:
             mixed_precision=self.train.mixed_precision, gradient_accumulation_steps=self.train.grad_accum,
             log_with="tensorboard" if is_tensorboard_available() else None, project_dir=str(self.output_dir))
         set_seed(self.train.seed, device_specific=True)
-        self.autoencoder_metrics: dict[str, float] = {}
+        self.held_out = held_out
+        self.autoencoder_metrics: dict[str, Any] = {}
+        self.autoencoder_training: Optional[dict[str, Any]] = None
         self.last_validation: dict[str, float] = {}
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -213,6 +222,7 @@ class Trainer:
         self.step = 0
         if self.train.resume:
             self._resume(self.train.resume)
+        self._record_config()
         if is_tensorboard_available():
             self.accelerator.init_trackers("xdiffusion")
 
@@ -243,35 +253,54 @@ class Trainer:
             epoch, skip = epoch + 1, 0
 
     def _prepare_autoencoder(self) -> AutoencoderKL:
-        """Train (main process only) or reuse the autoencoder, then freeze it; every process loads the same copy."""
+        """Train (main process only) or reuse the autoencoder, then freeze it; every process loads the same copy.
+
+        How it was trained is saved beside it when it is trained and read back on every resume, so the model card
+        reports the settings that made these weights, never the resumed run's config (whose defaults may have moved).
+        """
         folder = self.output_dir / "autoencoder"
-        if self.accelerator.is_main_process and not (folder / "latent_scale.json").is_file():
+        if self.accelerator.is_main_process and not (folder / AUTOENCODER_RECORD).is_file():
+            targets = (batch["target"] for batch in self._forever(self._loader()))
             if self.train.autoencoder_from:
-                autoencoder = AutoencoderKL.from_pretrained(self.train.autoencoder_from, use_safetensors=True,
-                                                            local_files_only=True)
+                source = Path(self.train.autoencoder_from)
+                autoencoder = AutoencoderKL.from_pretrained(source, use_safetensors=True, local_files_only=True)
+                earlier = source / AUTOENCODER_RECORD  # present when it comes from another run's autoencoder/
+                training = json.loads(earlier.read_text(encoding="utf-8")).get("training") if earlier.is_file() else None
+                record = {"trained_in_this_run": False, "from": str(source),
+                          **(training or {"note": UNRECORDED_AUTOENCODER})}
             else:
                 autoencoder = build_autoencoder(self.config)
-            targets = (batch["target"] for batch in self._forever(self._loader()))
+                train_autoencoder(autoencoder, targets, self.train.autoencoder_steps, lr=self.train.autoencoder_lr,
+                                  tumour_weight=self.train.autoencoder_tumour_weight,
+                                  kl_weight=self.config.autoencoder.kl_weight, device=self.accelerator.device)
+                record = {
+                    "trained_in_this_run": True, "steps": self.train.autoencoder_steps,
+                    "batch_size": self.train.batch_size, "lr": self.train.autoencoder_lr,
+                    "loss": "L1 on the image channel + L1 on the tumour channels with tumour pixels weighted up, + KL",
+                    "tumour_weight": self.train.autoencoder_tumour_weight,
+                    "kl_weight": self.config.autoencoder.kl_weight, "seed": self.train.seed,
+                    "xdiffusion_version": __version__,
+                }
             device = self.accelerator.device
-            if not self.train.autoencoder_from:
-                self.autoencoder_metrics = train_autoencoder(
-                    autoencoder, targets, self.train.autoencoder_steps, lr=self.train.autoencoder_lr,
-                    tumour_weight=self.train.autoencoder_tumour_weight,
-                    kl_weight=self.config.autoencoder.kl_weight, device=device)
             scale = measure_latent_scale(autoencoder.to(device).eval(), targets, device=device)
             staging = folder.with_name(".autoencoder.tmp")
             shutil.rmtree(staging, ignore_errors=True)
             autoencoder.save_pretrained(staging, safe_serialization=True)
-            (staging / "latent_scale.json").write_text(json.dumps(
-                {"latent_scale": scale, "metrics": self.autoencoder_metrics}) + "\n")
+            (staging / AUTOENCODER_RECORD).write_text(json.dumps({"latent_scale": scale, "training": record}) + "\n")
             _replace_dir(staging, folder)
         self.accelerator.wait_for_everyone()
-        saved = json.loads((folder / "latent_scale.json").read_text(encoding="utf-8"))
+        saved = json.loads((folder / AUTOENCODER_RECORD).read_text(encoding="utf-8"))
         self.config.latent_scale = saved["latent_scale"]
-        self.autoencoder_metrics = saved["metrics"]
+        self.autoencoder_training = saved.get("training") or {"note": UNRECORDED_AUTOENCODER}
         self.resolved["model"] = self.config.to_dict()
         autoencoder = AutoencoderKL.from_pretrained(folder, use_safetensors=True, local_files_only=True)
-        return autoencoder.to(self.accelerator.device).eval().requires_grad_(False)
+        autoencoder = autoencoder.to(self.accelerator.device).eval().requires_grad_(False)
+        if self.held_out is not None and len(self.held_out):
+            self.autoencoder_metrics = {"held_out_slices": len(self.held_out),
+                                        **autoencoder_metrics(autoencoder, self.held_out.to(self.accelerator.device))}
+        else:
+            self.autoencoder_metrics = {"note": "not measured: the run had no held-out data"}
+        return autoencoder
 
     @staticmethod
     def _forever(loader: DataLoader) -> Iterator[dict[str, torch.Tensor]]:
@@ -334,6 +363,34 @@ class Trainer:
                 csv.writer(handle).writerows(kept)
             os.replace(temporary, path)
 
+    def _record_config(self) -> None:
+        """Append this start (its step and config) to the run's config history, dropping starts it supersedes (those
+        at or after its step: their work was lost with the kill), so the card can say what trained which steps."""
+        if not self.accelerator.is_main_process:
+            return
+        path = self.output_dir / CONFIG_HISTORY
+        starts = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+            if path.is_file() else []
+        starts = [start for start in starts if start["step"] < self.step]
+        starts.append({"step": self.step, "config": self.resolved})
+        with atomic_output(path) as temporary:
+            temporary.write_text("".join(json.dumps(start, default=str) + "\n" for start in starts))
+
+    def _config_changes(self) -> list[dict[str, Any]]:
+        """Where the run's earlier pieces used another config than the last one: [{from_step, to_step, key: value}]."""
+        path = self.output_dir / CONFIG_HISTORY
+        if not path.is_file():
+            return []
+        starts = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        final = _flatten(_card_config(starts[-1]["config"])) if starts else {}
+        changes = []
+        for start, following in zip(starts, starts[1:]):
+            differing = {key: value for key, value in _flatten(_card_config(start["config"])).items()
+                         if final.get(key) != value and key not in ("train.steps", "train.resume")}
+            if differing:
+                changes.append({"from_step": start["step"], "to_step": following["step"], **differing})
+        return changes
+
     def save_checkpoint(self) -> Path:
         """accelerate state (model, optimiser, schedule, EMA, RNG) in a temp folder, renamed when complete."""
         folder = self.output_dir / "checkpoints"
@@ -385,7 +442,8 @@ class Trainer:
         self.ema.restore(denoiser.parameters())
         denoiser.train()
 
-    def _log(self, metrics: Mapping[str, float]) -> None:
+    def _log(self, metrics: Mapping[str, Any]) -> None:
+        metrics = {name: value for name, value in metrics.items() if isinstance(value, (int, float))}  # not None/notes
         if not self.accelerator.is_main_process:
             return
         path = self.output_dir / "metrics.csv"
@@ -443,24 +501,48 @@ class Trainer:
             self._run_validation()  # the card reports the exported weights, also after a resume at the last step
         return self._export()
 
+    def _segments_tumours(self) -> tuple[bool, str]:
+        """Whether the model's tumour labels are worth offering: only when measured on held-out data, as the
+        whole-tumour Dice of generated slices (`val/dice_tumour`) and, in latent mode, of the autoencoder."""
+        generated = self.last_validation.get("val/dice_tumour")
+        if generated is None:
+            return False, "not measured: validation gave no held-out tumour Dice"
+        basis = f"held-out whole-tumour Dice of generated slices {generated:.2f}"
+        if self.autoencoder is not None:
+            decoded = self.autoencoder_metrics.get("dice")
+            if decoded is None:
+                return False, f"{basis}; the autoencoder's held-out tumour Dice was not measured"
+            basis += f", of the autoencoder {decoded:.2f}"
+            generated = min(generated, decoded)
+        verdict = generated >= SEGMENTS_TUMOURS_MIN_DICE
+        return verdict, f"{basis} ({'at least' if verdict else 'below'} {SEGMENTS_TUMOURS_MIN_DICE})"
+
     def _export(self) -> Path:
         parts = self.ema_model()
         folder = self.output_dir / "model"
         if self.accelerator.is_main_process:
+            segments, basis = self._segments_tumours()
             card = {
                 "training_data": self.resolved.get("data", getattr(self.samples, "description",
                                                                    type(self.samples).__name__)),
                 "steps": self.step,
                 "batch_size": self.train.batch_size * self.train.grad_accum * self.accelerator.num_processes,
                 "validation": self.last_validation,
-                "autoencoder": self.autoencoder_metrics,
                 "prediction_type": self.config.prediction_type,
                 "latent_scale": self.config.latent_scale,
+                "segments_tumours": segments,
+                "segments_tumours_basis": basis,
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "xdiffusion_version": __version__,
-                "training_config": self.resolved,
+                "training_config": _card_config(self.resolved),
                 "intended_use": "research only; generated volumes are synthetic and not for diagnosis",
             }
+            if self.autoencoder is not None:
+                card["autoencoder"] = self.autoencoder_metrics
+                card["autoencoder_training"] = self.autoencoder_training
+            changes = self._config_changes()
+            if changes:
+                card["training_config_changes"] = changes
             save_model(folder, parts.unet, parts.condition_encoder, self.autoencoder, parts.scheduler_config,
                        self.config, card)
         self.restore_training_weights()
@@ -469,7 +551,27 @@ class Trainer:
         return folder
 
 
+def _card_config(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config as the card shows it: the autoencoder's settings left out of `train`, because the card's
+    `autoencoder_training` (saved when the autoencoder was trained) says what really made it."""
+    shown = json.loads(json.dumps(resolved, default=str))
+    for key in AUTOENCODER_KEYS:
+        shown.get("train", {}).pop(key, None)
+    return shown
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def train(config: Union[str, os.PathLike, Mapping[str, Any]], overrides: Sequence[str] = (), *,
-          samples: Union[Dataset, IterableDataset], validate: Optional[Validator] = None) -> Path:
+          samples: Union[Dataset, IterableDataset], validate: Optional[Validator] = None,
+          held_out: Optional[torch.Tensor] = None) -> Path:
     """`xdiffusion train CONFIG [key=value ...]`: resolve the config, train on `samples`, return the model folder."""
-    return Trainer(resolve_config(config, overrides), samples, validate).run()
+    return Trainer(resolve_config(config, overrides), samples, validate, held_out).run()
