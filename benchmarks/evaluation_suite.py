@@ -498,6 +498,8 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
     summary = run_suite(grid, cases, pipeline, defaults, model_identity(pipeline, folder) if pipeline is not None else BASELINE_OWNER,
                         limit_s=None if args.limit_minutes is None else 60 * args.limit_minutes)
     summary["model_dir"] = str(folder)
+    # the card's word on tumour labels: a model that does not segment writes empty maps, which are not results
+    summary["segments_tumours"] = pipeline.model.model_card.get("segments_tumours") if pipeline is not None else None
     summary["wall_seconds_total"] = round(time.perf_counter() - started, 1)
     from common import machine
 
