@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio
 
 from conftest import oriented_volume, smooth_head
@@ -21,10 +22,15 @@ from xdiffusion.errors import InputError
 from xdiffusion.evaluate import (
     METRIC_KEYS,
     PSNR_CAP_DB,
+    brain_mask,
     dice,
     evaluate_volumes,
+    hausdorff_95,
     per_slice_psnr,
     scale_to_reference,
+    sharpness,
+    sharpness_region,
+    sobel_magnitude,
 )
 from xdiffusion.io import Geometry, Volume, write_volume
 
@@ -63,8 +69,9 @@ def test_identical_volumes_give_capped_psnr_perfect_ssim_and_dice():
     for key in ("psnr", "psnr_slice_mean", "psnr_mask"):
         assert metrics[key] == PSNR_CAP_DB
     assert metrics["ssim"] == pytest.approx(1.0) and metrics["ssim_mask"] == pytest.approx(1.0)
-    assert metrics["dice_wt"] == metrics["dice_tc"] == 1.0  # tc and et are both empty: agreement, not null
-    assert metrics["dice_et"] == 1.0
+    assert metrics["dice_wt"] == 1.0 and metrics["hd95_wt_mm"] == 0.0
+    assert metrics["dice_tc"] is None and metrics["dice_et"] is None  # absent from both: nothing to score, not a free 1
+    assert metrics["hd95_tc_mm"] is None and metrics["hd95_et_mm"] is None
     assert metrics["tumour_volume_ml_err"] == 0.0 and metrics["centroid_mm"] == 0.0
     assert metrics["brain_volume_rel_err"] == 0.0
 
@@ -135,20 +142,24 @@ def test_label_four_counts_as_enhancing():
     old_style = np.where(ref_seg == 3, 4, ref_seg).astype(np.uint8)
     metrics = evaluate_volumes(reference, reference, None, reference.with_array(ref_seg), reference.with_array(old_style))
     assert metrics["dice_et"] == metrics["dice_tc"] == metrics["dice_wt"] == 1.0
+    assert metrics["hd95_et_mm"] == 0.0
 
     oedema_only = np.where(ref_seg == 3, 2, ref_seg).astype(np.uint8)
     missed = evaluate_volumes(reference, reference, None, reference.with_array(ref_seg), reference.with_array(oedema_only))
     assert missed["dice_et"] == 0.0 and missed["dice_wt"] == 1.0
+    assert missed["hd95_et_mm"] is None  # no enhancing tumour predicted: no surface to measure from
 
 
 def test_empty_segmentations_and_dice_edge_cases():
     reference = ranged_reference()
     nothing = reference.with_array(np.zeros(SHAPE, dtype=np.uint8))
     metrics = evaluate_volumes(reference, reference, None, nothing, nothing)
-    assert metrics["dice_wt"] == 1.0 and metrics["tumour_volume_ml_err"] == 0.0 and metrics["centroid_mm"] is None
+    assert metrics["dice_wt"] is None and metrics["hd95_wt_mm"] is None  # a healthy brain called healthy: no score
+    assert metrics["tumour_volume_ml_err"] == 0.0 and metrics["centroid_mm"] is None
     a = np.zeros((4, 4), dtype=bool)
     a[:2] = True
-    assert dice(a, ~a) == 0.0 and dice(a, a) == 1.0 and dice(a[:0], a[:0]) == 1.0
+    assert dice(a, ~a) == 0.0 and dice(a, a) == 1.0 and dice(a[:0], a[:0]) is None
+    assert dice(a, np.zeros_like(a)) == 0.0  # a tumour missed entirely scores 0, not None
     with pytest.raises(InputError, match="labels"):
         evaluate_volumes(reference, reference, None, reference.with_array(np.full(SHAPE, 7)), nothing)
 
@@ -231,3 +242,157 @@ def test_cli_table_and_half_given_segmentations(files, capsys):
     assert main(["evaluate", "--reference", str(files["ref"]), "--prediction", str(files["pred"]),
                  "--reference-segmentation", str(files["seg_ref"])]) == 2
     assert capsys.readouterr().err.startswith("error: give both")
+
+
+# --- sharpness ------------------------------------------------------------------------------------------------------
+
+def test_sobel_magnitude_is_in_voxel_units():
+    x, y, z = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in (8, 9, 10)), indexing="ij")
+    assert np.allclose(sobel_magnitude(x)[1:-1, 1:-1, 1:-1], 1.0)  # a ramp rising 1 per voxel along one axis
+    assert np.allclose(sobel_magnitude(3.0 * x + 4.0 * z)[1:-1, 1:-1, 1:-1], 5.0)  # |(3, 0, 4)|
+    assert np.allclose(sobel_magnitude(np.full((6, 6, 6), 7.0)), 0.0)
+
+
+def test_sharpness_region_erodes_three_voxels_also_at_the_grid_edge_and_drops_input_slabs():
+    brain = np.zeros((30, 30, 30), dtype=bool)
+    brain[5:25, 5:25, 5:25] = True
+    assert sharpness_region(brain).sum() == 14**3  # voxels 8..21: more than 3 voxels from the outside
+    assert sharpness_region(brain, 2, [15]).sum() == 14 * 14 * 11  # slices 14, 15, 16 left out
+    assert sharpness_region(brain, 2, [8, 21]).sum() == 14 * 14 * 10  # at the region's ends, one neighbour each falls outside it
+    whole = np.ones((12, 12, 12), dtype=bool)
+    assert sharpness_region(whole).sum() == 6**3  # a brain cut by the grid is eroded at the grid's edge too (3..8 kept)
+
+
+def test_sharpness_known_answers():
+    rng = np.random.default_rng(0)
+    texture = ndimage.gaussian_filter(rng.normal(size=(32, 32, 32)), 1.5)
+    reference = 100.0 + 50.0 * texture / texture.std()
+    reference = np.minimum(reference, np.percentile(reference, 98))  # the top 2 % share one value: the 99.5th percentile is the maximum
+    brain = np.ones(reference.shape, dtype=bool)
+    assert sharpness(reference, reference, brain) == pytest.approx(1.0)
+    # half the contrast, same units (the reference's percentile divides both): exactly half the gradient
+    assert sharpness(reference, 0.5 * reference, brain) == pytest.approx(0.5)
+    blurred = ndimage.gaussian_filter(reference, 2.0)
+    noisy = reference + rng.normal(0.0, 40.0, reference.shape)
+    assert sharpness(reference, blurred, brain) < 0.6 and sharpness(reference, noisy, brain) > 1.05  # noise raises it: a band, not a maximum
+    assert sharpness(reference, reference, np.zeros_like(brain)) is None
+
+
+def test_sharpness_leaves_the_copied_input_slice_and_its_neighbours_out():
+    """Half the contrast everywhere but the input slice, a copy of the truth: with the input slice and its
+    neighbours (whose Sobel sees the copy) left out, exactly 0.5; counted in, the copy pulls it up."""
+    rng = np.random.default_rng(1)
+    reference = 100.0 + ndimage.gaussian_filter(rng.normal(size=(24, 26, 22)), 1.0) * 400.0
+    reference = np.minimum(reference, np.percentile(reference, 98))
+    prediction = 0.5 * reference
+    prediction[:, 13, :] = reference[:, 13, :]
+    brain = np.ones(reference.shape, dtype=bool)
+    assert sharpness(reference, prediction, brain, 1, [13]) == pytest.approx(0.5)
+    assert sharpness(reference, prediction, brain) > 0.52
+
+
+def test_evaluate_volumes_measures_sharpness_inside_the_mask_without_the_input_slices():
+    reference = oriented_volume(smooth_head((30, 32, 28)), np.eye(3))
+    blurred = reference.with_array(ndimage.gaussian_filter(reference.array, 1.5))
+    blurred.array[:, :, 14] = reference.array[:, :, 14]
+    mask = reference.with_array((reference.array > 0).astype(np.uint8))
+    with_inputs = evaluate_volumes(reference, blurred, mask, input_axis=2, input_indices=[14])["sharpness"]
+    expected = sharpness(reference.array, blurred.array, reference.array > 0, 2, [14])
+    assert with_inputs == pytest.approx(expected) and with_inputs < 1.0
+    assert evaluate_volumes(reference, blurred, mask)["sharpness"] != pytest.approx(with_inputs)
+    with pytest.raises(InputError, match="axis"):
+        evaluate_volumes(reference, blurred, mask, input_axis=3, input_indices=[1])
+
+
+# --- 95 % Hausdorff distance ---------------------------------------------------------------------------------------
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask)
+
+
+def _hd95_by_hand(a: np.ndarray, b: np.ndarray, spacing) -> float:
+    """The definition, written out (only to check that MONAI is called right): surface voxels, distances in mm to
+    the other surface, the larger of the two directed 95th percentiles."""
+    directed = []
+    for one, other in ((a, b), (b, a)):
+        distances = ndimage.distance_transform_edt(~_surface(other), sampling=spacing)
+        directed.append(np.percentile(distances[_surface(one)], 95))
+    return float(max(directed))
+
+
+def test_hausdorff_95_in_millimetres():
+    one, other = np.zeros((8, 8, 8), dtype=bool), np.zeros((8, 8, 8), dtype=bool)
+    one[2, 2, 2] = other[3, 4, 2] = True
+    assert hausdorff_95(one, other, (2.0, 1.0, 3.0)) == pytest.approx(np.sqrt(2.0**2 + 2.0**2))  # spacing per array axis
+    box, moved = np.zeros((30, 30, 30), dtype=bool), np.zeros((30, 30, 30), dtype=bool)
+    box[5:20, 6:18, 8:16] = True
+    moved[8:22, 6:19, 7:16] = True
+    spacing = (1.0, 1.5, 2.5)
+    assert hausdorff_95(box, moved, spacing) == pytest.approx(_hd95_by_hand(box, moved, spacing))
+    assert hausdorff_95(box, box, spacing) == 0.0
+    assert hausdorff_95(box, np.zeros_like(box), spacing) is None and hausdorff_95(np.zeros_like(box), np.zeros_like(box), spacing) is None
+
+
+def test_tumour_metrics_report_hd95_per_region():
+    reference = ranged_reference(direction=SAL)
+    ref_seg = labels_box((2, 3, 1), (6, 6, 4))
+    pred_seg = labels_box((4, 3, 1), (6, 6, 4))  # two voxels further along axis 0 (0.8 mm each)
+    metrics = evaluate_volumes(reference, reference, None, reference.with_array(ref_seg), reference.with_array(pred_seg))
+    assert metrics["hd95_wt_mm"] == pytest.approx(_hd95_by_hand(ref_seg > 0, pred_seg > 0, SPACING))
+    assert metrics["hd95_wt_mm"] == pytest.approx(2 * SPACING[0])
+    assert metrics["hd95_tc_mm"] is None  # label 2 is oedema only: no tumour core in either
+
+
+# --- input slices from the sidecar or the command line ------------------------------------------------------------
+
+@pytest.fixture
+def blurred_files(tmp_path):
+    """A reference, a blurred prediction with its input slice 14 on array axis 2 copied in, and a mask."""
+    reference = oriented_volume(smooth_head((30, 32, 28)), np.eye(3))
+    prediction = ndimage.gaussian_filter(reference.array, 1.5)
+    prediction[:, :, 14] = reference.array[:, :, 14]
+    paths = {"ref": tmp_path / "ref.nii.gz", "pred": tmp_path / "recon.nii.gz"}
+    write_volume(reference, paths["ref"])
+    write_volume(reference.with_array(prediction), paths["pred"])
+    return paths, sharpness(reference.array, prediction, _otsu_brain(reference), 2, [14])
+
+
+def _otsu_brain(reference: Volume) -> np.ndarray:
+    from skimage.filters import threshold_otsu
+
+    (scaled,) = scale_to_reference(reference.array)
+    return brain_mask(scaled, float(threshold_otsu(scaled)))
+
+
+def _sharpness_from_cli(capsys, *args) -> float:
+    assert main(["evaluate", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)["sharpness"]
+
+
+def test_evaluate_reads_the_input_slices_from_the_prediction_sidecar(blurred_files, capsys):
+    from xdiffusion.provenance import sidecar_path
+
+    paths, expected = blurred_files
+    base = ["--reference", str(paths["ref"]), "--prediction", str(paths["pred"])]
+    unexcluded = _sharpness_from_cli(capsys, *base)
+    sidecar_path(paths["pred"]).write_text(json.dumps({"Input": {"plane": "axial", "axis": 2, "slice_indices": [14]}}))
+    assert _sharpness_from_cli(capsys, *base) == pytest.approx(expected, rel=1e-5)
+    assert unexcluded != pytest.approx(expected, rel=1e-3)
+    # explicit options win over the sidecar (axial is array axis 2 on this grid)
+    assert _sharpness_from_cli(capsys, *base, "--input-plane", "axial", "--input-index", "14") == pytest.approx(expected, rel=1e-5)
+    assert _sharpness_from_cli(capsys, *base, "--input-plane", "axial", "--input-index", "3") != pytest.approx(expected, rel=1e-5)
+
+
+def test_evaluate_refuses_a_sidecar_of_another_grid_and_half_given_input_options(blurred_files, capsys):
+    from xdiffusion.provenance import sidecar_path
+
+    paths, _ = blurred_files
+    base = ["evaluate", "--reference", str(paths["ref"]), "--prediction", str(paths["pred"])]
+    assert main([*base, "--input-index", "14"]) == 2
+    assert "--input-plane" in capsys.readouterr().err
+    sidecar_path(paths["pred"]).write_text(json.dumps({"Input": {"axis": 2, "slice_indices": [40]}}))
+    assert main(base) == 2
+    assert "do not fit" in capsys.readouterr().err
+    sidecar_path(paths["pred"]).write_text("{not json")
+    assert main(base) == 2
+    assert "not readable JSON" in capsys.readouterr().err

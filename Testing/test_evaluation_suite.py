@@ -149,3 +149,103 @@ def test_evaluate_command_scores_an_uncertainty_map(tmp_path, capsys):
     assert main(["evaluate", "--reference", str(paths["ref"]), "--prediction", str(paths["pred"]), "--uncertainty", str(paths["unc"]), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["uncertainty_auroc"] > 0.95 and metrics["uncertainty_spearman"] > 0.95 and "psnr" in metrics
+
+
+# --- held-out individuals -----------------------------------------------------------------------------------------
+
+import atlas_blur  # noqa: E402
+import held_out_individuals as individuals  # noqa: E402
+import make_individuals_report  # noqa: E402
+
+
+def synthetic_scans() -> list:
+    """Two 'subjects' on 4 mm voxels: one whole head (a bright skull around the brain), one skull-stripped."""
+    scans = []
+    for number, (name, whole_head) in enumerate((("subj_a", True), ("subj_b", False))):
+        head = smooth_head((26, 28, 24), seed=10 + number)
+        brain = ndimage.binary_erosion(head > 0, iterations=3)
+        array = np.where(brain, head, np.where(head > 0, 900.0, 0.0)).astype(np.float32) if whole_head else (head * brain).astype(np.float32)
+        image = oriented_volume(array, np.eye(3), spacing=(4.0, 4.0, 4.0), origin=(-52.0, -56.0, -48.0))
+        scans.append(individuals.Scan(name, image, brain, whole_head))
+    return scans
+
+
+def test_shifted_cases_move_the_brain_off_the_grid_centre_and_keep_physical_positions():
+    (scan, _) = synthetic_scans()
+    cases = individuals.cases_from_scans([scan])
+    assert set(cases) == {"subj-a-head", "subj-a-brain", "subj-a-brain-offcentre", "subj-a-brain-cropped"}
+    brain, moved, cut = (cases[f"subj-a-brain{suffix}"] for suffix in ("", "-offcentre", "-cropped"))
+
+    def centre_offset(case):  # brain centroid minus grid centre, in voxels
+        return np.argwhere(case.brain).mean(0) - (np.asarray(case.image.geometry.shape) - 1) / 2
+
+    assert np.all(np.abs(centre_offset(moved)) > np.abs(centre_offset(brain)) + 2)
+    assert np.all(np.abs(centre_offset(cut)) > np.abs(centre_offset(brain)) + 1)
+    pad = np.asarray(moved.image.geometry.shape) - np.asarray(brain.image.geometry.shape)
+    np.testing.assert_array_equal(moved.image.array[pad[0]:, pad[1]:, pad[2]:], brain.image.array)
+    np.testing.assert_allclose(moved.image.geometry.index_to_physical(pad), brain.image.geometry.origin)  # same place in space
+    last = [np.flatnonzero(np.moveaxis(brain.brain, a, 0).reshape(brain.brain.shape[a], -1).any(1))[-1] for a in range(3)]
+    assert list(cut.image.geometry.shape) == [int(l) + 1 - 5 for l in last]  # 20 mm = 5 voxels of 4 mm cut into the brain
+    assert individuals.input_indices(160, 1) == [80] and individuals.input_indices(160, 3) == [40, 80, 120]
+
+
+def test_blurred_atlas_keeps_the_input_slices_and_blurs_in_millimetres():
+    image = oriented_volume(smooth_head((20, 22, 18), seed=2), np.eye(3), spacing=(2.0, 2.0, 4.0))
+    inputs = individuals.select_slices(image, "axial")
+    blurred = atlas_blur.blur(image, inputs, 4.0)
+    np.testing.assert_array_equal(blurred.array[:, :, inputs.indices[0]], image.array[:, :, inputs.indices[0]])
+    expected = ndimage.gaussian_filter(image.array, (2.0, 2.0, 1.0), mode="nearest")
+    np.testing.assert_allclose(blurred.array[:, :, 2], expected[:, :, 2], rtol=1e-5, atol=1e-3)
+    np.testing.assert_array_equal(atlas_blur.blur(image, inputs, 0.0).array, image.array)
+    volumes = [(f"v{i}", oriented_volume(smooth_head((20, 22, 18), seed=i), np.eye(3), spacing=(4.0, 4.0, 4.0)), None) for i in (4, 5)]
+    volumes = [(name, volume, volume.array > 0) for name, volume, _ in volumes]
+    choice = atlas_blur.choose_sigma(volumes, candidates=(0.0, 2.0, 40.0), planes=("axial",), log=lambda line: None)
+    by_sigma = {row["sigma_mm"]: row["psnr"] for row in choice["candidates"]}
+    assert choice["chosen_sigma_mm"] == max(by_sigma, key=lambda s: (round(by_sigma[s], 6), -s))
+    assert all(row["n"] == 2 for row in choice["candidates"])
+
+
+def test_individuals_grid_and_report_end_to_end_on_a_tiny_model(tmp_path, model_dir):
+    pipeline = XDiffusionPipeline.from_pretrained(model_dir)
+    defaults = {"views": 2, "steps": 2, "guidance": 1.0, "solver": "dpmsolver++", "strength": 0.5, "prior": "atlas"}
+    grid = individuals.GRIDS["quick"]
+    cases = individuals.cases_from_scans(synthetic_scans())
+    out = tmp_path / "individuals"
+    summary = individuals.run_grid(grid, cases, pipeline, defaults, "tiny", 3.0, out, log=lambda line: None)
+    records = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    assert summary["made"] == summary["planned"] == len(records) and all("metrics" in r for r in records), [r.get("error") for r in records]
+    assert {r["run"]["method"] for r in records} == set(individuals.METHODS)
+    assert {r["run"]["kind"] for r in records} == {"head", "brain", "offcentre", "cropped"}
+    assert {r["run"]["k"] for r in records if r["run"]["kind"] in ("offcentre", "cropped")} == {1}
+    assert all(r["metrics"]["sharpness"] is not None and r["metrics"]["psnr_mask"] is not None for r in records)
+    assert all(r["run"]["sampling"]["strength"] == 1.0 for r in records if r["run"]["method"] == "pure")
+    blurred = [r for r in records if r["run"]["method"] == "atlas-blur"]
+    assert blurred and all(r["run"]["sampling"] == {"sigma_mm": 3.0} for r in blurred)
+    k3 = [r for r in records if r["run"]["k"] == 3]
+    assert all(r["input_indices"] == individuals.input_indices(r["run"]["grid_shape"][r["axis"]], 3) for r in k3)
+    again = individuals.run_grid(grid, cases, pipeline, defaults, "tiny", 3.0, out, log=lambda line: None)
+    assert again["made"] == 0 and again["reused"] == summary["planned"]
+
+    docs = tmp_path / "docs"
+    make_individuals_report.main(["--results", str(out), "--docs", str(docs)])
+    text = (docs / "results_individuals.md").read_text(encoding="utf-8")
+    for needle in ("Per subject", "subj-a-head", "Issue 13's criteria", "Paired differences", "model alone (strength 1) minus extrude",
+                   "Three input slices against one", "Gallery"):
+        assert needle in text, needle
+    assert "**better**" not in text and "**worse**" not in text  # two subjects: intervals, never a verdict
+    for case in ("subj-a-head", "subj-a-brain", "subj-b"):
+        assert (docs / "images" / f"individuals_gallery_{case}.png").stat().st_size > 1000
+    assert not (docs / "images" / "individuals_gallery_subj-b-cropped.png").exists()
+
+
+def test_tumour_label_baselines_score_only_tumour_cases_on_the_suite_s_inputs():
+    import tumour_label_baselines
+
+    cases = synthetic_cases()
+    rows = tumour_label_baselines.score_cases(cases, ("axial", "coronal"), (1, 2))
+    assert {r["case"] for r in rows} == {"tumour0"} and len(rows) == 2 * 2 * 2  # planes x K x (copy, ellipsoid)
+    shape = cases["tumour0"].image.geometry.shape  # identity direction: axial is array axis 2, coronal axis 1
+    assert all(r["input_indices"] == suite.input_indices(shape[2 if r["plane"] == "axial" else 1], r["k"]) for r in rows)
+    for row in rows:
+        metrics = row["metrics"]
+        assert 0.0 < metrics["dice_wt"] <= 1.0 and metrics["hd95_wt_mm"] is not None  # the input slice crosses the tumour

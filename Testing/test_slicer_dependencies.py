@@ -21,7 +21,7 @@ LIBRARY = ROOT / "XDiffusionLib"
 BUNDLED = bundle.library_version(LIBRARY)
 SLICER_5_8 = {"torch": "2.4.1+cu121", "SimpleITK": "2.4.0", "numpy": "1.26.4", "diffusers": "0.31.0",
               "accelerate": "1.0.1", "safetensors": "0.4.5", "scipy": "1.14.1", "nibabel": "5.3.2",
-              "scikit-image": "0.24.0", "torchio": "0.20.1", "pyyaml": "6.0.2", "matplotlib": "3.9.2", "psutil": "6.1.0",
+              "scikit-image": "0.24.0", "torchio": "0.20.1", "pyyaml": "6.0.2", "matplotlib": "3.9.2", "monai": "1.4.0", "psutil": "6.1.0",
               "xdiffusion": BUNDLED}
 
 

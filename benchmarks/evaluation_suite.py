@@ -321,9 +321,9 @@ def _profile(case: Case, prediction: Volume, axis: int, indices: list[int]) -> d
 def score(case: Case, result, inputs, with_labels: bool) -> dict:
     """All metrics of one reconstruction (the same definitions for every method)."""
     axis, indices = inputs.axis, list(inputs.indices)
-    metrics = evaluate_volumes(case.image, result.image, case.image.with_array(case.mask.astype(np.uint8)),
-                               case.labels, result.segmentation) if with_labels else evaluate_volumes(
-                               case.image, result.image, case.image.with_array(case.mask.astype(np.uint8)))
+    mask = case.image.with_array(case.mask.astype(np.uint8))
+    labels = (case.labels, result.segmentation) if with_labels else (None, None)
+    metrics = evaluate_volumes(case.image, result.image, mask, *labels, input_axis=axis, input_indices=indices)
     profile = _profile(case, result.image, axis, indices)
     metrics["psnr_slice_unseen"] = float(np.mean(profile["psnr"])) if profile["psnr"] else None
     unseen = case.mask.copy()

