@@ -2,9 +2,9 @@
 
 It speaks the interface the module codes against, including what the library adds in issue 16 (warning events on
 stderr, a JSON sidecar beside every output, `model-info --json` with `segments_tumours`, and `--segmentation-output`
-refused with exit 2 when the model does not segment tumours), and it can be slow, ignore SIGTERM, or hide behind a
-launcher process, as Slicer's `PythonSlicer` does. The real CLI is exercised by the same tests wherever it already
-has what they need. Behaviour comes from environment variables:
+refused with exit 2 when the model does not segment tumours) and `upsample` (issue 17: a new isotropic grid), and
+it can be slow, ignore SIGTERM, or hide behind a launcher process, as Slicer's `PythonSlicer` does. The real CLI is
+exercised by the same tests wherever it already has what they need. Behaviour comes from environment variables:
 
   FAKE_XDIFFUSION_LOG             append each command line here (one JSON list per line)
   FAKE_XDIFFUSION_SEGMENTS        "1": the model segments tumours (default "0", like the shipped model)
@@ -33,13 +33,13 @@ def env(name: str, default: str = "") -> str:
     return os.environ.get(f"FAKE_XDIFFUSION_{name}", default)
 
 
-def sidecar(output: Path, warnings: list) -> None:
+def sidecar(output: Path, warnings: list, method: str = "xdiffusion") -> None:
     name = output.name
     for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
-    record = {"GeneratedNotMeasured": True, "Description": "fake reconstruction for tests", "Method": "xdiffusion",
+    record = {"GeneratedNotMeasured": True, "Description": "fake reconstruction for tests", "Method": method,
               "Model": "fake model", "Sampling": {"views": 2, "steps": 8}, "Input": "input.nrrd", "Warnings": warnings,
               "Software": "fake-cli", "Created": "2026-01-01T00:00:00Z"}
     output.with_name(name + ".json").write_text(json.dumps(record))
@@ -85,6 +85,42 @@ def reconstruct(args) -> int:
     return 0
 
 
+def upsample(args) -> int:
+    """Each thick slice repeated over its slab onto an isotropic grid at the in-plane spacing, spanning the slabs'
+    outer edges (the real command's grid rule, with nearest-neighbour values)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(args.input)
+    spacing = np.asarray(image.GetSpacing())
+    axis = int(np.argmax(spacing))
+    if spacing[axis] <= 1.5 * max(spacing[a] for a in range(3) if a != axis):
+        print(f"error: {args.input} is already near-isotropic; upsample takes thick slices only", file=sys.stderr)
+        return 2
+    fine = float(min(spacing[a] for a in range(3) if a != axis))
+    factor = int(round(spacing[axis] / fine))
+    steps = int(env("STEPS", "3"))
+    for step in range(steps):
+        time.sleep(float(env("STEP_S", "0")))
+        print(json.dumps({"progress": (step + 1) / (steps + 1), "eta_s": steps - step, "stage": "bspline resampling"}),
+              file=sys.stderr, flush=True)
+    array = np.repeat(sitk.GetArrayFromImage(image).astype(np.float32), factor, axis=2 - axis)  # sitk arrays are (k, j, i)
+    written = sitk.GetImageFromArray(array)
+    new_spacing = spacing.copy()
+    new_spacing[axis] = spacing[axis] / factor
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    shift = np.zeros(3)
+    shift[axis] = (new_spacing[axis] - spacing[axis]) / 2.0  # first fine slice: half a fine voxel in from the slab edge
+    written.SetSpacing([float(v) for v in new_spacing])
+    written.SetOrigin([float(v) for v in np.asarray(image.GetOrigin()) + direction @ shift])
+    written.SetDirection(image.GetDirection())
+    sitk.WriteImage(written, args.output)
+    warnings = [env("WARNING")] if env("WARNING") else []
+    sidecar(Path(args.output), warnings, args.method or "bspline")
+    print(json.dumps({"progress": 1.0, "eta_s": 0, "stage": "done"}), file=sys.stderr, flush=True)
+    return 0
+
+
 def main() -> int:
     if env("LOG"):
         with open(env("LOG"), "a", encoding="utf-8") as stream:
@@ -106,10 +142,15 @@ def main() -> int:
     rec = commands.add_parser("reconstruct")
     rec.add_argument("input")
     rec.add_argument("-o", "--output", required=True)
-    for flag in ("--plane", "--slice-position", "--method", "--progress", "--views", "--steps", "--device", "--model",
+    for flag in ("--plane", "--slice-position", "--method", "--progress", "--preset", "--views", "--steps", "--device", "--model",
                  "--segmentation-output", "--uncertainty-output"):
         rec.add_argument(flag)
     rec.add_argument("--slice-index", nargs="+")
+    up = commands.add_parser("upsample")
+    up.add_argument("input")
+    up.add_argument("-o", "--output", required=True)
+    for flag in ("--method", "--progress", "--device", "--model", "--output-spacing"):
+        up.add_argument(flag)
     info = commands.add_parser("model-info")
     info.add_argument("--model")
     info.add_argument("--json", action="store_true")
@@ -128,6 +169,8 @@ def main() -> int:
         time.sleep(float(env("STEP_S", "0")) * int(env("STEPS", "3")))
         print(json.dumps({"psnr": 30.0, "dice_wt": None}))
         return 0
+    if args.command == "upsample":
+        return upsample(args)
     return reconstruct(args)
 
 

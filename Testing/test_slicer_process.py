@@ -343,7 +343,7 @@ def test_the_real_cli_exits_130_on_cancel(scene, tiny_model, tmp_path):
     workdir.mkdir()
     xs.SceneFiles(scene).write_volume(node, workdir / cli.INPUT_NAME)
     arguments = cli.reconstruct_arguments(workdir, "axial", [7], None, "best", "cpu", str(tiny_model), segmentation=False)
-    arguments[arguments.index("--steps") + 1] = "100000"  # long enough that only a cancel ends it
+    arguments += ["--steps", "100000"]  # over the preset's: long enough that only a cancel ends it
     process = childprocess.ChildProcess([*REAL_CLI, *arguments], fake_env()).start()
     wait_for(lambda: any(cli.parse_event(line) for line in process.stderr), process, timeout=120)
     started = time.monotonic()

@@ -1,4 +1,5 @@
-"""Reconstruct 3D: a 3D MRI volume from one or a few 2D slices, in 3D Slicer (the XDiffusion extension).
+"""Reconstruct 3D: a 3D MRI volume from one or a few 2D slices, in 3D Slicer (the XDiffusion extension); and
+'Upsample to isotropic' for a thick-slice stack (every slice an input, `xdiffusion upsample`).
 
 The only module file at the top of the module folder (Slicer loads each one there as a module): the Module, Widget,
 Logic and Test. Everything below the widgets lives in the `XDiffusionModuleLib` subpackage, which needs neither Qt nor
@@ -27,7 +28,7 @@ from XDiffusionModuleLib import bundle, cli, dependencies, grid, views
 from XDiffusionModuleLib.childprocess import python_command
 from XDiffusionModuleLib.jobs import CANCELLED, CANCELLING, DONE
 from XDiffusionModuleLib.runs import (CompareRequest, ComparisonRun, ModelInfoQuery, ReconstructionRun, RunRequest,
-                                      model_key)
+                                      UpsampleRequest, UpsampleRun, model_key)
 from XDiffusionModuleLib.scene import GENERATED_ATTRIBUTE, GENERATED_NOTE, NO_TUMOUR_LABELS, uncertainty_caption
 
 MODULE_DIR = pathlib.Path(__file__).resolve().parent
@@ -105,7 +106,7 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode: Optional[XDiffusionParameterNode] = None
         self._parameterNodeGuiTag = None
         self.follower: Optional[views.SliceViewFollower] = None
-        self.run: Optional[ReconstructionRun] = None
+        self.run: Optional[Union[ReconstructionRun, UpsampleRun]] = None  # one run at a time, either kind
         self.comparison: Optional[ComparisonRun] = None
         self.install: Optional[dependencies.InstallJob] = None
         self.modelQuery: Optional[ModelInfoQuery] = None
@@ -128,6 +129,7 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.upsampleButton.connect("clicked(bool)", self.onUpsampleButton)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.useCurrentSliceButton.connect("clicked(bool)", self.onUseCurrentSlice)
         self.ui.sliceIndexSlider.connect("valueChanged(double)", self.onSliceSliderMoved)
@@ -237,9 +239,18 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         parameters = self._parameterNode
         run = self.run
         running = run is not None and run.active
-        self.ui.applyButton.text = _("Cancel") if running else _("Reconstruct 3D")
-        self.ui.applyButton.enabled = (running and run.state != CANCELLING) or (
-            not running and bool(parameters and parameters.inputVolume) and not (self.install and self.install.active))
+        upsampling = running and isinstance(run, UpsampleRun)
+        idle = not running and not (self.install and self.install.active)
+        self.ui.applyButton.text = _("Cancel") if running and not upsampling else _("Reconstruct 3D")
+        self.ui.applyButton.enabled = (running and not upsampling and run.state != CANCELLING) or (
+            idle and bool(parameters and parameters.inputVolume))
+        thick = bool(parameters and grid.is_thick_stack(parameters.inputVolume))
+        self.ui.upsampleButton.text = _("Cancel") if upsampling else _("Upsample to isotropic")
+        self.ui.upsampleButton.enabled = (upsampling and run.state != CANCELLING) or (idle and thick)
+        self.ui.upsampleButton.toolTip = _(
+            "Every thick slice is an input: an isotropic volume at the in-plane spacing, on a new grid spanning the "
+            "slabs (xdiffusion upsample).") if thick else _(
+            "For a thick-slice stack: slice spacing more than {ratio}x the in-plane spacing.").format(ratio=grid.NEAR_ISOTROPIC_RATIO)
         self.ui.progressBar.setVisible(running)
 
     # --- slice views <-> slice index ------------------------------------------------------------------------------
@@ -380,6 +391,27 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.timer.start()
         self._updateRunGui()
 
+    def onUpsampleButton(self) -> None:
+        if self.run is not None and self.run.active:
+            if isinstance(self.run, UpsampleRun):
+                self.run.cancel()
+                self.ui.statusLabel.text = self.run.status
+            self._updateRunGui()
+            return
+        self.ui.errorLabel.text = ""
+        self.ui.warningsLabel.setVisible(False)
+        self.ui.showLogButton.setVisible(False)
+        with slicer.util.tryWithErrorDisplay(_("Could not start the upsampling."), waitCursor=False):
+            report = self.refreshDependencies()
+            if report is None or not report.ready:
+                self.ui.statusLabel.text = _("Install the dependencies first (Install dependencies, above).")
+                return
+            self.run = self.logic.startUpsampling(self._parameterNode)
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = self.run.status
+            self.timer.start()
+        self._updateRunGui()
+
     def onPoll(self) -> None:
         for job, ended in ((self.run, self._onRunEnded), (self.comparison, self._onComparisonEnded),
                            (self.install, self._onInstallEnded), (self.modelQuery, self._onModelQueryEnded)):
@@ -407,7 +439,7 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = run.status
         self._showWarnings(run.warnings)
         if run.state == DONE:
-            if self._parameterNode is not None:
+            if self._parameterNode is not None and isinstance(run, ReconstructionRun):
                 self.logic.keepOutputs(run, self._parameterNode)
             self.logic.showResults(run.outputs)
         elif run.state != CANCELLED:
@@ -557,6 +589,22 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         self.keepOutputs(run, parameters)
         return run.outputs
 
+    # upsampling
+    def startUpsampling(self, parameters: XDiffusionParameterNode, method: Optional[str] = None) -> UpsampleRun:
+        """`xdiffusion upsample` of the thick-slice input (``method`` None: the library's default); returns at once.
+        The result is a new node on its own isotropic grid."""
+        modelDir = self.modelDirectory(parameters) if method == "xdiffusion" else None
+        request = UpsampleRequest.from_parameters(parameters, modelDir, method)
+        logging.info("XDiffusion: upsampling %s to isotropic", parameters.inputVolume.GetName())
+        return UpsampleRun(slicer.mrmlScene, request, self.cliPrefix(), self.temporaryFolder()).start()
+
+    def upsample(self, parameters: XDiffusionParameterNode, method: Optional[str] = None, timeout: Optional[float] = None):
+        """Blocking upsampling, for scripts: the new volume node."""
+        run = self.startUpsampling(parameters, method)
+        if run.wait(timeout) != DONE:
+            raise RuntimeError(run.error or run.status)
+        return run.outputs["image"]
+
     @staticmethod
     def showResults(outputs: dict) -> None:
         slicer.util.setSliceViewerLayers(background=outputs["image"], foreground=None, fit=True)
@@ -609,6 +657,8 @@ class XDiffusionTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_ReconstructSample()
+        self.setUp()
+        self.test_UpsampleThickStack()
 
     def test_ReconstructSample(self):
         if bundle.sample_data_files(MODULE_DIR) is None:
@@ -648,5 +698,36 @@ class XDiffusionTest(ScriptedLoadableModuleTest):
         table = logic.compare(parameters, timeout=600)
         self.assertGreater(table.GetNumberOfRows(), 5)
         self.assertIsNotNone(logic.showVolumeRendering(parameters))
+        self.delayDisplay("Test passed")
+
+    def test_UpsampleThickStack(self):
+        """A thick-slice stack (slab means of the sample's axial slices, 5 at a time) upsampled to isotropic."""
+        if bundle.sample_data_files(MODULE_DIR) is None:
+            self.skipTest("the sample data files are not in this installation")
+        import numpy as np
+        import SampleData
+
+        registerSampleData()
+        logic = XDiffusionLogic()
+        if not logic.checkDependencies().ready:
+            self.skipTest("XDiffusion's Python packages are not installed")
+        volume = SampleData.downloadSample(SAMPLE_NAMES[0])
+        fine = slicer.util.arrayFromVolume(volume).astype(np.float32)  # (k, j, i)
+        slabs = fine.shape[0] // 5
+        thick = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Thick stack")
+        slicer.util.updateVolumeFromArray(thick, fine[:slabs * 5].reshape(slabs, 5, *fine.shape[1:]).mean(axis=1))
+        spacing = list(volume.GetSpacing())
+        thick.SetSpacing(spacing[0], spacing[1], spacing[2] * 5)
+        thick.SetOrigin(volume.GetOrigin())
+        thick.CreateDefaultDisplayNodes()
+        self.assertTrue(grid.is_thick_stack(thick))
+        parameters = logic.getParameterNode()
+        parameters.inputVolume = thick
+        self.delayDisplay("Upsampling to isotropic")
+        output = logic.upsample(parameters, timeout=600)
+        self.assertIn("isotropic (generated)", output.GetName())
+        self.assertEqual(output.GetAttribute(GENERATED_ATTRIBUTE), "true")
+        self.assertAlmostEqual(output.GetSpacing()[2], spacing[0], places=4)
+        self.assertEqual(output.GetImageData().GetDimensions()[2], int(round(slabs * spacing[2] * 5 / spacing[0])))
         self.delayDisplay("Test passed")
 

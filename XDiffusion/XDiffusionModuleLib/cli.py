@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 CANCELLED_EXIT_CODE = 130
-QUALITY_PRESETS = {"fast": {"views": 2, "steps": 8}, "balanced": {"views": 4, "steps": 12}, "best": {"views": 8, "steps": 25}}
+QUALITIES = ("fast", "balanced", "best")  # `reconstruct --preset`: the model card's numbers for each (`model-info`)
 DEVICE_FLAGS = {"auto": "auto", "gpu": "cuda", "cpu": "cpu"}
 INPUT_NAME = "input.nrrd"  # written by Slicer's storage node; NRRD keeps the grid to 1e-12
 OUTPUT_NAMES = {"image": "reconstruction.nrrd", "segmentation": "tumour_labels.nrrd", "uncertainty": "uncertainty.nrrd"}
+UPSAMPLED_NAME = "upsampled.nrrd"  # `xdiffusion upsample`'s output: a new isotropic grid, not the input's
 FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")  # what the sidecar name drops
 
 
@@ -113,8 +114,8 @@ def reconstruct_arguments(workdir: Path, plane: Optional[str], slice_indices: Se
                           segmentation: bool = True) -> list[str]:
     """One run whose input and outputs all live in ``workdir``. A 3D input gives ``slice_indices`` (and its plane);
     a single 2D slice gives ``slice_position`` instead (its plane is its own: the CLI reads it from the file)."""
-    if quality not in QUALITY_PRESETS:
-        raise ValueError(f"unknown quality {quality!r}; use one of {', '.join(QUALITY_PRESETS)}")
+    if quality not in QUALITIES:
+        raise ValueError(f"unknown quality {quality!r}; use one of {', '.join(QUALITIES)}")
     arguments = ["reconstruct", str(workdir / INPUT_NAME), "-o", str(workdir / OUTPUT_NAMES["image"])]
     if slice_position is not None:
         if slice_indices:
@@ -126,13 +127,24 @@ def reconstruct_arguments(workdir: Path, plane: Optional[str], slice_indices: Se
         arguments += ["--plane", str(plane), "--slice-index", *[str(int(i)) for i in slice_indices]]
     arguments += ["--method", method, "--progress", "json"]
     if method == "xdiffusion":
-        preset = QUALITY_PRESETS[quality]
-        arguments += ["--views", str(preset["views"]), "--steps", str(preset["steps"]), "--device", DEVICE_FLAGS[device],
+        arguments += ["--preset", quality, "--device", DEVICE_FLAGS[device],
                       "--uncertainty-output", str(workdir / OUTPUT_NAMES["uncertainty"])]
         if segmentation:
             arguments += ["--segmentation-output", str(workdir / OUTPUT_NAMES["segmentation"])]
         if model_dir:
             arguments += ["--model", str(model_dir)]
+    return arguments
+
+
+def upsample_arguments(workdir: Path, device: str = "auto", method: Optional[str] = None,
+                       model_dir: Optional[str] = None) -> list[str]:
+    """`xdiffusion upsample` of the thick-slice input in ``workdir`` (every slice an input) onto an isotropic grid at
+    the input's in-plane spacing; ``method`` None is the library's default (the best measured one)."""
+    arguments = ["upsample", str(workdir / INPUT_NAME), "-o", str(workdir / UPSAMPLED_NAME), "--progress", "json"]
+    if method is not None:
+        arguments += ["--method", method]
+    if method == "xdiffusion":
+        arguments += ["--device", DEVICE_FLAGS[device], *(["--model", str(model_dir)] if model_dir else [])]
     return arguments
 
 

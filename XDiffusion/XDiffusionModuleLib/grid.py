@@ -18,6 +18,7 @@ PLANE_NORMALS = {"sagittal": (1.0, 0.0, 0.0), "coronal": (0.0, 1.0, 0.0), "axial
 SLICE_VIEW_PLANES = {"Axial": "axial", "Coronal": "coronal", "Sagittal": "sagittal"}
 VIEW_ORIENTATION = {plane: orientation for orientation, plane in SLICE_VIEW_PLANES.items()}
 TIE_TOLERANCE_DEGREES = 5.0  # the library's
+NEAR_ISOTROPIC_RATIO = 1.5  # the library's (`xdiffusion.upsample.stack`): a thick slice is thicker than this x in-plane
 
 
 def ijk_to_ras(node) -> np.ndarray:
@@ -123,6 +124,21 @@ def plane_of_single_slice(node) -> str:
     direction = ijk_to_ras(node)[:3, axis]
     direction = direction / np.linalg.norm(direction)
     return max(PLANES, key=lambda plane: abs(np.asarray(PLANE_NORMALS[plane]) @ direction))
+
+
+def thick_slice_axis(node) -> Optional[int]:
+    """The IJK axis of a thick-slice stack (`xdiffusion upsample`'s rule: the largest spacing, more than
+    ``NEAR_ISOTROPIC_RATIO`` times the larger in-plane spacing, at least 2 slices, no axis of length 1), else None."""
+    if node is None or node.GetImageData() is None or single_slice_axis(node) is not None or min(dimensions(node)) < 2:
+        return None
+    spacing = np.linalg.norm(ijk_to_ras(node)[:3, :3], axis=0)
+    axis = int(np.argmax(spacing))
+    in_plane = max(spacing[a] for a in range(3) if a != axis)
+    return axis if spacing[axis] > NEAR_ISOTROPIC_RATIO * in_plane else None
+
+
+def is_thick_stack(node) -> bool:
+    return thick_slice_axis(node) is not None
 
 
 def choose_slice_indices(length: int, current: int, count: int, spread: str) -> list[int]:

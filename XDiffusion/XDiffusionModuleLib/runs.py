@@ -1,4 +1,5 @@
-"""The module's jobs: a reconstruction (model card, then `xdiffusion reconstruct`, then its files as nodes), a
+"""The module's jobs: a reconstruction (model card, then `xdiffusion reconstruct`, then its files as nodes), an
+upsampling of a thick-slice stack (`xdiffusion upsample`, its output a new node on its own isotropic grid), a
 comparison (`xdiffusion evaluate --json` into the results table) and a model-card query (`xdiffusion model-info`).
 
 A reconstruction runs on what was chosen when it started (`RunRequest`, frozen): changing the panel during a run
@@ -15,7 +16,7 @@ from typing import Optional, Sequence
 
 from . import cli, grid, metrics
 from .jobs import DONE, FAILED, Job
-from .scene import NO_TUMOUR_LABELS, SceneFiles
+from .scene import NO_TUMOUR_LABELS, SceneFiles, generated_name
 
 OUTPUT_KINDS = ("image", "segmentation", "uncertainty")
 
@@ -229,6 +230,88 @@ class ReconstructionRun(SceneJob):
                 if warning and warning not in self.warnings:
                     self.warnings.append(warning)
         return outputs
+
+
+@dataclass(frozen=True)
+class UpsampleRequest:
+    """One upsampling of a thick-slice stack, fixed when 'Upsample to isotropic' is clicked."""
+
+    input_id: str
+    device: str = "auto"
+    method: Optional[str] = None  # None: the library's default (the best measured method)
+    model_dir: Optional[str] = None
+
+    @classmethod
+    def from_parameters(cls, parameters, model_dir: Optional[str] = None, method: Optional[str] = None) -> "UpsampleRequest":
+        volume = parameters.inputVolume
+        if volume is None or volume.GetImageData() is None:
+            raise ValueError("Select an input volume.")
+        if not grid.is_thick_stack(volume):
+            raise ValueError(f"{volume.GetName()} is not a thick-slice stack (its slice spacing must be more than "
+                             f"{grid.NEAR_ISOTROPIC_RATIO:g}x its in-plane spacing).")
+        return cls(volume.GetID(), parameters.device, method, model_dir if method == "xdiffusion" else None)
+
+
+class UpsampleRun(SceneJob):
+    """`xdiffusion upsample`, then its file as a new generated node on the file's own isotropic grid (under the
+    input's parent transform, like the input)."""
+
+    what = "The upsampling"
+
+    def __init__(self, scene, request: UpsampleRequest, cli_prefix: Sequence[str], temp_root: Optional[str] = None,
+                 env: Optional[dict] = None):
+        super().__init__(scene, temp_root, env)
+        self.request = request
+        self.cli_prefix = list(cli_prefix)
+        self.outputs: dict = {}
+
+    def start(self) -> "UpsampleRun":
+        input_node = self.scene.GetNodeByID(self.request.input_id)
+        if input_node is None:
+            raise ValueError("The input volume is not in the scene.")
+        self._make_workdir("XDiffusion-upsample-")
+        try:
+            self.files.write_volume(input_node, self.workdir / cli.INPUT_NAME)
+        except Exception:
+            self._cleanup()
+            raise
+        self.fraction = 0.0
+        self.status = "Starting the upsampling…"
+        self._run([*self.cli_prefix, *cli.upsample_arguments(self.workdir, self.request.device, self.request.method,
+                                                             self.request.model_dir)])
+        return self
+
+    def _on_line(self, stream: str, line: str) -> None:
+        if stream != "stderr":
+            return
+        event = cli.parse_event(line)
+        if isinstance(event, cli.Progress):
+            self.fraction = event.fraction
+            self.status = f"{event.stage}: {cli.format_eta(event.eta_s)} ({self.elapsed_s} s so far)"
+        elif isinstance(event, cli.CliWarning) and event.message not in self.warnings:
+            self.warnings.append(event.message)
+
+    def _on_step_end(self, process) -> None:
+        input_node = self.scene.GetNodeByID(self.request.input_id)
+        if process.returncode != 0:
+            message = cli.error_message(process.returncode, process.stderr, what=self.what)
+            if input_node is not None:
+                message = message.replace(str(self.workdir / cli.INPUT_NAME), f"'{input_node.GetName()}'")
+            self._finish(FAILED, message)
+            return
+        if input_node is None:
+            raise RuntimeError("The input volume was removed during the run; nothing was loaded.")
+        path = self.workdir / cli.UPSAMPLED_NAME
+        method = str(cli.read_sidecar(path).get("Method", self.request.method or "upsample"))
+        node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", generated_name(input_node, "isotropic"))
+        self.outputs = {"image": self.files.load_reconstruction(path, input_node, node, method, on_input_grid=False,
+                                                                warnings=self.warnings)}
+        for warning in (self.outputs["image"].GetAttribute("XDiffusion.Warnings") or "").splitlines():
+            if warning and warning not in self.warnings:  # warnings the CLI put only in its sidecar
+                self.warnings.append(warning)
+        spacing = self.outputs["image"].GetSpacing()
+        self.status = f"Done in {self.elapsed_s} s: {input_node.GetName()} upsampled by {method} to {spacing[0]:g} mm isotropic."
+        self._finish(DONE)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ from typing import Optional, Sequence
 from .errors import Cancelled, InputError, XDiffusionError, commit_started, reset_commit
 from .progress import end_progress_line
 
-DEFAULT_SAMPLING = {"views": 4, "steps": 12, "guidance": 1.0, "strength": 1.0, "prior": "extrude"}  # the model card may override
+DEFAULT_SAMPLING = {"views": 4, "steps": 12, "guidance": 1.0, "strength": 1.0, "prior": "extrude", "samples": 1,
+                    "coherent": False}  # the model card may override, then a --preset, then explicit options
+PRIOR_HELP = "what --strength < 1 starts from; none: the model alone, from pure noise (strength 1)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,10 +101,13 @@ def _load_pipeline(args: argparse.Namespace):
     from .model_location import resolve_model_dir
     from .pipeline import XDiffusionPipeline
 
+    from .model_card import read_model_card, resolve_sampling
+
+    folder = resolve_model_dir(args.model)
+    explicit = {key: getattr(args, key, None) for key in DEFAULT_SAMPLING}
+    sampling = resolve_sampling(read_model_card(folder), DEFAULT_SAMPLING, getattr(args, "preset", None), explicit)  # before loading
     device, dtype = _device(args.device)
-    pipeline = XDiffusionPipeline.from_pretrained(resolve_model_dir(args.model), device=device, dtype=dtype)
-    defaults = {**DEFAULT_SAMPLING, **pipeline.model.model_card.get("default_sampling", {})}
-    sampling = {key: getattr(args, key, None) if getattr(args, key, None) is not None else defaults[key] for key in DEFAULT_SAMPLING}
+    pipeline = XDiffusionPipeline.from_pretrained(folder, device=device, dtype=dtype)
     sampling["seed"] = getattr(args, "seed", 0)
     return pipeline, sampling
 
@@ -172,7 +177,11 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         if uncertainty_output is not None:
             auroc = uncertainty_auroc(result.model_card)
             worth = "never measured" if auroc is None else f"AUROC {auroc:.2f} on held-out data, 0.5 = chance"
-            print(f"note: the uncertainty map is the spread across views; how well it ranks errors: {worth}", file=sys.stderr)
+            if result.uncertainty_across == "samples":
+                spread, worth = f"{result.sampling['samples']} samples", "never measured for it (the card's AUROC is the spread across views)"
+            else:
+                spread = "views"
+            print(f"note: the uncertainty map is the spread across {spread}; how well it ranks errors: {worth}", file=sys.stderr)
     return 0
 
 
@@ -198,6 +207,47 @@ def run_reconstruct_cohort(args: argparse.Namespace) -> int:
         print(format_summary(rows))
         print(f"summary: {summary}")
     return 2 if any(row.status == "failed" for row in rows) else 0
+
+
+def run_upsample(args: argparse.Namespace) -> int:
+    from .io import read_image
+    from .progress import ProgressReporter
+    from .provenance import check_sidecars
+
+    source = Path(args.input)
+    output = _check_output(args.output, [source], "-o")
+    check_sidecars([output], [source])  # the output's provenance .json
+    model_options = [flag for flag, value in (("--model", args.model), ("--modality", args.modality), ("--preset", args.preset),
+                                              ("--views", args.views), ("--steps", args.steps), ("--strength", args.strength),
+                                              ("--prior", args.prior)) if value is not None]
+    if args.method != "xdiffusion" and model_options:
+        raise InputError(f"{', '.join(model_options)}: model options apply to --method xdiffusion, not to --method {args.method}")
+    if args.prior == "none" and args.strength is not None and args.strength < 1.0:
+        raise InputError(f"--prior none samples from pure noise (strength 1), so --strength {args.strength:g} has nothing to "
+                         "start from; drop --strength or --prior none")
+    args.prior = None if args.prior == "bspline" else args.prior  # bspline: this command's own prior, whatever the card says
+    from .upsample import isotropic_grid, thick_stack, upsample, write_upsampling  # after the checks: bad arguments fail fast
+
+    stack = thick_stack(read_image(source), str(source))
+    grid = isotropic_grid(stack, args.output_spacing)  # refuses a bad spacing before the model loads
+    reporter = ProgressReporter(None if args.quiet else args.progress)
+    pipeline, sampling, modality = None, {}, args.modality
+    if args.method == "xdiffusion":
+        pipeline, sampling = _load_pipeline(args)
+        if sampling.pop("prior", None) == "none":  # the B-spline upsampling is the prior, unless none is asked for
+            sampling["strength"] = 1.0
+        sampling["solver"] = "dpmsolver++"
+        modality = args.modality or pipeline.model.model_card.get("default_modality", pipeline.modalities[0])
+    result = upsample(stack, args.method, slab_projection=not args.no_slab_projection, pipeline=pipeline, modality=modality,
+                      progress=reporter, grid=grid, **sampling)
+    for message in result.warnings:
+        reporter.warning(message)
+    write_upsampling(result, output, source, _model_dir(args) if pipeline is not None else None)
+    if not args.quiet:
+        shape = "x".join(str(n) for n in result.image.geometry.shape)
+        print(f"wrote {output} ({shape} at {result.image.geometry.spacing[0]:g} mm, upsampled by {args.method}; "
+              "synthetic between and within the slabs, not for diagnosis)", file=sys.stderr)
+    return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -240,7 +290,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_files, format_json, format_table
 
     metrics = evaluate_files(args.reference, args.prediction, args.mask, args.reference_segmentation, args.prediction_segmentation,
-                             args.uncertainty)
+                             args.uncertainty, args.input_plane, args.input_index)
     print(format_json(metrics) if args.json else format_table(metrics))
     return 0
 
@@ -271,7 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--steps", type=_positive, default=None, metavar="S")
     rec.add_argument("--guidance", type=_finite, default=None, metavar="G")
     rec.add_argument("--strength", type=_strength, default=None, metavar="F", help="below 1: start from the noised prior (SDEdit)")
-    rec.add_argument("--prior", choices=("extrude", "atlas"), default=None, help="what --strength < 1 starts from")
+    rec.add_argument("--prior", choices=("extrude", "atlas", "none"), default=None, help=PRIOR_HELP)
+    rec.add_argument("--preset", choices=("fast", "balanced", "best"), default=None,
+                     help="views, steps, samples and coherence from the model card (xdiffusion model-info); explicit options override it")
+    rec.add_argument("--samples", type=_positive, default=None, metavar="N",
+                     help="average N samples (posterior mean); the uncertainty becomes their spread")
+    rec.add_argument("--coherent", action=argparse.BooleanOptionalAction, default=None,
+                     help="fuse the views at every solver step: one coherent volume (slower; docs/model.md)")
     rec.add_argument("--seed", type=_seed, default=0)
     rec.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     rec.add_argument("--model", default=None, metavar="DIR")
@@ -279,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--atlas", default=None, metavar="PATH", help="--method/--prior atlas: template volume (default: the shipped ICBM 2009c T1 brain)")
     rec.add_argument("--segmentation-output", default=None, metavar="SEG")
     rec.add_argument("--uncertainty-output", default=None, metavar="UNC",
-                     help="spread across views; how well it ranks errors (held-out AUROC) is in `xdiffusion model-info`")
+                     help="spread across views (across the samples with --samples N > 1); how well the views' spread ranks "
+                          "errors (held-out AUROC) is in `xdiffusion model-info`")
     rec.add_argument("--quiet", action="store_true")
     rec.add_argument("--progress", choices=("text", "json"), default="text")
     rec.set_defaults(func=run_reconstruct)
@@ -294,12 +351,38 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--steps", type=_positive, default=None, metavar="S")
     cohort.add_argument("--guidance", type=_finite, default=None, metavar="G")
     cohort.add_argument("--strength", type=_strength, default=None, metavar="F", help="below 1: start from the noised prior (SDEdit)")
-    cohort.add_argument("--prior", choices=("extrude", "atlas"), default=None, help="what --strength < 1 starts from")
+    cohort.add_argument("--prior", choices=("extrude", "atlas", "none"), default=None, help=PRIOR_HELP)
+    cohort.add_argument("--preset", choices=("fast", "balanced", "best"), default=None, help="as for reconstruct")
+    cohort.add_argument("--samples", type=_positive, default=None, metavar="N", help="as for reconstruct")
+    cohort.add_argument("--coherent", action=argparse.BooleanOptionalAction, default=None, help="as for reconstruct")
     cohort.add_argument("--seed", type=_seed, default=0)
     cohort.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     cohort.add_argument("--model", default=None, metavar="DIR")
     cohort.add_argument("--method", choices=("xdiffusion", "extrude", "interpolate"), default="xdiffusion")
     cohort.set_defaults(func=run_reconstruct_cohort)
+
+    up = commands.add_parser("upsample", help="a thick-slice stack (every slice an input) into an isotropic volume")
+    up.add_argument("input", help="3D volume of thick slices (NIfTI/NRRD/MHA/DICOM folder): its largest spacing is the slab thickness")
+    up.add_argument("-o", "--output", required=True, help="output volume (.nii.gz, .nii, .nrrd, .mha), on a new isotropic grid")
+    up.add_argument("--output-spacing", type=_finite, default=None, metavar="MM", help="isotropic voxel size (default: the finer in-plane spacing)")
+    up.add_argument("--method", choices=("bspline", "linear", "xdiffusion"), default="bspline",
+                    help="bspline (default, best measured), linear, or xdiffusion (experimental with today's model: docs/upsample.md)")
+    up.add_argument("--no-slab-projection", action="store_true",
+                    help="skip the final projection that makes each slab's mean equal its input slice (for measurement)")
+    up.add_argument("--modality", default=None, help="xdiffusion: the input's contrast (default: the model card's)")
+    up.add_argument("--views", type=_positive, default=None, metavar="N")
+    up.add_argument("--steps", type=_positive, default=None, metavar="S")
+    up.add_argument("--preset", choices=("fast", "balanced", "best"), default=None,
+                    help="xdiffusion: views, steps, samples and coherence from the model card, as for reconstruct")
+    up.add_argument("--strength", type=_strength, default=None, metavar="F", help="xdiffusion: how far the B-spline prior is noised")
+    up.add_argument("--prior", choices=("bspline", "none"), default=None,
+                    help="xdiffusion: bspline (the B-spline upsampling, noised to --strength) or none (pure noise, strength 1)")
+    up.add_argument("--seed", type=_seed, default=0)
+    up.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    up.add_argument("--model", default=None, metavar="DIR")
+    up.add_argument("--quiet", action="store_true")
+    up.add_argument("--progress", choices=("text", "json"), default="text")
+    up.set_defaults(func=run_upsample)
 
     demo = commands.add_parser("demo", help="reconstruct the shipped sample brain from one slice and compare")
     demo.add_argument("--output-dir", default="xdiffusion-demo", metavar="DIR")
@@ -325,10 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--prediction-segmentation", default=None, metavar="S", help="BraTS labels 1, 2, 3 (or 4)")
     evaluate.add_argument("--uncertainty", default=None, metavar="UNC",
                           help="uncertainty map: adds its Spearman correlation and AUROC against |error| (inside the mask)")
+    evaluate.add_argument("--input-plane", choices=("axial", "coronal", "sagittal"), default=None,
+                          help="the plane of the input slices, left out of the sharpness (default: the prediction's .json sidecar)")
+    evaluate.add_argument("--input-index", type=int, nargs="+", default=None, metavar="I", help="the input slices' raw 0-based indices")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object (null where not computable)")
     evaluate.set_defaults(func=run_evaluate)
 
-    info = commands.add_parser("model-info", help="the model card: weights check, cube, modalities, sampling, segments_tumours, measured numbers")
+    info = commands.add_parser("model-info", help="the model card: weights check, cube, modalities, sampling, presets, segments_tumours, measured numbers")
     info.add_argument("--model", default=None, metavar="DIR")
     info.add_argument("--json", action="store_true", help="print one JSON object (null where the card records nothing)")
     info.set_defaults(func=run_model_info)

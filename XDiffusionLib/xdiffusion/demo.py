@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from .evaluate import evaluate_volumes
+from .evaluate import TUMOUR_KEYS, evaluate_volumes
 from .figures import comparison_figure
 from .io import Volume, atomic_output, read_volume
 from .model_card import segments_tumours
@@ -24,7 +24,7 @@ SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 SAMPLE_IMAGE = SAMPLE_DIR / "sample_t1.nii.gz"
 SAMPLE_SEGMENTATION = SAMPLE_DIR / "sample_t1_seg.nii.gz"
 DEMO_PLANE = "axial"
-TUMOUR_METRICS = ("dice_wt", "dice_tc", "dice_et", "tumour_volume_ml_err", "centroid_mm")
+TUMOUR_METRICS = TUMOUR_KEYS  # left out for a model that does not segment
 NO_SEGMENTATION = "none: the model card says segments_tumours: false (its labels would be empty)"
 
 

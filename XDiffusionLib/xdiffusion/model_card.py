@@ -1,5 +1,6 @@
 """A model folder's card read on its own, without torch or the networks: what a caller checks before any work
-(`segments_tumours` before a segmentation is asked for) and what `xdiffusion model-info` prints.
+(`segments_tumours` before a segmentation is asked for), the sampling a run uses (`resolve_sampling`: the card's
+defaults, a preset, the caller's explicit options) and what `xdiffusion model-info` prints.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .data.fetch import sha256_file  # one checksum routine for data and weights
-from .errors import ModelError
+from .errors import InputError, ModelError
+
+PRESETS = ("fast", "balanced", "best")
+PRESET_KEYS = ("views", "steps", "samples", "coherent")  # what a preset chooses; the prior and strength stay the card's
 
 
 def _read_object(path: Path) -> dict[str, Any]:
@@ -59,6 +63,50 @@ def _uncertainty_auroc(card: dict[str, Any]) -> Optional[float]:
     return None
 
 
+def card_presets(card: dict[str, Any], default_sampling: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The card's ``presets`` ({fast, balanced, best} -> {views, steps, samples, coherent}); a card without them (or
+    missing one, or a key of one) gets them derived from its default sampling (``default_sampling``: the caller's
+    defaults, the card's over them) by the rule docs/model.md states, the shipped model's measured choice: balanced =
+    the default sampling; fast = a quarter of the views and half the steps; best = twice the views; one sample, the
+    views averaged, in all three."""
+    sampling = {**default_sampling, **(card.get("default_sampling") or {})}
+    views, steps = int(sampling.get("views", 4)), int(sampling.get("steps", 12))
+    derived = {
+        "fast": {"views": max(1, views // 4), "steps": max(1, steps // 2), "samples": 1, "coherent": False},
+        "balanced": {"views": views, "steps": steps, "samples": 1, "coherent": False},
+        "best": {"views": 2 * views, "steps": steps, "samples": 1, "coherent": False},
+    }
+    given = card.get("presets") if isinstance(card.get("presets"), dict) else {}
+    return {name: {**derived[name], **{key: value for key, value in (given.get(name) or {}).items() if key in PRESET_KEYS}}
+            for name in PRESETS}
+
+
+def resolve_sampling(card: dict[str, Any], default_sampling: dict[str, Any], preset: Optional[str] = None,
+                     explicit: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The sampling a run uses: ``default_sampling`` (the caller's), the card's ``default_sampling`` over it, the
+    ``preset``'s choices over that, and the ``explicit`` options (None: not given) over everything.
+
+    ``prior: none`` is the model alone, from pure noise: it sets strength 1 unless a strength was given, and an
+    explicit strength below 1 with it is refused (`InputError`), as is an explicit strength below 1 with nothing to
+    start from."""
+    explicit = {key: value for key, value in (explicit or {}).items() if value is not None}
+    sampling = {**default_sampling, **(card.get("default_sampling") or {})}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise InputError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
+        sampling.update(card_presets(card, default_sampling)[preset])
+    sampling.update(explicit)
+    if sampling.get("prior") == "none":
+        if "strength" in explicit and explicit["strength"] < 1.0:
+            what = "--prior none" if "prior" in explicit else "the model card's prior none"
+            raise InputError(f"{what} samples from pure noise (strength 1), so --strength {explicit['strength']:g} has "
+                             f"nothing to start from; drop --strength or give --prior extrude|atlas")
+        sampling["strength"] = 1.0
+    if int(sampling.get("samples", 1)) < 1:
+        raise InputError(f"samples must be at least 1, got {sampling['samples']}")
+    return {key: sampling[key] for key in default_sampling}
+
+
 def model_summary(folder: Union[str, Path], default_sampling: dict[str, Any]) -> dict[str, Any]:
     """The card's facts a caller decides on (``default_sampling``: the sampling used where the card sets none)."""
     folder = Path(folder)
@@ -76,6 +124,8 @@ def model_summary(folder: Union[str, Path], default_sampling: dict[str, Any]) ->
         "modalities": modalities,
         "default_modality": card.get("default_modality", modalities[0] if modalities else None),
         "default_sampling": {**default_sampling, **(card.get("default_sampling") or {})},
+        "presets": card_presets(card, default_sampling),
+        "presets_from_card": isinstance(card.get("presets"), dict),
         "segments_tumours": segments_tumours(card),
         "segments_tumours_basis": card.get("segments_tumours_basis"),
         "training_steps": card.get("steps"),
@@ -95,6 +145,13 @@ def _numbers(values: Any) -> str:
     return ", ".join(shown)
 
 
+def _preset(values: dict[str, Any]) -> str:
+    samples = values.get("samples", 1)
+    kind = "coherent" if values.get("coherent") else "averaged"
+    views = values.get("views")
+    return f"{views} view{'s' if views != 1 else ''} x {values.get('steps')} steps, {samples} {kind} sample{'s' if samples != 1 else ''}"
+
+
 def format_model_summary(summary: dict[str, Any]) -> str:
     """`model_summary` as aligned lines for a terminal."""
     segments = {True: "yes", False: "no", None: "unknown (the card predates the field)"}[summary["segments_tumours"]]
@@ -109,6 +166,8 @@ def format_model_summary(summary: dict[str, Any]) -> str:
         ("cube", f"{summary['cube_size']}^3 ({'latent' if summary['latent'] else 'pixel'} diffusion)"),
         ("modalities", f"{', '.join(summary['modalities'])} (default {summary['default_modality']})"),
         ("sampling", ", ".join(f"{key} {value}" for key, value in sampling.items())),
+        ("presets", "; ".join(f"{name} {_preset(values)}" for name, values in summary["presets"].items())
+         + ("" if summary["presets_from_card"] else " (derived from the sampling: the card sets none)")),
         ("segments tumours", segments),
         ("training steps", str(summary["training_steps"])),
         ("validation", _numbers(summary["validation"])),

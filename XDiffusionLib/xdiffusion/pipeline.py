@@ -3,6 +3,11 @@
 For each of N view rotations every slice of the view is generated, all views and slices in one batch per solver step
 (chunked to bound memory), guidance in the same batch; the views are realigned (R^T) and averaged.
 
+Coherent sampling (``coherent=True``): at every solver step each view's predicted clean slices are decoded, brought
+into the shared cube and fused (`coherent.ViewFusion`), and every view continues from the fused estimate re-cut along it, so
+one coherent volume comes out. ``samples=N`` runs N samples (seeds derived from ``seed``) and averages them into a
+posterior mean whose spread across the samples is the uncertainty map.
+
 Memory: the chunk size (slices per U-Net call) is chosen from the free memory (GPU) or capped (CPU) unless given; a GPU
 out-of-memory error halves it and retries, saying so through the progress callback. On the CPU the whole run's memory
 is estimated first and a run that cannot fit is refused with the figures (`InputError`).
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -21,7 +27,8 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistep
 from scipy import ndimage
 
 from . import geometry
-from .data.samples import conditioning_slots, image_in_view, sample_in_view
+from .coherent import ViewFusion, known_cube_planes, view_slices, view_volumes
+from .data.samples import conditioning_slots, sample_in_view
 from .errors import Cancelled, InputError, ModelError
 from .model import XDiffusionModel, decode_latent, denoiser_forward, encode_target, load_model
 
@@ -93,13 +100,16 @@ class MemoryEstimate:
 
 @dataclass
 class CubeReconstruction:
-    """The averaged result in the cube: model units ([-1, 1] image), tumour probabilities, spread across views."""
+    """The averaged result in the cube: model units ([-1, 1] image), tumour probabilities, and the uncertainty: the
+    spread across views with one sample (for a coherent sample, of the views' own clean estimates at the last step,
+    before they were fused), the spread across the samples with several (`uncertainty_across` says which)."""
 
     image: np.ndarray  # (S, S, S)
     tumour_probability: np.ndarray  # (3, S, S, S), labels 1, 2, 3
-    uncertainty: np.ndarray  # (S, S, S), std of the image across views, model units
+    uncertainty: np.ndarray  # (S, S, S), std of the image across views or samples, model units
     coverage: np.ndarray  # (S, S, S), views that covered each voxel
     unet_evaluations: int
+    uncertainty_across: str = "views"  # "views" or "samples"
 
 
 def known_view_slices(slices: Sequence[geometry.CubeSlice], rotation: np.ndarray, side: int) -> dict[int, np.ndarray]:
@@ -118,6 +128,14 @@ def known_view_slices(slices: Sequence[geometry.CubeSlice], rotation: np.ndarray
             geometry.extrude_in_cube([cube_slice], side)[0], points, order=0, mode="nearest"
         ).astype(np.float32)
     return known
+
+
+def sample_seed(seed: int, number: int) -> int:
+    """The seed of sample ``number`` of a run seeded ``seed``: sample 0 uses ``seed`` itself (one sample is exactly the
+    single-sample run), the others independent streams derived from (seed, number)."""
+    if number == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(number)]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def check_strength(strength: float) -> None:
@@ -316,11 +334,21 @@ class XDiffusionPipeline:
         return self._chunked(predicted_x0.shape[0], run, progress)
 
     def _x0(self, scheduler, latents: torch.Tensor, output: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """The clean estimate x0 the solver derives from the model output at ``timestep`` (x_t = a x0 + s eps)."""
         alpha = scheduler.alphas_cumprod[int(timestep)].to(torch.float32)
         a, s = alpha.sqrt(), (1 - alpha).sqrt()
         if self.config.prediction_type == "v_prediction":
             return a * latents - s * output
         return (latents - s * output) / a
+
+    def _model_output(self, scheduler, latents: torch.Tensor, x0: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """Inverse of `_x0`: the model output whose clean estimate at ``timestep`` is ``x0``. With x_t = a x0 + s eps
+        and a² + s² = 1: eps = (x_t - a x0) / s, and v = a eps - s x0 = (a x_t - x0) / s."""
+        alpha = scheduler.alphas_cumprod[int(timestep)].to(torch.float32)
+        a, s = alpha.sqrt(), (1 - alpha).sqrt()
+        if self.config.prediction_type == "v_prediction":
+            return (a * latents - x0) / s
+        return (latents - a * x0) / s
 
     @torch.inference_mode()
     def __call__(
@@ -337,17 +365,23 @@ class XDiffusionPipeline:
         progress: Optional[ProgressCallback] = None,
         strength: float = 1.0,
         prior: Optional[np.ndarray] = None,
+        coherent: bool = False,
+        samples: int = 1,
     ) -> CubeReconstruction:
         """Generate the cube from input slices already placed in it (``geometry.slice_to_cube``, normalised).
 
         ``strength`` < 1 starts every slice from a noised prior (SDEdit) rather than from pure noise: ``prior``, a
-        whole (S, S, S) cube in model units (e.g. a registered atlas), else the extrude prior."""
+        whole (S, S, S) cube in model units (e.g. a registered atlas), else the extrude prior.
+
+        ``coherent`` fuses the views at every solver step (`ViewFusion`): one coherent volume rather than an average
+        of independent ones. ``samples`` > 1 averages that many samples (sample 0 seeded ``seed``, `sample_seed`)
+        into a posterior mean, and the uncertainty becomes their spread."""
         if not slices:
             raise InputError("at least one input slice is needed")
         if modality not in self.config.modalities:
             raise InputError(f"modality {modality!r} is not known to this model (it knows {', '.join(self.config.modalities)})")
-        if steps < 1 or views < 1 or (chunk_size is not None and chunk_size < 1):
-            raise InputError("steps, views and chunk size must be at least 1")
+        if steps < 1 or views < 1 or samples < 1 or (chunk_size is not None and chunk_size < 1):
+            raise InputError("steps, views, samples and chunk size must be at least 1")
         side = self.config.cube_size
         estimate = self.estimate_memory(views * side, guidance, views)
         chunk_size = self.check_host_memory(estimate, self.choose_chunk_size(estimate, views * side, chunk_size))
@@ -360,14 +394,38 @@ class XDiffusionPipeline:
         if prior is not None:
             if prior.shape != (side,) * 3 or not np.isfinite(prior).all():
                 raise InputError(f"the prior must be a finite {side}^3 cube, got shape {prior.shape}")
-            prior_slices = [np.moveaxis(image_in_view(prior, geometry.view_sample_points(rotation, side)), -1, 0) for rotation in rotations]
-            prior = torch.from_numpy(np.concatenate(prior_slices)[:, None])
-        decoded, evaluations = self.generate_slices(conditioning, steps, guidance, seed, solver, chunk_size, known_rows, known_images, progress, strength, prior)
-        volumes = [np.ascontiguousarray(np.moveaxis(view, 0, -1)) for view in decoded.numpy().reshape(views, side, -1, side, side)]
-        self._report(progress, 0.95, "averaging views")
-        mean, spread, coverage = geometry.realign_and_average(volumes, rotations)  # views are (C, S, S, depth)
+            prior = torch.from_numpy(view_slices(prior, rotations)[:, None])
+        planes = known_cube_planes(slices, side) if data_consistency else []
+        total = total_squares = None
+        evaluations = 0
+        for number in range(samples):
+            sample_progress = progress if samples == 1 else self._sample_progress(progress, number, samples)
+            fusion = ViewFusion(rotations, partial(self._decode, progress=sample_progress), partial(self._encode, progress=sample_progress),
+                                planes) if coherent else None
+            generated, count = self.generate_slices(conditioning, steps, guidance, sample_seed(seed, number), solver, chunk_size,
+                                                    known_rows, known_images, sample_progress, strength, prior, fusion,
+                                                    decode=fusion is None)
+            evaluations += count
+            if fusion is not None:  # the last fused estimate is the sample; the views' spread just before that fusion
+                mean, spread, coverage = np.clip(fusion.fused, -1.0, 2.0), fusion.spread[None], fusion.coverage
+            else:
+                self._report(sample_progress, 0.95, "averaging views")
+                mean, spread, coverage = geometry.realign_and_average(view_volumes(generated.numpy(), views), rotations)
+            total = mean.astype(np.float64) if total is None else total + mean
+            squares = mean[0].astype(np.float64) ** 2
+            total_squares = squares if total_squares is None else total_squares + squares
+        mean = (total / samples).astype(np.float32)
+        if samples > 1:
+            spread = np.sqrt(np.maximum(total_squares / samples - mean[0].astype(np.float64) ** 2, 0.0)).astype(np.float32)[None]
         probability = np.clip((mean[1:] + 1.0) / 2.0, 0.0, 1.0)
-        return CubeReconstruction(mean[0], probability, spread[0], coverage, evaluations)
+        return CubeReconstruction(mean[0], probability, spread[0], coverage, evaluations, "samples" if samples > 1 else "views")
+
+    @staticmethod
+    def _sample_progress(progress: Optional[ProgressCallback], number: int, samples: int) -> Optional[ProgressCallback]:
+        """Sample ``number``'s progress as its share of the whole run; a cancel still cancels."""
+        if progress is None:
+            return None
+        return lambda fraction, stage: progress((number + fraction) / samples, f"sample {number + 1}/{samples}: {stage}")
 
     @torch.inference_mode()
     def generate_slices(
@@ -383,14 +441,21 @@ class XDiffusionPipeline:
         progress: Optional[ProgressCallback] = None,
         strength: float = 1.0,
         prior_images: Optional[torch.Tensor] = None,
+        fuse: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        decode: bool = True,
     ) -> tuple[torch.Tensor, int]:
-        """Denoise a batch of independent target slices (all sharing each solver step) and decode them.
+        """Denoise a batch of target slices (all sharing each solver step) and decode them.
 
         ``strength`` < 1 starts from ``prior_images`` (B, 1, S, S) (else the extrude prior ``conditioning["guess"]``)
         noised to that fraction of the schedule (SDEdit) instead of pure noise: fewer steps run, and the sample stays
         closer to the prior.
 
-        Returns (B, 4, S, S) in model units (image, then tumour channels) and the number of U-Net evaluations.
+        ``fuse`` (e.g. `ViewFusion`) maps every step's predicted clean batch to the one the solver continues from: it
+        is turned back into the model output the scheduler expects (`_model_output`), so any solver uses it. Without
+        it the slices are independent samples.
+
+        Returns (B, 4, S, S) in model units (image, then tumour channels), or the final latents when not ``decode``,
+        and the number of U-Net evaluations.
         ``chunk_size`` (slices per network call) defaults to what fits (see ``choose_chunk_size``).
         """
         count, size = conditioning["depth"].shape[0], self.config.unet_size
@@ -417,6 +482,8 @@ class XDiffusionPipeline:
             model_input = scheduler.scale_model_input(latents, timestep)
             output = self._predict(model_input, timestep.reshape(1), conditioning, guidance, progress)
             evaluations += count * (1 if guidance == 1.0 else 2)
+            if fuse is not None:
+                output = self._model_output(scheduler, latents, fuse(self._x0(scheduler, latents, output, timestep)), timestep)
             if known_rows:
                 clean = self._encode_known(known_images, self._x0(scheduler, latents, output, timestep)[known_rows], progress)
             latents = scheduler.step(output, timestep, latents).prev_sample
@@ -426,7 +493,7 @@ class XDiffusionPipeline:
                 latents[known_rows] = clean if following is None else scheduler.add_noise(clean, noise, following.reshape(1))
             self._fraction = 0.9 * (number + 1) / steps
             self._report(progress, self._fraction, f"step {number + 1}/{steps}")
-        return self._decode(latents, progress), evaluations
+        return (self._decode(latents, progress) if decode else latents), evaluations
 
     def _encode_prior(self, guess: torch.Tensor, chunk_size: int) -> torch.Tensor:
         """A prior image as a clean target (no tumour), in the space the U-Net denoises."""
@@ -436,6 +503,16 @@ class XDiffusionPipeline:
         with torch.no_grad():
             return torch.cat([encode_target(self.model.autoencoder, target[i:i + chunk_size].to(self.device, self.dtype), self.config.latent_scale).float().cpu()
                               for i in range(0, target.shape[0], chunk_size)])
+
+    def _encode(self, targets: torch.Tensor, progress: Optional[ProgressCallback] = None) -> torch.Tensor:
+        """(B, 4, S, S) images in model units → the space the U-Net denoises (the inverse of `_decode`)."""
+        if self.model.autoencoder is None:
+            return targets.float()
+
+        def run(start: int, stop: int) -> torch.Tensor:
+            return encode_target(self.model.autoencoder, self._to_device(targets[start:stop]), self.config.latent_scale).float().cpu()
+
+        return self._chunked(targets.shape[0], run, progress)
 
     def _decode(self, latents: torch.Tensor, progress: Optional[ProgressCallback] = None) -> torch.Tensor:
         if self.model.autoencoder is None:

@@ -9,15 +9,16 @@ segmentation and uncertainty outputs get one each. The top-level keys:
 - ``Method``: xdiffusion, atlas, extrude or interpolate.
 - ``Model``: ``{"path", "id" (the model card's id, else the folder name), "sha256": {file: hash}}`` (the hashes
   the weights were verified against); null for a baseline.
-- ``Sampling``: ``{"views", "steps", "guidance", "solver", "strength", "prior", "seed"}`` as actually used, after
-  the model card's defaults (``prior`` null at strength 1); null for a baseline. ``Seed``: the seed, or null.
+- ``Sampling``: ``{"views", "steps", "guidance", "solver", "strength", "prior", "seed", "samples", "coherent"}`` as
+  actually used, after the model card's defaults and a preset (``prior`` null at strength 1: pure noise); null for a
+  baseline. ``Seed``: the seed, or null.
 - ``Template``: the atlas template file when the atlas was used (``--method atlas`` or the atlas prior), else null.
 - ``Input``: ``{"path", "plane", "axis", "slice_indices", "slice_position"}`` (``slice_position``: a 2D input's
   place in the output depth, 0-1; null for a 3D input).
 - ``Warnings``: the run's fallbacks (`Reconstruction.warnings`), ``[]`` when none.
 - ``Software``: ``{"name": "xdiffusion", "version"}``; ``Created``: ISO 8601, UTC.
 - ``UncertaintyAUROC`` (uncertainty maps only): how well the map ranks errors on held-out data, from the model card
-  (0.5 = chance; null when never measured).
+  (0.5 = chance; null when never measured, and for a spread across samples: the card measures the spread across views).
 
 The sidecars are written with the volumes as one unit (`io.write_volumes`): all files appear, or none.
 """
@@ -119,7 +120,7 @@ def sidecar(result: Reconstruction, inputs: InputSlices, content: str, source: O
         "Created": created.astimezone(timezone.utc).isoformat(timespec="seconds"),
     }
     if content == "uncertainty":  # what the map is worth, as measured on held-out data (null: never measured)
-        record["UncertaintyAUROC"] = uncertainty_auroc(result.model_card)
+        record["UncertaintyAUROC"] = uncertainty_auroc(result.model_card) if result.uncertainty_across != "samples" else None
     return record
 
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # torch and diffusers load only when the model runs: the base
     from .pipeline import ProgressCallback, XDiffusionPipeline
 
 METHODS = ("xdiffusion", "extrude", "interpolate", "atlas")
-PRIORS = ("extrude", "atlas")  # where SDEdit sampling (strength < 1) starts from
+PRIORS = ("extrude", "atlas", "none")  # where SDEdit sampling (strength < 1) starts from; none: pure noise, strength 1 only
 MIN_TISSUE_PIXELS = 16  # an informative slice has at least this many pixels apart from its background (see is_informative)
 # in-plane axes (as LPS directions) given to a 2D file that carries no orientation of its own, per plane
 SINGLE_SLICE_BASES = {
@@ -50,13 +50,14 @@ class Reconstruction:
 
     image: Volume
     segmentation: Optional[Volume] = None
-    uncertainty: Optional[Volume] = None
+    uncertainty: Optional[Volume] = None  # std across views (one sample) or across samples (`uncertainty_across`)
     unet_evaluations: int = 0
     method: str = "xdiffusion"
     sampling: Optional[dict[str, Any]] = None
     model_card: Optional[dict[str, Any]] = None
     template: Optional[str] = None  # the atlas template file, when the atlas (method or prior) was used
     warnings: list[str] = field(default_factory=list)
+    uncertainty_across: Optional[str] = None  # "views" or "samples"; None for a baseline
 
 
 def background_value(image: np.ndarray) -> float:
@@ -164,12 +165,15 @@ def place_in_cube(inputs: InputSlices, side: int) -> tuple[list[geometry.CubeSli
 
 def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str, progress: Optional[ProgressCallback],
                warnings: list[str], prior: str = "extrude", atlas: Optional[str] = None,
-               **sampling) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+               **sampling) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, str]:
     if prior not in PRIORS:
         raise InputError(f"unknown prior {prior!r}; use one of {', '.join(PRIORS)}")
     from .pipeline import check_strength  # loaded already: the pipeline is an XDiffusionPipeline
 
     check_strength(sampling.get("strength", 1.0))  # before the atlas registration, not after it
+    if prior == "none" and sampling.get("strength", 1.0) < 1.0:
+        raise InputError(f"prior none samples from pure noise (strength 1); strength {sampling['strength']:g} needs a prior "
+                         f"to start from (extrude or atlas)")
     slices, frame, scale = place_in_cube(inputs, pipeline.config.cube_size)
     prior_cube = None
     if prior == "atlas" and sampling.get("strength", 1.0) < 1.0:
@@ -185,10 +189,10 @@ def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str,
     spread = geometry.cube_to_grid(result.uncertainty * scale.scale / 2.0, frame, inputs.geometry)
     probability = np.stack([geometry.cube_to_grid(p, frame, inputs.geometry) for p in result.tumour_probability])
     labels = np.where(probability.max(axis=0) >= 0.5, probability.argmax(axis=0) + 1, 0).astype(np.uint8)
-    return image, labels, spread.astype(np.float32), result.unet_evaluations
+    return image, labels, spread.astype(np.float32), result.unet_evaluations, result.uncertainty_across
 
 
-SAMPLING_RECORD = ("views", "steps", "guidance", "solver", "strength", "prior", "seed")  # what a sidecar records
+SAMPLING_RECORD = ("views", "steps", "guidance", "solver", "strength", "prior", "seed", "samples", "coherent")  # what a sidecar records
 
 
 def sampling_used(pipeline: XDiffusionPipeline, sampling: dict[str, Any]) -> dict[str, Any]:
@@ -225,9 +229,10 @@ def reconstruct(
     **sampling,
 ) -> Reconstruction:
     """Reconstruct the volume on ``inputs.geometry`` with the model or a baseline (``views``, ``steps``, ``guidance``,
-    ``seed``, ``solver``, ``strength`` go to the pipeline; ``prior="atlas"`` with ``strength`` < 1 starts sampling
-    from the `atlas` guess; ``atlas`` is the template file for both, default the shipped one). The result lists the
-    fallbacks the atlas registration took (`Reconstruction.warnings`)."""
+    ``seed``, ``solver``, ``strength``, ``coherent``, ``samples`` go to the pipeline; ``prior="atlas"`` with
+    ``strength`` < 1 starts sampling from the `atlas` guess; ``prior="none"`` is the model alone, from pure noise,
+    and refuses a strength below 1; ``atlas`` is the template file for both, default the shipped one). The result
+    lists the fallbacks the atlas registration took (`Reconstruction.warnings`)."""
     description = f"{GENERATED_DESCRIPTION} ({method})"
     if method == "xdiffusion" and sampling.get("strength", 1.0) < 1.0:  # what sampling started from (fits NIfTI's 79 characters)
         description = f"{GENERATED_DESCRIPTION} ({sampling.get('prior', 'extrude')} prior {sampling['strength']:g})"
@@ -236,19 +241,20 @@ def reconstruct(
         if pipeline is None:
             raise InputError("the xdiffusion method needs a model")
         modality = modality or pipeline.modalities[0]
-        image, labels, spread, evaluations = _diffusion(inputs, pipeline, modality, progress, warnings, atlas=atlas, **sampling)
+        image, labels, spread, evaluations, across = _diffusion(inputs, pipeline, modality, progress, warnings, atlas=atlas, **sampling)
         if not (np.isfinite(image).all() and np.isfinite(spread).all()):  # never written as if it were an image
             raise ModelError("the model produced NaN or infinite values (damaged weights, or float16 overflow on a "
                              "GPU: try --device cpu); nothing was written")
         if progress is not None:
             progress(1.0, "done")
         used = sampling_used(pipeline, sampling)
+        spread_of = f"{used['samples']} samples" if across == "samples" else "views"
         return Reconstruction(
             Volume(_paste_inputs(image, inputs), inputs.geometry, {"description": description}),
             Volume(labels, inputs.geometry, {"description": f"{description} tumour labels"}),
-            Volume(spread, inputs.geometry, {"description": f"{description} uncertainty (std across views)"}),
+            Volume(spread, inputs.geometry, {"description": f"{description} uncertainty (std across {spread_of})"}),
             evaluations, method=method, sampling=used, model_card=pipeline.model.model_card,
-            template=_template_name(atlas) if used["prior"] == "atlas" else None, warnings=warnings,
+            template=_template_name(atlas) if used["prior"] == "atlas" else None, warnings=warnings, uncertainty_across=across,
         )
     if method == "extrude":
         image = extrude(inputs)
