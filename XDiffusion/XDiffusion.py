@@ -377,19 +377,7 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = self.run.status
             self._updateRunGui()
             return
-        self.ui.errorLabel.text = ""
-        self.ui.warningsLabel.setVisible(False)
-        self.ui.showLogButton.setVisible(False)
-        with slicer.util.tryWithErrorDisplay(_("Could not start the reconstruction."), waitCursor=False):
-            report = self.refreshDependencies()
-            if report is None or not report.ready:
-                self.ui.statusLabel.text = _("Install the dependencies first (Install dependencies, above).")
-                return
-            self.run = self.logic.startReconstruction(self._parameterNode)
-            self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = self.run.status
-            self.timer.start()
-        self._updateRunGui()
+        self._startRun(self.logic.startReconstruction, _("Could not start the reconstruction."))
 
     def onUpsampleButton(self) -> None:
         if self.run is not None and self.run.active:
@@ -398,15 +386,19 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = self.run.status
             self._updateRunGui()
             return
+        self._startRun(self.logic.startUpsampling, _("Could not start the upsampling."))
+
+    def _startRun(self, start, failure: str) -> None:
+        """Start a child-process run (reconstruction or upsampling) once the dependencies are ready."""
         self.ui.errorLabel.text = ""
         self.ui.warningsLabel.setVisible(False)
         self.ui.showLogButton.setVisible(False)
-        with slicer.util.tryWithErrorDisplay(_("Could not start the upsampling."), waitCursor=False):
+        with slicer.util.tryWithErrorDisplay(failure, waitCursor=False):
             report = self.refreshDependencies()
             if report is None or not report.ready:
                 self.ui.statusLabel.text = _("Install the dependencies first (Install dependencies, above).")
                 return
-            self.run = self.logic.startUpsampling(self._parameterNode)
+            self.run = start(self._parameterNode)
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = self.run.status
             self.timer.start()

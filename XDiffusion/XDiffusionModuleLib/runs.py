@@ -120,7 +120,21 @@ class ModelInfoQuery(Job):
         self._finish(DONE)
 
 
-class ReconstructionRun(SceneJob):
+class ProgressEvents:
+    """Reads the CLI's `--progress json` stderr lines into the job's fraction, status text and warnings."""
+
+    def _on_line(self, stream: str, line: str) -> None:
+        if stream != "stderr":
+            return
+        event = cli.parse_event(line)
+        if isinstance(event, cli.Progress):
+            self.fraction = event.fraction
+            self.status = f"{event.stage}: {cli.format_eta(event.eta_s)} ({self.elapsed_s} s so far)"
+        elif isinstance(event, cli.CliWarning) and event.message not in self.warnings:
+            self.warnings.append(event.message)
+
+
+class ReconstructionRun(ProgressEvents, SceneJob):
     """Model card (unless known), then the reconstruction, then its files loaded into the request's nodes."""
 
     what = "The reconstruction"
@@ -174,16 +188,6 @@ class ReconstructionRun(SceneJob):
         self._run([*self.cli_prefix, *arguments])
 
     # --- progress --------------------------------------------------------------------------------------------------
-
-    def _on_line(self, stream: str, line: str) -> None:
-        if stream != "stderr":
-            return
-        event = cli.parse_event(line)
-        if isinstance(event, cli.Progress):
-            self.fraction = event.fraction
-            self.status = f"{event.stage}: {cli.format_eta(event.eta_s)} ({self.elapsed_s} s so far)"
-        elif isinstance(event, cli.CliWarning) and event.message not in self.warnings:
-            self.warnings.append(event.message)
 
     def _on_step_end(self, process) -> None:
         if self._step == "model-info":
@@ -252,7 +256,7 @@ class UpsampleRequest:
         return cls(volume.GetID(), parameters.device, method, model_dir if method == "xdiffusion" else None)
 
 
-class UpsampleRun(SceneJob):
+class UpsampleRun(ProgressEvents, SceneJob):
     """`xdiffusion upsample`, then its file as a new generated node on the file's own isotropic grid (under the
     input's parent transform, like the input)."""
 
@@ -280,16 +284,6 @@ class UpsampleRun(SceneJob):
         self._run([*self.cli_prefix, *cli.upsample_arguments(self.workdir, self.request.device, self.request.method,
                                                              self.request.model_dir)])
         return self
-
-    def _on_line(self, stream: str, line: str) -> None:
-        if stream != "stderr":
-            return
-        event = cli.parse_event(line)
-        if isinstance(event, cli.Progress):
-            self.fraction = event.fraction
-            self.status = f"{event.stage}: {cli.format_eta(event.eta_s)} ({self.elapsed_s} s so far)"
-        elif isinstance(event, cli.CliWarning) and event.message not in self.warnings:
-            self.warnings.append(event.message)
 
     def _on_step_end(self, process) -> None:
         input_node = self.scene.GetNodeByID(self.request.input_id)
