@@ -23,21 +23,13 @@ from XDiffusionModuleLib.jobs import CANCELLED, DONE, FAILED  # noqa: E402
 from XDiffusionModuleLib.runs import UpsampleRequest, UpsampleRun  # noqa: E402
 from XDiffusionModuleLib.scene import GENERATED_ATTRIBUTE, GENERATED_NOTE  # noqa: E402
 from conftest import smooth_head  # noqa: E402
-from test_slicer_process import FAKE_CLI, REAL_CLI, commands, fake_env, wait_for  # noqa: E402
+from test_slicer_process import FAKE_CLI, REAL_CLI, commands, fake_env, scene, wait_for  # noqa: E402,F401 (scene: a fixture)
 from xdiffusion.errors import InputError  # noqa: E402
 from xdiffusion.io import Geometry, Volume  # noqa: E402
 from xdiffusion.upsample import thick_stack  # noqa: E402
 
 SOURCE = (ROOT / "XDiffusion" / "XDiffusion.py").read_text(encoding="utf-8")
 
-
-@pytest.fixture
-def scene():
-    scene = slicer.vtkMRMLScene()
-    colors = slicer.vtkMRMLColorLogic()
-    colors.SetMRMLScene(scene)
-    yield scene
-    del colors
 
 
 def add_stack(scene, name="FLAIR 5 mm", shape=(20, 18, 6), spacing=(1.0, 1.0, 5.0), directions=None):

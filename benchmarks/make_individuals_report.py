@@ -312,15 +312,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--results", default=str(RESULTS_DIR))
     parser.add_argument("--docs", default=str(ROOT / "docs"))
     args = parser.parse_args(argv)
-    from xdiffusion.io import atomic_output
-
     docs = Path(args.docs)
-    doc = build(Path(args.results), docs)
-    with atomic_output(docs / "results_individuals.md") as temporary:
-        temporary.write_text(doc.markdown(docs))
-    with atomic_output(docs / "results_individuals.html") as temporary:
-        temporary.write_text(doc.html("XDiffusion on held-out individuals"))
-    print(f"wrote {docs / 'results_individuals.md'} and {docs / 'results_individuals.html'}")
+    build(Path(args.results), docs).write(docs, "results_individuals", "XDiffusion on held-out individuals")
 
 
 if __name__ == "__main__":

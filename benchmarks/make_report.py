@@ -152,6 +152,16 @@ class Document:
                 out.append(f"![{caption}]({path.relative_to(docs).as_posix()})\n\n*{caption}*\n")
         return "\n".join(out)
 
+    def write(self, docs: Path, stem: str, title: str) -> None:
+        """``docs/STEM.md`` and ``docs/STEM.html``, each written atomically."""
+        from xdiffusion.io import atomic_output
+
+        with atomic_output(docs / f"{stem}.md") as temporary:
+            temporary.write_text(self.markdown(docs))
+        with atomic_output(docs / f"{stem}.html") as temporary:
+            temporary.write_text(self.html(title))
+        print(f"wrote {docs / f'{stem}.md'} and {docs / f'{stem}.html'}")
+
     def html(self, title: str) -> str:
         def inline(text: str) -> str:
             escaped = html.escape(text)
@@ -708,15 +718,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--docs", default=str(ROOT / "docs"))
     parser.add_argument("--screenshot", action="store_true", help="render results.html in headless chromium into images/results_html.png")
     args = parser.parse_args(argv)
-    from xdiffusion.io import atomic_output
-
     docs = Path(args.docs)
-    doc = build(Path(args.results), docs)
-    with atomic_output(docs / "results.md") as temporary:
-        temporary.write_text(doc.markdown(docs))
-    with atomic_output(docs / "results.html") as temporary:
-        temporary.write_text(doc.html("XDiffusion evaluation results"))
-    print(f"wrote {docs / 'results.md'} and {docs / 'results.html'}")
+    build(Path(args.results), docs).write(docs, "results", "XDiffusion evaluation results")
     if args.screenshot:
         screenshot(docs / "results.html", docs / "images" / "results_html.png")
 
