@@ -1,0 +1,80 @@
+"""The tumour-profiles harness: its cases are held-out lesions of at least 5 ml, the input is the slice of largest
+cross-section, and the methods see that slice's labels and nothing else of the truth."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from test_tumour import SPACING, brain_phantom
+from xdiffusion.io import Geometry, Volume, read_volume
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import tumour_profiles as harness  # noqa: E402
+from held_out_individuals import Scan  # noqa: E402
+
+
+def _scan(brain_radius: float = 28.0) -> Scan:
+    image, mask, _ = brain_phantom()
+    if brain_radius < 28.0:
+        grid = np.indices(mask.shape) - mask.shape[0] / 2
+        mask = np.sqrt(np.sum(grid**2, axis=0)) < brain_radius
+        image = np.where(mask, image, 0.0).astype(np.float32)
+    return Scan("phantom", Volume(image, Geometry(image.shape, SPACING, (0.0, 0.0, 0.0), np.eye(3))), mask, False)
+
+
+def test_largest_cross_section_is_found_on_every_axis() -> None:
+    labels = np.zeros((12, 14, 16), dtype=np.uint8)
+    labels[3:9, 5, 2:10] = 2  # largest on axis 1: index 5
+    labels[4, 2:12, 6:8] = 1  # largest on axis 0: index 4
+    labels[2:6, 4:6, 12] = 3
+    assert harness.largest_cross_section(labels, 0) == 4
+    assert harness.largest_cross_section(labels, 1) == 5
+    counts = [(labels[:, :, k] > 0).sum() for k in range(16)]
+    assert harness.largest_cross_section(labels, 2) == int(np.argmax(counts))
+
+
+def test_cases_hold_lesions_of_at_least_the_minimum(monkeypatch: pytest.MonkeyPatch) -> None:
+    cases = harness.lesion_cases([_scan()], seeds=3, min_ml=5.0)
+    assert len(cases) == 3 and len({c.seed for c in cases}) == 3
+    assert all(c.volume_ml >= 5.0 for c in cases)
+    # a brain too small for any lesion of 50 ml gives no case rather than a smaller lesion
+    monkeypatch.setattr(harness, "SEED_TRIES", 3)
+    assert harness.lesion_cases([_scan(brain_radius=10.0)], seeds=2, min_ml=50.0) == []
+
+
+def test_methods_see_only_the_input_slice_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    case = harness.lesion_cases([_scan()], seeds=1)[0]
+    seen = []
+
+    def spy(geometry, axis, indices, slices):
+        seen.append((axis, list(indices), np.array(slices)))
+        return np.zeros(geometry.shape, dtype=np.uint8)
+
+    monkeypatch.setattr(harness, "BASELINES", {"spy": spy})
+    rows = harness.evaluate_case(case, tmp_path, harness.PLANES, model=None, log=lambda line: None)
+    assert [r["method"] for r in rows] == ["spy"] * 3 and len(seen) == 3
+    truth = case.truth.array
+    for (axis, indices, slices), row in zip(seen, rows):
+        assert indices == [row["input_index"]] == [harness.largest_cross_section(truth, axis)]
+        assert np.array_equal(slices[0], np.take(truth, indices[0], axis=axis))
+        written = read_volume(tmp_path / case.name / f"input-labels-{row['plane']}.nii.gz").array
+        assert np.array_equal(np.take(written, indices[0], axis=axis), slices[0])
+        assert not np.delete(written, indices[0], axis=axis).any()  # nothing of the truth beyond the input slice
+        assert row["metrics"]["dice_wt"] == 0.0 and row["metrics"]["tumour_volume_err_percent"] == pytest.approx(-100.0)
+
+
+def test_scores_and_table_without_a_model(tmp_path: Path) -> None:
+    case = harness.lesion_cases([_scan()], seeds=1)[0]
+    rows = harness.evaluate_case(case, tmp_path, ("axial",), model=None, log=lambda line: None)
+    assert {r["method"] for r in rows} == {"copy", "ellipsoid"}
+    for row in rows:
+        assert 0.0 < row["metrics"]["dice_wt"] <= 1.0 and row["metrics"]["hd95_wt_mm"] >= 0.0
+    ready, why = harness.model_status(None)
+    assert not ready and "not run" in why
+    text = harness.markdown(rows, {"min_ml": 5.0, "command": "x", "git_commit": "abc", "when": "now",
+                                   "machine": {"cpu": "cpu", "cores": 2}, "model_status": why})
+    assert text.count("| copy |") == 1 + 1 + 1 and "not run" in text  # the axial mean, the all mean, the case row
