@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 
 from .errors import InputError, begin_commit
 
@@ -111,6 +110,7 @@ def _suffix(path: Path) -> str:
 
 
 def _dicom_series_files(folder: Path) -> list[str]:
+    import SimpleITK as sitk  # here, not at import: training from packed cubes runs without it
     reader = sitk.ImageSeriesReader
     series = reader.GetGDCMSeriesIDs(str(folder))
     if not series:
@@ -122,6 +122,7 @@ def _dicom_series_files(folder: Path) -> list[str]:
 
 def _check_header_size(path: Path) -> None:
     """Refuse absurd header dimensions before SimpleITK tries to allocate them."""
+    import SimpleITK as sitk  # here, not at import: training from packed cubes runs without it
     header = sitk.ImageFileReader()
     header.SetFileName(str(path))
     header.ReadImageInformation()
@@ -237,6 +238,7 @@ def _native_stderr_hidden() -> Iterator[None]:
 
 
 def _read_sitk(path: Path) -> sitk.Image:
+    import SimpleITK as sitk  # here, not at import: training from packed cubes runs without it
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     try:
@@ -260,6 +262,7 @@ def _read_sitk(path: Path) -> sitk.Image:
 
 
 def _to_volume(image: sitk.Image, path: Path) -> Volume:
+    import SimpleITK as sitk  # here, not at import: training from packed cubes runs without it
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: image has {image.GetNumberOfComponentsPerPixel()} components per voxel; need a scalar image")
     dimension = image.GetDimension()
@@ -309,6 +312,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
 
 
 def to_sitk(volume: Volume) -> sitk.Image:
+    import SimpleITK as sitk  # here, not at import: training from packed cubes runs without it
     image = sitk.GetImageFromArray(np.ascontiguousarray(volume.array.T))
     geometry = volume.geometry
     image.SetSpacing([float(s) for s in geometry.spacing])
@@ -437,6 +441,7 @@ def _image_for(volume: Volume, target: Path, description: str | None) -> sitk.Im
 
 
 def _write_image(image: sitk.Image, target: Path, temporary: Path) -> None:
+    import SimpleITK as sitk  # here, not at import: training from packed cubes runs without it
     try:
         sitk.WriteImage(image, str(temporary), useCompression=_suffix(target) in (".nii.gz", ".nrrd", ".mha"))
     except RuntimeError as error:  # disk full, quota, a folder gone read-only meanwhile

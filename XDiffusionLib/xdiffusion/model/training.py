@@ -15,9 +15,10 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,9 @@ from .config import XDiffusionConfig, preset
 from .networks import (Denoiser, autoencoder_metrics, build_autoencoder, build_unet, encode_target,
                        init_unet_from_pretrained, measure_latent_scale, train_autoencoder)
 
+if TYPE_CHECKING:
+    from .campaign import Snapshot  # campaign imports this module: its use here is deferred to call time
+
 Validator = Callable[[XDiffusionModel], Mapping[str, float]]
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 EMA_WEIGHTS = "ema.safetensors"  # the EMA in a checkpoint: safetensors, not accelerate's pickled custom state
@@ -54,7 +58,12 @@ UNRECORDED_AUTOENCODER = ("not recorded: this run's autoencoder was trained befo
 @dataclass
 class TrainConfig:
     """The `train:` section. `resume` is "", "latest" or a checkpoint folder; `init_from` a local diffusers
-    SD/Zero-123 folder; `autoencoder_from` a saved AutoencoderKL folder to reuse instead of training one."""
+    SD/Zero-123 folder; `autoencoder_from` a saved AutoencoderKL folder to reuse instead of training one.
+
+    Campaigns (docs/training_campaign.md): `max_minutes` > 0 stops the run cleanly after that long (counted from the
+    trainer's construction), with a checkpoint and a snapshot; `snapshot_dir` receives a campaign snapshot
+    (model/campaign.py) every `snapshot_every_minutes` and at the end, and with `resume: latest` a run continues from
+    it when it is newer than every local checkpoint."""
 
     output_dir: str = "runs/xdiffusion"
     steps: int = 10000
@@ -78,6 +87,9 @@ class TrainConfig:
     autoencoder_steps: int = 2000
     autoencoder_lr: float = 1e-3
     autoencoder_tumour_weight: float = 20.0
+    max_minutes: float = 0.0
+    snapshot_dir: str = ""
+    snapshot_every_minutes: float = 30.0
 
     def __post_init__(self) -> None:
         casts = {"int": int, "float": float, "str": str}
@@ -92,6 +104,8 @@ class TrainConfig:
         if min(self.steps, self.batch_size, self.grad_accum, self.checkpoint_every, self.validate_every,
                self.log_every, self.keep_checkpoints) < 1:
             raise InputError("train.steps, batch_size, grad_accum, *_every and keep_checkpoints must be >= 1")
+        if self.max_minutes < 0 or self.snapshot_every_minutes <= 0:
+            raise InputError("train.max_minutes must be >= 0 (0: no limit) and train.snapshot_every_minutes > 0")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -180,6 +194,7 @@ class Trainer:
     def __init__(self, config: Mapping[str, Any], samples: Union[Dataset, IterableDataset],
                  validate: Optional[Validator] = None, held_out: Optional[torch.Tensor] = None) -> None:
         """``held_out``: held-out targets [N, 4, S, S] on which the autoencoder is measured for the model card."""
+        self.started = time.monotonic()  # `train.max_minutes` counts from here: autoencoder training included
         self.resolved = dict(config)
         self.config = XDiffusionConfig.from_dict(config["model"])
         self.train = TrainConfig(**config["train"])
@@ -196,6 +211,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         self.accelerator.wait_for_everyone()
+        snapshot = self._snapshot_to_resume()
         self.autoencoder = self._prepare_autoencoder() if self.config.latent else None
         if self.accelerator.is_main_process:  # after the autoencoder: it fixes model.latent_scale
             with atomic_output(self.output_dir / "config.yaml") as temporary:  # never half a config after a kill
@@ -220,11 +236,50 @@ class Trainer:
         # the EMA is saved beside accelerate's state as safetensors (`save_checkpoint`), not registered with accelerate,
         # which would pickle it and unpickle it with weights_only=False on resume
         self.step = 0
-        if self.train.resume:
+        if snapshot is not None:
+            from .campaign import load_snapshot
+            load_snapshot(self, snapshot)
+        elif self.train.resume:
             self._resume(self.train.resume)
         self._record_config()
         if is_tensorboard_available():
             self.accelerator.init_trackers("xdiffusion")
+
+    def _snapshot_to_resume(self) -> Optional[Snapshot]:
+        """With `resume: latest`, the snapshot in `snapshot_dir` when it is newer than every local checkpoint (on a
+        fresh machine there are none; after a GPU run its returned snapshot is newer). Its autoencoder is put in place
+        here, before `_prepare_autoencoder` would train a new one."""
+        from .campaign import read_snapshot, restore_autoencoder, snapshot_step
+
+        if self.train.resume != "latest" or not self.train.snapshot_dir:
+            return None
+        step = snapshot_step(self.train.snapshot_dir)
+        found = checkpoints(self.output_dir)
+        if step is None or (found and found[-1][0] >= step):
+            return None
+        snapshot = read_snapshot(self.train.snapshot_dir)
+        if self.config.latent and self.accelerator.is_main_process:
+            restore_autoencoder(snapshot, self.output_dir / "autoencoder", self.config)
+        self.accelerator.wait_for_everyone()
+        return snapshot
+
+    def write_snapshot(self) -> Path:
+        """The campaign snapshot of this moment in `train.snapshot_dir` (model/campaign.py)."""
+        from .campaign import write_snapshot
+
+        folder = Path(self.train.snapshot_dir)
+        if self.accelerator.is_main_process:
+            write_snapshot(self, folder)
+        self.accelerator.wait_for_everyone()
+        return folder
+
+    def _time_is_up(self) -> bool:
+        """Whether `train.max_minutes` has passed; every process stops at the same step (the latest clock decides)."""
+        if not self.train.max_minutes:
+            return False
+        late = torch.tensor(float(time.monotonic() - self.started >= 60 * self.train.max_minutes),
+                            device=self.accelerator.device)
+        return bool(self.accelerator.reduce(late, "max").item()) if self.accelerator.num_processes > 1 else bool(late)
 
     def _denoiser(self) -> Denoiser:
         return self.accelerator.unwrap_model(self.model)
@@ -464,7 +519,11 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def run(self) -> Path:
-        """Train to `train.steps` optimiser steps, then write `output_dir/model` with the EMA weights."""
+        """Train to `train.steps` optimiser steps, then write `output_dir/model` with the EMA weights (and a snapshot
+        when `train.snapshot_dir` is set). Stopped by `train.max_minutes`, it writes a checkpoint and a snapshot instead
+        and returns the snapshot folder (the checkpoint without `snapshot_dir`); `stopped_by_budget` says which."""
+        self.stopped_by_budget = False
+        last_snapshot = time.monotonic()
         if self.step == 0 and self.autoencoder_metrics:
             self._log({f"autoencoder/{k}": v for k, v in self.autoencoder_metrics.items()})
         self.model.train()
@@ -496,9 +555,20 @@ class Trainer:
                 self._run_validation()
             if self.step % self.train.checkpoint_every == 0:
                 self.save_checkpoint()
+            if self._time_is_up():
+                self.stopped_by_budget = True
+                break
+            if self.train.snapshot_dir and time.monotonic() - last_snapshot >= 60 * self.train.snapshot_every_minutes:
+                self.write_snapshot()
+                last_snapshot = time.monotonic()
         progress.close()
+        if self.stopped_by_budget:
+            checkpoint = self.save_checkpoint()
+            return self.write_snapshot() if self.train.snapshot_dir else checkpoint
         if not self.last_validation or self.step % self.train.validate_every != 0:
             self._run_validation()  # the card reports the exported weights, also after a resume at the last step
+        if self.train.snapshot_dir:
+            self.write_snapshot()
         return self._export()
 
     def _segments_tumours(self) -> tuple[bool, str]:

@@ -1,0 +1,159 @@
+"""Training as a campaign: float16 sharded snapshots, a clean stop at a time budget that resumes from the snapshot,
+and the GPU pack's entry point training from packed cubes without SimpleITK."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from model_fixtures import single_thread  # noqa: F401 (autouse fixture)
+from test_training import CopyGuessSamples
+
+from xdiffusion.data.samples import TrainingCube
+from xdiffusion.errors import InputError
+from xdiffusion.model.campaign import read_snapshot, write_snapshot
+from xdiffusion.model.training import Trainer, checkpoints, resolve_config
+
+REPO = Path(__file__).resolve().parents[1]
+PACKER = REPO / "scripts" / "gpu_campaign"
+
+
+def _config(tmp_path: Path, run: str = "run", **train) -> dict:
+    settings = {"output_dir": str(tmp_path / run), "steps": 4, "batch_size": 4, "lr": 3e-3, "warmup_steps": 1,
+                "log_every": 1, "checkpoint_every": 100, "validate_every": 100, "seed": 0,
+                "snapshot_dir": str(tmp_path / "snapshot")}
+    settings.update(train)
+    return {"model": {"preset": "tiny"}, "train": settings}
+
+
+def _steps_logged(run_dir: Path) -> list[int]:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [int(row["step"]) for row in csv.DictReader(handle) if row["name"] == "train/loss"]
+
+
+def test_snapshot_round_trip_is_the_ema_in_float16_sharded(tmp_path):
+    trainer = Trainer(resolve_config(_config(tmp_path)), CopyGuessSamples())
+    trainer.run()
+    folder = write_snapshot(trainer, tmp_path / "small", max_shard_mb=0.1)
+    shards = sorted(folder.glob("weights-*.safetensors"))
+    assert len(shards) > 2 and all(p.stat().st_size <= 0.1 * 2**20 for p in shards)
+    snapshot = read_snapshot(folder)
+    assert snapshot.step == 4 and snapshot.index["training_config"]["train"]["steps"] == 4
+    assert (folder / "xdiffusion_config.json").is_file() and _steps_logged(folder) == [1, 2, 3, 4]
+    assert all(value.dtype == torch.float16 for value in snapshot.weights.values())
+    denoiser = trainer.accelerator.unwrap_model(trainer.model)
+    names = [name for name, _ in denoiser.named_parameters()]
+    for name, shadow in zip(names, trainer.ema.shadow_params):
+        assert torch.equal(snapshot.weights[name], shadow.to(torch.float16)), name
+    assert not torch.equal(trainer.ema.shadow_params[0], next(denoiser.parameters()))  # EMA, not training weights
+
+    shards[0].write_bytes(shards[0].read_bytes()[:-2] + b"xx")
+    with pytest.raises(InputError, match="does not match its SHA-256"):
+        read_snapshot(folder)
+
+
+def test_a_run_stopped_by_its_time_budget_resumes_from_the_snapshot(tmp_path):
+    config = _config(tmp_path, steps=10**6, max_minutes=0.002, autoencoder_steps=2)
+    config["model"]["latent"] = True
+    first = Trainer(resolve_config(config), CopyGuessSamples())
+    assert first.run() == tmp_path / "snapshot" and first.stopped_by_budget
+    reached = first.step
+    assert 1 <= reached < 10**6 and [step for step, _ in checkpoints(tmp_path / "run")] == [reached]
+
+    # a fresh machine (no local checkpoint): the snapshot's weights go into model and EMA, the step count continues
+    fresh = _config(tmp_path, run="elsewhere", steps=reached + 2, resume="latest", autoencoder_steps=2)
+    fresh["model"]["latent"] = True
+    resumed = Trainer(resolve_config(fresh), CopyGuessSamples())
+    assert resumed.step == reached and resumed.config.latent_scale == first.config.latent_scale
+    for p, q in zip(resumed.autoencoder.parameters(), first.autoencoder.parameters()):
+        assert torch.equal(p, q.half().float())
+    snapshot = read_snapshot(tmp_path / "snapshot")
+    for (name, p), shadow in zip(resumed.accelerator.unwrap_model(resumed.model).named_parameters(),
+                                 resumed.ema.shadow_params):
+        assert torch.equal(p, snapshot.weights[name].float()) and torch.equal(p, shadow)
+    resumed.run()
+    assert resumed.step == reached + 2
+    assert _steps_logged(tmp_path / "elsewhere") == list(range(1, reached + 3))
+    assert read_snapshot(tmp_path / "snapshot").step == reached + 2
+
+    # where the run stopped, its own checkpoint (with the optimiser's moments) wins over an older snapshot...
+    (tmp_path / "snapshot" / "snapshot.json").write_text(
+        (tmp_path / "snapshot" / "snapshot.json").read_text().replace(f'"step": {reached + 2}', '"step": 0'))
+    local = Trainer(resolve_config({**config, "train": {**config["train"], "resume": "latest"}}), CopyGuessSamples())
+    assert local.step == reached and local.optimizer.state_dict()["state"]
+
+
+def _pack_module():
+    spec = importlib.util.spec_from_file_location("gpu_pack_builder", PACKER / "pack.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_gpu_entry_point_trains_from_the_pack_without_simpleitk(tmp_path):
+    trainer = Trainer(resolve_config(_config(tmp_path, steps=2)), CopyGuessSamples())
+    trainer.run()
+    rng = np.random.default_rng(0)
+    cubes = [TrainingCube(rng.random((16, 16, 16), dtype=np.float32) * 300, (rng.random((16, 16, 16)) > 0.9).astype(np.uint8),
+                          modality) for modality in ("t1", "t2", "t1")]
+    packer = _pack_module()
+    pack = tmp_path / "gpu_pack"
+    index = packer.build_pack(trainer.resolved, cubes, tmp_path / "snapshot", pack, sample_seed=0)
+    assert index["snapshot_step"] == 2 and index["cubes"]["max_error_of_p99_5"] < 0.01
+    assert (pack / "src" / "xdiffusion" / "model" / "campaign.py").is_file()
+    assert not (pack / "src" / "xdiffusion" / "default_model").exists()
+
+    out = tmp_path / "out"
+    out.mkdir()
+    entry = (packer.BLOCK_SIMPLEITK + "import runpy; sys.argv = sys.argv[1:]; "
+             "runpy.run_path(sys.argv[0], run_name='__main__')")
+    env = {**os.environ, "PYTHONPATH": str(pack / "src"), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-c", entry, str(pack / "train_gpu.py"), "--pack", str(pack), "--out", str(out),
+                           "--minutes", "0.05", "--workers", "0"], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    snapshot = read_snapshot(out / "snapshot")
+    assert snapshot.step > 2 and "trained steps 2 ->" in done.stdout
+    assert all(p.stat().st_size <= 16 * 2**20 for p in (out / "snapshot").iterdir())
+    assert json.loads((out / "snapshot" / "snapshot.json").read_text())["dtype"] == "float16"
+
+
+def test_the_simpleitk_blocker_used_above_does_block_it():
+    blocked = subprocess.run([sys.executable, "-c", _pack_module().BLOCK_SIMPLEITK + "import xdiffusion.io as m; "
+                              "m.read_image('x.nii')"], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO / "XDiffusionLib")})
+    assert "SimpleITK is blocked" in blocked.stderr  # the blocker works, and reading an image still needs SimpleITK
+
+
+def _script(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem + "_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_unpack_installs_only_a_newer_verified_snapshot_and_campaign_commits_only_it(tmp_path):
+    Trainer(resolve_config(_config(tmp_path, steps=2)), CopyGuessSamples()).run()
+    repo = tmp_path / "repo"
+    unpack = _script(PACKER / "unpack.py")
+    assert unpack.main([str(tmp_path / "snapshot"), str(repo / "campaign" / "snapshot")]) == 0
+    assert unpack.main([str(tmp_path / "snapshot"), str(repo / "campaign" / "snapshot")]) == 2  # not newer
+
+    campaign = _script(REPO / "scripts" / "campaign.py")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "other.txt").write_text("someone else's work\n")
+    for args in (["config", "user.email", "t@example.org"], ["config", "user.name", "t"], ["add", "other.txt"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True)
+    message = campaign.commit_snapshot(repo, repo / "campaign" / "snapshot", "tiny")
+    assert message == "campaign tiny: EMA weights (float16) and log at step 2; not validated yet"
+    committed = subprocess.run(["git", "-C", str(repo), "show", "--name-only", "--format="], capture_output=True,
+                               text=True, check=True).stdout.split()
+    assert committed and all(name.startswith("campaign/snapshot/") for name in committed)
+    assert campaign.commit_snapshot(repo, repo / "campaign" / "snapshot", "tiny") is None  # nothing new
