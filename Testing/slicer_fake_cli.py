@@ -15,6 +15,9 @@ exercised by the same tests wherever it already has what they need. Behaviour co
   FAKE_XDIFFUSION_LAUNCHER        "1": start the real work in a grandchild in its own session and wait for it
   FAKE_XDIFFUSION_PID_FILE        write the pid of the process doing the work here
   FAKE_XDIFFUSION_NO_MODEL_INFO   "1": no `model-info` command (a library from before issue 16)
+  FAKE_XDIFFUSION_LABELS          "1": the model is conditioned on input labels (default "0": `--input-segmentation`
+                                  is refused with exit 2, as the shipped model refuses it)
+  FAKE_XDIFFUSION_KEEP_LABELS     copy the `--input-segmentation` file here, for the test to read
 """
 
 from __future__ import annotations
@@ -53,6 +56,12 @@ def reconstruct(args) -> int:
     if args.segmentation_output and not segments:
         print("error: this model does not segment tumours; drop --segmentation-output", file=sys.stderr)
         return 2
+    if args.input_segmentation:
+        if env("LABELS", "0") != "1":
+            print("error: --input-segmentation: this model is not conditioned on input tumour labels", file=sys.stderr)
+            return 2
+        if env("KEEP_LABELS"):
+            Path(env("KEEP_LABELS")).write_bytes(Path(args.input_segmentation).read_bytes())
     warnings = [env("WARNING")] if env("WARNING") else []
     steps = int(env("STEPS", "3"))
     for step in range(steps):
@@ -143,7 +152,7 @@ def main() -> int:
     rec.add_argument("input")
     rec.add_argument("-o", "--output", required=True)
     for flag in ("--plane", "--slice-position", "--method", "--progress", "--preset", "--views", "--steps", "--device", "--model",
-                 "--segmentation-output", "--uncertainty-output"):
+                 "--segmentation-output", "--uncertainty-output", "--input-segmentation"):
         rec.add_argument(flag)
     rec.add_argument("--slice-index", nargs="+")
     up = commands.add_parser("upsample")

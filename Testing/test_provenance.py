@@ -65,7 +65,7 @@ def test_every_output_of_the_model_gets_a_sidecar(tmp_path, model_dir, volume_pa
                                        "prior": None, "seed": 3, "samples": 1, "coherent": False}  # the card's views and steps, the CLI's other defaults
         assert sidecar["Seed"] == 3 and sidecar["Template"] is None and sidecar["Warnings"] == []
         assert sidecar["Input"] == {"path": str(volume_path.absolute()), "plane": "coronal", "axis": 1, "slice_indices": [5, 15],
-                                    "slice_position": None}
+                                    "slice_position": None, "segmentation": None}
         assert sidecar["Software"] == {"name": "xdiffusion", "version": __version__}
         assert sidecar.get("UncertaintyAUROC") is None  # the tiny model's card has no measured AUROC
         created = datetime.fromisoformat(sidecar["Created"])

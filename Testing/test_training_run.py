@@ -70,8 +70,9 @@ def test_validator_scores_the_extrude_prior_and_the_model(volume_folder):
     model = tiny_model()
     model.config.modalities = ["t1", "t2"]
     metrics = make_validator(cubes, ["t1", "t2"], 4, count=3, steps=2)(model)
-    assert set(metrics) == {"psnr", "ssim", "psnr_extrude", "ssim_extrude"}
+    assert set(metrics) == {"psnr", "ssim", "psnr_extrude", "ssim_extrude", "sharpness"}
     assert 0 < metrics["psnr_extrude"] < 100 and -1 <= metrics["ssim"] <= 1
+    assert metrics["sharpness"] > 0  # an untrained model's noise is far from the truth's detail, but never flat
 
 
 def test_unknown_data_keys_are_refused(tmp_path):

@@ -24,7 +24,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from XDiffusionModuleLib import bundle, cli, dependencies, grid, views
+from XDiffusionModuleLib import bundle, cli, dependencies, grid, tumour, views
 from XDiffusionModuleLib.childprocess import python_command
 from XDiffusionModuleLib.jobs import CANCELLED, CANCELLING, DONE
 from XDiffusionModuleLib.runs import (CompareRequest, ComparisonRun, ModelInfoQuery, ReconstructionRun, RunRequest,
@@ -82,6 +82,7 @@ class XDiffusionParameterNode:
     plane: Annotated[str, Choice(["axial", "coronal", "sagittal"])] = "axial"
     sliceIndex: Annotated[int, Minimum(0)] = 0
     slicePosition: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    inputSegmentation: vtkMRMLSegmentationNode  # the tumour drawn on the input slice(s): a label-conditioned model only
     followSliceView: bool = True
     inputSliceCount: Annotated[int, WithinRange(1, 4)] = 1
     sliceSpread: Annotated[str, Choice(["even", "neighbours"])] = "even"
@@ -132,6 +133,7 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.upsampleButton.connect("clicked(bool)", self.onUpsampleButton)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.useCurrentSliceButton.connect("clicked(bool)", self.onUseCurrentSlice)
+        self.ui.drawInputTumourButton.connect("clicked(bool)", self.onDrawInputTumour)
         self.ui.sliceIndexSlider.connect("valueChanged(double)", self.onSliceSliderMoved)
         self.ui.compareButton.connect("clicked(bool)", self.onCompare)
         self.ui.showUncertaintyButton.connect("clicked(bool)", self.onShowUncertainty)
@@ -272,6 +274,19 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode.followSliceView:
             self.follower.show_slice(self._parameterNode.plane, index)
 
+    def onDrawInputTumour(self) -> None:
+        """The Segment Editor on the input volume and the input segmentation (a new one with the BraTS segments)."""
+        parameters = self._parameterNode
+        if not parameters or not parameters.inputVolume:
+            return
+        if not parameters.inputSegmentation:
+            parameters.inputSegmentation = tumour.new_input_segmentation(slicer.mrmlScene, parameters.inputVolume)
+        segmentation, volume = parameters.inputSegmentation, parameters.inputVolume
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.segmenteditor.widgetRepresentation().self().editor
+        editor.setSegmentationNode(segmentation)
+        editor.setSourceVolumeNode(volume)
+
     def onUseCurrentSlice(self) -> None:
         parameters = self._parameterNode
         if not parameters or not parameters.inputVolume:
@@ -368,6 +383,15 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.tumourLabelsNoteLabel.setVisible(segments is False)
         self.ui.showUncertaintyButton.toolTip = uncertainty_caption(card)
         self.ui.uncertaintyNoteLabel.text = uncertainty_caption(card) if card else ""
+        usesLabels = bool(parameters) and self.logic.modelUsesInputLabels(parameters)
+        for widget in (self.ui.inputSegmentationSelector, self.ui.drawInputTumourButton):
+            widget.enabled = usesLabels
+        self.ui.inputSegmentationLabel.toolTip = "" if usesLabels else _(
+            "This model is not conditioned on input tumour labels (its xdiffusion_config.json does not say "
+            "label_conditioning: true), so a tumour drawn on the input would be ignored.")
+        self.ui.inputSegmentationSelector.toolTip = self.ui.inputSegmentationLabel.toolTip or _(
+            "Optional: the tumour drawn on the input slice(s). Segments named necrotic/NCR/1, oedema/edema/ED/2 and "
+            "enhancing/ET/3 become BraTS labels 1, 2, 3; other segments take the labels left, in order.")
 
     # --- reconstruction --------------------------------------------------------------------------------------------
 
@@ -433,6 +457,8 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if run.state == DONE:
             if self._parameterNode is not None and isinstance(run, ReconstructionRun):
                 self.logic.keepOutputs(run, self._parameterNode)
+                if run.table is not None:  # the reconstructed tumour's volumes
+                    self.ui.metricsTableView.setMRMLTableNode(run.table)
             self.logic.showResults(run.outputs)
         elif run.state != CANCELLED:
             self.ui.statusLabel.text = ""
@@ -552,13 +578,23 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("{folder} is not an XDiffusion model folder (it has no model_index.json).").format(folder=folder))
         return str(folder)
 
+    def modelUsesInputLabels(self, parameters: XDiffusionParameterNode) -> bool:
+        """Whether the chosen model is conditioned on input tumour labels (its config's `label_conditioning`)."""
+        try:
+            folder = self.modelDirectory(parameters)
+        except ValueError:
+            return False
+        folder = pathlib.Path(folder) if folder else bundle.bundled_model_folder(MODULE_DIR)
+        return folder is not None and tumour.model_uses_input_labels(folder)
+
     def queryModelCard(self, modelDir: Optional[str]) -> ModelInfoQuery:
         return ModelInfoQuery(self.cliPrefix(), modelDir).start()
 
     # reconstruction
     def startReconstruction(self, parameters: XDiffusionParameterNode, method: str = "xdiffusion") -> ReconstructionRun:
         """Freeze the parameters into a request, write the input and start the CLI; returns at once."""
-        request = RunRequest.from_parameters(parameters, self.modelDirectory(parameters), method)
+        labels = parameters.inputSegmentation if method == "xdiffusion" and self.modelUsesInputLabels(parameters) else None
+        request = RunRequest.from_parameters(parameters, self.modelDirectory(parameters), method, labels.GetID() if labels else None)
         logging.info("XDiffusion: reconstructing from %s", request.describe())
         return ReconstructionRun(slicer.mrmlScene, request, self.cliPrefix(), self.modelCards, self.temporaryFolder()).start()
 
@@ -608,8 +644,8 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
         if not parameters.outputVolume:
             raise ValueError(_("Run a reconstruction first."))
         display = views.show_volume_rendering(slicer.modules.volumerendering.logic(), parameters.outputVolume)
-        if parameters.outputSegmentation:  # the tumour as closed surfaces inside the rendered head
-            parameters.outputSegmentation.GetDisplayNode().SetVisibility3D(True)
+        if parameters.outputSegmentation:  # the tumour as closed surfaces inside a see-through head
+            views.show_tumour_in_rendering(display, parameters.outputSegmentation)
         slicer.app.layoutManager().threeDWidget(0).threeDView().resetFocalPoint()
         return display
 

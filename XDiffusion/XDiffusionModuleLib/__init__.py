@@ -8,6 +8,7 @@ library is installed, and slicer-core (Slicer's MRML without Qt) exercises all o
 - `grid`: slice planes, indices and positions on a node's grid (RAS), and single-slice inputs.
 - `scene`: files in and out through Slicer's storage nodes; outputs as generated nodes.
 - `views`: following the slice views, the compare layout, overlays and volume rendering.
+- `tumour`: the tumour drawn on the input as BraTS labels for the CLI, and tumour volumes in ml.
 - `metrics`: readable metric names and units, and the one results table.
 - `childprocess`: a child process with reader threads, non-blocking cancel and process-tree termination.
 - `cli`: the `xdiffusion` command lines, their JSON output and sidecars.

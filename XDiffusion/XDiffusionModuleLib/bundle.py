@@ -10,6 +10,7 @@ from typing import Optional
 LIBRARY_FOLDER = "XDiffusionLib"  # installed beside the module; at the repository root in a source checkout
 SAMPLE_FILES = ("sample_t1.nii.gz", "sample_t1_seg.nii.gz")
 SAMPLE_FOLDER = Path(LIBRARY_FOLDER) / "xdiffusion" / "sample_data"  # the library's own demo sample, one copy
+MODEL_FOLDER = Path(LIBRARY_FOLDER) / "xdiffusion" / "default_model"  # the model the CLI uses without --model
 
 
 def library_folder(module_dir: Path) -> Optional[Path]:
@@ -41,6 +42,14 @@ def library_requirements(folder: Path) -> list[str]:
         return []
     body = "\n".join(line.split("#", 1)[0] for line in match.group(1).splitlines())
     return re.findall(r'"([^"]+)"', body)
+
+
+def bundled_model_folder(module_dir: Path) -> Optional[Path]:
+    """The shipped model's folder inside the bundled library; None when it is not there."""
+    for folder in (Path(module_dir) / MODEL_FOLDER, Path(module_dir).parent / MODEL_FOLDER):
+        if (folder / "model_index.json").is_file():
+            return folder
+    return None
 
 
 def sample_data_files(module_dir: Path) -> Optional[tuple[Path, Path]]:

@@ -14,6 +14,7 @@ CANCELLED_EXIT_CODE = 130
 QUALITIES = ("fast", "balanced", "best")  # `reconstruct --preset`: the model card's numbers for each (`model-info`)
 DEVICE_FLAGS = {"auto": "auto", "gpu": "cuda", "cpu": "cpu"}
 INPUT_NAME = "input.nrrd"  # written by Slicer's storage node; NRRD keeps the grid to 1e-12
+INPUT_LABELS_NAME = "input_labels.nrrd"  # the tumour drawn on the input slices, on the input's grid (NRRD, as the input)
 OUTPUT_NAMES = {"image": "reconstruction.nrrd", "segmentation": "tumour_labels.nrrd", "uncertainty": "uncertainty.nrrd"}
 UPSAMPLED_NAME = "upsampled.nrrd"  # `xdiffusion upsample`'s output: a new isotropic grid, not the input's
 FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")  # what the sidecar name drops
@@ -111,9 +112,10 @@ def read_sidecar(output: Path) -> dict:
 def reconstruct_arguments(workdir: Path, plane: Optional[str], slice_indices: Sequence[int],
                           slice_position: Optional[float] = None, quality: str = "balanced", device: str = "auto",
                           model_dir: Optional[str] = None, method: str = "xdiffusion",
-                          segmentation: bool = True) -> list[str]:
+                          segmentation: bool = True, input_labels: bool = False) -> list[str]:
     """One run whose input and outputs all live in ``workdir``. A 3D input gives ``slice_indices`` (and its plane);
-    a single 2D slice gives ``slice_position`` instead (its plane is its own: the CLI reads it from the file)."""
+    a single 2D slice gives ``slice_position`` instead (its plane is its own: the CLI reads it from the file).
+    ``input_labels``: the tumour drawn on the input slices is in ``workdir`` too (`INPUT_LABELS_NAME`)."""
     if quality not in QUALITIES:
         raise ValueError(f"unknown quality {quality!r}; use one of {', '.join(QUALITIES)}")
     arguments = ["reconstruct", str(workdir / INPUT_NAME), "-o", str(workdir / OUTPUT_NAMES["image"])]
@@ -133,6 +135,8 @@ def reconstruct_arguments(workdir: Path, plane: Optional[str], slice_indices: Se
             arguments += ["--segmentation-output", str(workdir / OUTPUT_NAMES["segmentation"])]
         if model_dir:
             arguments += ["--model", str(model_dir)]
+    if input_labels:  # also for a baseline: the CLI refuses it with its reason rather than ignoring it
+        arguments += ["--input-segmentation", str(workdir / INPUT_LABELS_NAME)]
     return arguments
 
 

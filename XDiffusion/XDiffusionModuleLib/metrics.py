@@ -1,5 +1,5 @@
-"""The comparison's metrics (from `xdiffusion evaluate --json`) with readable names and units, in one results table
-that every Compare reuses."""
+"""The comparison's metrics (from `xdiffusion evaluate --json`) and the reconstructed tumour's volumes, with readable
+names and units, in one results table that every reconstruction and Compare reuses."""
 
 from __future__ import annotations
 
@@ -29,6 +29,10 @@ METRICS = {
     "centroid_mm": ("Tumour centre distance", "mm"),
     "uncertainty_spearman": ("Uncertainty vs error, Spearman", ""),
     "uncertainty_auroc": ("Uncertainty vs error, AUROC", ""),
+    "tumour_ml_whole": ("Reconstructed tumour volume, whole tumour (1-3)", "ml"),  # `tumour.volumes_ml`
+    "tumour_ml_necrotic": ("Reconstructed tumour volume, necrotic core (1)", "ml"),
+    "tumour_ml_oedema": ("Reconstructed tumour volume, oedema (2)", "ml"),
+    "tumour_ml_enhancing": ("Reconstructed tumour volume, enhancing (3)", "ml"),
 }
 PERCENT = {"brain_volume_rel_err"}  # a fraction in the CLI's output, shown in percent
 TUMOUR_KEYS = ("dice_wt", "dice_tc", "dice_et", "hd95_wt_mm", "hd95_tc_mm", "hd95_et_mm", "tumour_volume_ml_err", "centroid_mm")

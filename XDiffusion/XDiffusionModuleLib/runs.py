@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from . import cli, grid, metrics
+from . import cli, grid, metrics, tumour
 from .jobs import DONE, FAILED, Job
 from .scene import NO_TUMOUR_LABELS, SceneFiles, generated_name
 
@@ -38,15 +38,19 @@ class RunRequest:
     model_dir: Optional[str] = None
     method: str = "xdiffusion"
     output_ids: tuple[Optional[str], Optional[str], Optional[str]] = (None, None, None)  # image, segmentation, uncertainty
+    input_labels_id: Optional[str] = None  # the tumour drawn on the input slices (a segmentation), for a label-conditioned model
 
     @classmethod
-    def from_parameters(cls, parameters, model_dir: Optional[str] = None, method: str = "xdiffusion") -> "RunRequest":
-        """From the panel's parameter node (read once, here): input, slices, quality, device and output nodes."""
+    def from_parameters(cls, parameters, model_dir: Optional[str] = None, method: str = "xdiffusion",
+                        input_labels_id: Optional[str] = None) -> "RunRequest":
+        """From the panel's parameter node (read once, here): input, slices, quality, device and output nodes; and
+        the input segmentation, where the panel offers one (only for a label-conditioned model)."""
         volume = parameters.inputVolume
         if volume is None or volume.GetImageData() is None:
             raise ValueError("Select an input volume.")
         outputs = (_node_id(parameters.outputVolume), _node_id(parameters.outputSegmentation), _node_id(parameters.outputUncertainty))
-        common = dict(quality=parameters.quality, device=parameters.device, model_dir=model_dir, method=method, output_ids=outputs)
+        common = dict(quality=parameters.quality, device=parameters.device, model_dir=model_dir, method=method, output_ids=outputs,
+                      input_labels_id=input_labels_id)
         if grid.is_single_slice(volume):
             return cls(volume.GetID(), None, (), float(parameters.slicePosition), **common)
         length = grid.slice_count(volume, parameters.plane)
@@ -146,6 +150,7 @@ class ReconstructionRun(ProgressEvents, SceneJob):
         self.cli_prefix = list(cli_prefix)
         self.model_cards = model_cards if model_cards is not None else {}
         self.outputs: dict = {}
+        self.table = None  # the results table, with the reconstructed tumour's volumes
         self._step = ""
 
     # --- start -----------------------------------------------------------------------------------------------------
@@ -157,6 +162,8 @@ class ReconstructionRun(ProgressEvents, SceneJob):
         self._make_workdir("XDiffusion-")
         try:
             self.files.write_volume(input_node, self.workdir / cli.INPUT_NAME)
+            if self.request.input_labels_id:
+                self._write_input_labels(input_node)
         except Exception:
             self._cleanup()
             raise
@@ -167,6 +174,14 @@ class ReconstructionRun(ProgressEvents, SceneJob):
         else:
             self._start_reconstruction()
         return self
+
+    def _write_input_labels(self, input_node) -> None:
+        """The input segmentation as BraTS labels on the input's grid, beside the input (`tumour.input_labels_array`)."""
+        labels_node = self.scene.GetNodeByID(self.request.input_labels_id)
+        if labels_node is None:
+            raise ValueError("The input segmentation is not in the scene.")
+        labels = tumour.input_labels_array(self.files, labels_node, input_node)
+        self.files.write_label_array(labels, input_node, self.workdir / cli.INPUT_LABELS_NAME)
 
     @property
     def segments_tumours(self) -> Optional[bool]:
@@ -181,7 +196,8 @@ class ReconstructionRun(ProgressEvents, SceneJob):
         request = self.request
         arguments = cli.reconstruct_arguments(self.workdir, request.plane, request.slice_indices, request.slice_position,
                                               request.quality, request.device, request.model_dir, request.method,
-                                              segmentation=self.segments_tumours is not False)
+                                              segmentation=self.segments_tumours is not False,
+                                              input_labels=bool(request.input_labels_id))
         self._step = "reconstruct"
         self.fraction = 0.0
         self.status = "Starting (loading the model)…"
@@ -226,6 +242,8 @@ class ReconstructionRun(ProgressEvents, SceneJob):
         if paths["segmentation"].is_file():
             outputs["segmentation"] = self.files.load_segmentation(paths["segmentation"], input_node, self._output_node(1),
                                                                    on_grid, outputs["image"], self.warnings)
+            self.table = metrics.fill_results_table(self.scene, tumour.file_volumes_ml(self.files, paths["segmentation"]),
+                                                    caption=outputs["segmentation"].GetName())
         if paths["uncertainty"].is_file():
             outputs["uncertainty"] = self.files.load_uncertainty(paths["uncertainty"], input_node, self._output_node(2),
                                                                  on_grid, self.warnings)
@@ -331,6 +349,7 @@ class ComparisonRun(SceneJob):
         self.metrics: dict = {}
         self.table = None
         self.why_missing: dict = {}
+        self.tumour_volumes: dict = {}  # the reconstructed tumour's, shown with the metrics
         self._names: dict = {}
         self.cli_prefix = list(cli_prefix)
 
@@ -365,6 +384,7 @@ class ComparisonRun(SceneJob):
             labels = (self.files.write_labels(reference_labels, reference, self.workdir / "reference_labels.nrrd"),
                       self.files.write_labels(prediction_labels, reference, self.workdir / "prediction_labels.nrrd"))
             self._names.update({labels[0]: reference_labels.GetName(), labels[1]: prediction_labels.GetName()})
+            self.tumour_volumes = tumour.file_volumes_ml(self.files, labels[1])
         else:
             if reference_labels is None:
                 reason = "no ground-truth labels selected"
@@ -390,6 +410,6 @@ class ComparisonRun(SceneJob):
         self.metrics = cli.parse_json_output(process.stdout)
         prediction = self.scene.GetNodeByID(self.request.prediction_id)
         caption = prediction.GetName() if prediction is not None else ""
-        self.table = metrics.fill_results_table(self.scene, self.metrics, self.why_missing, caption)
+        self.table = metrics.fill_results_table(self.scene, {**self.metrics, **self.tumour_volumes}, self.why_missing, caption)
         self.status = f"Compared in {self.elapsed_s} s."
         self._finish(DONE)

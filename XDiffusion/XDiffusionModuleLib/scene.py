@@ -250,11 +250,12 @@ class SceneFiles:
             if value not in (1, 2, 3, 4):
                 raise ValueError(f"segment '{segment.GetName()}' of {labels_node.GetName()} is not a BraTS label: name it "
                                  f"{', '.join(name for _, name, _ in BRATS_SEGMENTS)} or give it label value 1-4")
-            mask = self._segment_mask(labels_node, segment_id, reference_node)
+            mask = self.segment_mask(labels_node, segment_id, reference_node)
             labels[mask] = value
         return labels
 
-    def _segment_mask(self, segmentation_node, segment_id: str, reference_node) -> np.ndarray:
+    def segment_mask(self, segmentation_node, segment_id: str, reference_node) -> np.ndarray:
+        """One segment as a boolean array (slicer order k, j, i) on the reference's grid."""
         labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "XDiffusion export (temporary)")
         try:
             if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
@@ -266,8 +267,12 @@ class SceneFiles:
 
     def write_labels(self, labels_node, reference_node, path: Path) -> Path:
         """A labels file on the reference grid (the CLI's `--reference-segmentation` / `--prediction-segmentation`)."""
+        return self.write_label_array(self.labels_array(labels_node, reference_node), reference_node, path)
+
+    def write_label_array(self, labels: np.ndarray, reference_node, path: Path) -> Path:
+        """Labels (slicer order k, j, i) to a file on the reference's grid, a single slice as `write_volume` writes it."""
         node = slicer.vtkMRMLLabelMapVolumeNode()
-        slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(self.labels_array(labels_node, reference_node)))
+        slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(labels))
         matrix = vtk.vtkMatrix4x4()
         reference_node.GetIJKToRASMatrix(matrix)
         node.SetIJKToRASMatrix(matrix)

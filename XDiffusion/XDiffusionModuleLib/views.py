@@ -1,5 +1,5 @@
 """What the module does to Slicer's views: the slice index kept in step with the slice views (both ways), the
-side-by-side comparison, the uncertainty overlay and volume rendering. MRML and VTK only."""
+side-by-side comparison, the uncertainty overlay, volume rendering and the tumour inside it. MRML and VTK only."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import vtk
 from . import grid
 
 RENDERING_PRESET = "MR-Default"
+HEAD_OPACITY_WITH_TUMOUR = 0.08  # the rendered head's peak opacity while the tumour's surfaces are shown inside it
 COMPARE_VIEWS = ("Red", "Yellow")  # ground truth left, reconstruction right (Slicer's side-by-side layout)
 
 
@@ -177,3 +178,24 @@ def show_volume_rendering(volume_rendering_logic, volume_node, preset_name: str 
         volume_property.ShadeOn()
     display.SetVisibility(True)
     return display
+
+
+def show_tumour_in_rendering(display, segmentation_node, head_opacity: float = HEAD_OPACITY_WITH_TUMOUR) -> None:
+    """The tumour as opaque closed surfaces inside the volume-rendered head: the head's opacity transfer function is
+    scaled so its peak is ``head_opacity`` (its shape kept), so the head stays as context and no longer hides them."""
+    function = display.GetVolumePropertyNode().GetVolumeProperty().GetScalarOpacity()
+    points = []
+    for index in range(function.GetSize()):
+        point = [0.0] * 4  # x, opacity, midpoint, sharpness
+        function.GetNodeValue(index, point)
+        points.append(point)
+    peak = max((point[1] for point in points), default=0.0)
+    if peak > head_opacity:
+        for index, point in enumerate(points):
+            function.SetNodeValue(index, [point[0], point[1] * head_opacity / peak, point[2], point[3]])
+    segmentation_node.CreateClosedSurfaceRepresentation()
+    tumour_display = segmentation_node.GetDisplayNode()
+    tumour_display.SetPreferredDisplayRepresentationName3D("Closed surface")
+    tumour_display.SetOpacity3D(1.0)
+    tumour_display.SetVisibility3D(True)
+    tumour_display.SetVisibility(True)

@@ -38,6 +38,7 @@ WARNING_SEPARATOR = " | "  # between a row's warnings in the summary's `warnings
 class CohortItem:
     input: str
     output: str
+    segmentation: Optional[str] = None  # BraTS labels on the input slices (`reconstruct --input-segmentation`)
 
 
 @dataclass
@@ -62,13 +63,15 @@ def list_cohort(source: str | os.PathLike, output_dir: str | os.PathLike) -> lis
     """The cohort's inputs and their outputs, in a fixed order (every process must see the same list).
 
     A folder: its volume files (and sub-folders, as DICOM series), sorted by name. A CSV: an `input` column (else the
-    first column) and an optional `output` column; relative paths are relative to the CSV's folder.
+    first column), an optional `output` column and an optional `segmentation` column (the input slices' tumour
+    labels, as `reconstruct --input-segmentation`; an empty cell: none); relative paths are relative to the CSV's
+    folder.
     """
     source, output_dir = Path(source), Path(output_dir)
     if source.is_dir():
         entries = sorted(p for p in source.iterdir() if not p.name.startswith(".") and
                          (p.is_dir() or p.name.lower().endswith(VOLUME_SUFFIXES)))
-        pairs = [(p, None) for p in entries]
+        rows_found = [(p, None, None) for p in entries]
     elif source.is_file() and source.suffix.lower() == ".csv":
         with open(source, newline="") as handle:
             rows = list(csv.reader(handle))
@@ -78,39 +81,54 @@ def list_cohort(source: str | os.PathLike, output_dir: str | os.PathLike) -> lis
         has_header = "input" in header
         column = header.index("input") if has_header else 0
         out_column = header.index("output") if has_header and "output" in header else None
-        pairs = []
+        seg_column = header.index("segmentation") if has_header and "segmentation" in header else None
+        rows_found = []
         for row in rows[1:] if has_header else rows:
             if not row or not row[column].strip():
                 continue
-            path = Path(row[column].strip())
-            path = path if path.is_absolute() else source.parent / path
-            output = row[out_column].strip() if out_column is not None and out_column < len(row) and row[out_column].strip() else None
-            pairs.append((path, output))
+            output = _cell(row, out_column)
+            segmentation = _cell(row, seg_column)
+            rows_found.append((_beside(source, row[column].strip()), output,
+                               _beside(source, segmentation) if segmentation else None))
     else:
         raise InputError(f"{source} is neither a folder nor a .csv file")
-    if not pairs:
+    if not rows_found:
         raise InputError(f"no volumes found in {source}")
     items, seen = [], set()
-    for path, output in pairs:
+    for path, output, segmentation in rows_found:
         target = Path(output) if output else Path(f"{_volume_name(path)}{OUTPUT_SUFFIX}")
         target = target if target.is_absolute() else output_dir / target
         if target in seen:
             raise InputError(f"two inputs would write the same output {target}; give an output column in the CSV")
         seen.add(target)
-        items.append(CohortItem(str(path), str(target)))
-    check_sidecars([item.output for item in items], [item.input for item in items])  # two outputs, one provenance .json
+        items.append(CohortItem(str(path), str(target), str(segmentation) if segmentation else None))
+    sources = [item.input for item in items] + [item.segmentation for item in items if item.segmentation]
+    check_sidecars([item.output for item in items], sources)  # two outputs, one provenance .json; none over an input
     return items
 
 
-ReconstructOne = Callable[[Path, Path], Optional[Sequence[str]]]  # returns the run's warnings (None: none)
+def _cell(row: Sequence[str], column: Optional[int]) -> Optional[str]:
+    """A CSV cell, stripped; None for a missing column or an empty cell."""
+    if column is None or column >= len(row):
+        return None
+    return row[column].strip() or None
 
 
-def reconstruct_file(source: Path, output: Path, method: str = "xdiffusion", pipeline=None, modality: Optional[str] = None,
-                     plane: Optional[str] = None, slice_index: Optional[Sequence[int]] = None, model_dir: Optional[Path] = None,
-                     **sampling) -> list[str]:
+def _beside(table: Path, cell: str) -> Path:
+    """A path from the CSV: relative ones are relative to the CSV's folder."""
+    path = Path(cell)
+    return path if path.is_absolute() else table.parent / path
+
+
+ReconstructOne = Callable[[Path, Path, Optional[Path]], Optional[Sequence[str]]]  # returns the run's warnings (None: none)
+
+
+def reconstruct_file(source: Path, output: Path, segmentation: Optional[Path] = None, method: str = "xdiffusion", pipeline=None,
+                     modality: Optional[str] = None, plane: Optional[str] = None, slice_index: Optional[Sequence[int]] = None,
+                     model_dir: Optional[Path] = None, **sampling) -> list[str]:
     """One cohort volume, as `xdiffusion reconstruct` does it: its slice(s) (default the middle axial one; a 2D file
-    in the middle of its own depth), the method, the output and its provenance sidecar written atomically. Returns
-    the run's warnings."""
+    in the middle of its own depth), its input slices' labels where the row gives a segmentation, the method, the
+    output and its provenance sidecar written atomically. Returns the run's warnings."""
     from .io import read_image
     from .provenance import write_reconstruction
     from .reconstruct import reconstruct, select_slices, single_slice_input
@@ -121,8 +139,14 @@ def reconstruct_file(source: Path, output: Path, method: str = "xdiffusion", pip
     else:
         inputs = select_slices(volume, plane or "axial", slice_index)
     del volume
-    result = reconstruct(inputs, method, pipeline, modality, None, **sampling)
-    write_reconstruction(result, inputs, output, source=source, model_dir=model_dir)
+    input_labels = None
+    if segmentation is not None:
+        from .input_labels import read_input_labels
+
+        input_labels = read_input_labels(segmentation, inputs)
+    result = reconstruct(inputs, method, pipeline, modality, None, input_labels=input_labels, **sampling)
+    write_reconstruction(result, inputs, output, source=source, model_dir=model_dir, input_segmentation=segmentation,
+                         input_labels=input_labels)
     return result.warnings
 
 
@@ -138,7 +162,7 @@ def run_items(items: Sequence[CohortItem], reconstruct_one: ReconstructOne, log:
         started = time.monotonic()
         warnings: Sequence[str] = ()
         try:
-            warnings = reconstruct_one(Path(item.input), output) or ()
+            warnings = reconstruct_one(Path(item.input), output, Path(item.segmentation) if item.segmentation else None) or ()
             status, message = "done", ""
         except XDiffusionError as error:
             status, message = "failed", " ".join(str(error).split())
@@ -202,7 +226,7 @@ def run_cohort(source: str | os.PathLike, output_dir: str | os.PathLike, make_re
     with state.split_between_processes(items) as mine:
         mine = list(mine)
         pending = any(not Path(item.output).is_file() for item in mine)  # a finished cohort loads no model
-        reconstruct_one = make_reconstructor(state) if pending else (lambda source, output: None)
+        reconstruct_one = make_reconstructor(state) if pending else (lambda source, output, segmentation: None)
         rows = run_items(mine, reconstruct_one, log=lambda line: log(f"[process {state.process_index}] {line}")) if mine else []
     part = output_dir / PARTS_FOLDER / f"rows-{state.process_index}.json"
     with atomic_output(part) as temporary:

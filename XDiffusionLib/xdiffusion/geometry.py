@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from .errors import InputError
@@ -121,6 +120,7 @@ def cube_frame_for_grid(geometry: Geometry, side: int) -> CubeFrame:
 
 
 def _resample(image: sitk.Image, reference: Geometry, order: int, fill: float) -> np.ndarray:
+    import SimpleITK as sitk  # here, not at import: training from packed cubes runs without it
     reference_image = sitk.Image([int(n) for n in reference.shape], sitk.sitkUInt8)
     reference_image.SetSpacing([float(s) for s in reference.spacing])
     reference_image.SetOrigin([float(o) for o in reference.origin])
@@ -178,6 +178,15 @@ def extrude_in_cube(slices: Sequence[CubeSlice], side: int) -> tuple[np.ndarray,
     """
     coordinates = np.arange(side, dtype=np.float64)
     middle = (side - 1) / 2.0
+    if slices and len({cube_slice.axis for cube_slice in slices}) == 1:  # one plane: a 1D nearest-slice lookup
+        axis = slices[0].axis
+        distances = np.abs(coordinates[None] - np.array([s.position * (side / 2.0) + middle for s in slices])[:, None]) / (side / 2.0)
+        nearest = distances.argmin(axis=0)  # first slice wins ties, as in the general case below
+        images = np.stack([np.asarray(s.image, dtype=np.float32) for s in slices])[nearest]
+        shape = [1, 1, 1]
+        shape[axis] = side
+        distance = np.broadcast_to(distances.min(axis=0).reshape(shape), (side,) * 3)
+        return np.moveaxis(images, 0, axis).astype(np.float32), np.ascontiguousarray(distance, dtype=np.float32)
     best = np.full((side,) * 3, np.inf)
     cube = np.zeros((side,) * 3, dtype=np.float32)
     for cube_slice in slices:

@@ -28,7 +28,7 @@ from scipy import ndimage
 
 from . import geometry
 from .coherent import ViewFusion, known_cube_planes, view_slices, view_volumes
-from .data.samples import conditioning_slots, sample_in_view
+from .data.samples import conditioning_slots, extruded_label_maps, image_in_view, sample_in_view
 from .errors import Cancelled, InputError, ModelError
 from .model import XDiffusionModel, decode_latent, denoiser_forward, encode_target, load_model
 
@@ -105,7 +105,7 @@ class CubeReconstruction:
     before they were fused), the spread across the samples with several (`uncertainty_across` says which)."""
 
     image: np.ndarray  # (S, S, S)
-    tumour_probability: np.ndarray  # (3, S, S, S), labels 1, 2, 3
+    tumour_probability: Optional[np.ndarray]  # (3, S, S, S), labels 1, 2, 3; None where the denoiser draws no labels
     uncertainty: np.ndarray  # (S, S, S), std of the image across views or samples, model units
     coverage: np.ndarray  # (S, S, S), views that covered each voxel
     unet_evaluations: int
@@ -273,21 +273,34 @@ class XDiffusionPipeline:
             options = {**options, "clip_sample": False}
         return scheduler_class.from_config(self.model.scheduler_config, **options)
 
-    def _conditioning(self, slices: Sequence[geometry.CubeSlice], rotations: np.ndarray, modality: int) -> dict[str, torch.Tensor]:
-        """Per-slice conditioning for every view × depth, in the order (view, depth)."""
+    def _conditioning(self, slices: Sequence[geometry.CubeSlice], rotations: np.ndarray, modality: int,
+                      input_label_maps: Optional[Sequence[np.ndarray]] = None,
+                      slab_thickness: Optional[float] = None) -> dict[str, torch.Tensor]:
+        """Per-slice conditioning for every view × depth, in the order (view, depth). ``input_label_maps``: (3, S, S)
+        maps in {-1, 1} per input slice (label-conditioned models; none given = no tumour); ``slab_thickness``: the
+        inputs' slab thickness in cube half-widths (slab-conditioned models; default a thin slice, 2 / S)."""
         side = self.config.cube_size
         extruded, distance = geometry.extrude_in_cube(slices, side)
-        guesses, knowns = [], []
+        labels = None
+        if self.config.label_conditioning:
+            maps = input_label_maps if input_label_maps is not None else [-np.ones((3, side, side), np.float32)] * len(slices)
+            labels = extruded_label_maps(slices, maps, side)
+        guesses, knowns, label_guesses = [], [], []
         for rotation in rotations:
-            guess, known = sample_in_view(extruded, distance, geometry.view_sample_points(rotation, side))
+            points = geometry.view_sample_points(rotation, side)
+            guess, known = sample_in_view(extruded, distance, points)
             guesses.append(np.moveaxis(guess, -1, 0))
             knowns.append(np.moveaxis(known, -1, 0))
+            if labels is not None:
+                label_guesses.append(np.stack([np.moveaxis(image_in_view(m, points), -1, 0) for m in labels], axis=1))
         count = len(rotations) * side
-        slots = conditioning_slots(slices, side, self.config.max_inputs)
+        thickness = (slab_thickness if slab_thickness is not None else 2.0 / side) if self.config.slab_conditioning else None
+        slots = conditioning_slots(slices, side, self.config.max_inputs, thickness)
         depth = (np.arange(side) - (side - 1) / 2.0) / (side / 2.0)
-        shared = {key: torch.from_numpy(np.ascontiguousarray(slots[key], dtype=np.float32))[None] for key in
-                  ("inputs", "input_present", "input_plane", "input_position")}  # one copy, viewed per slice
+        shared = {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))[None]
+                  for key, value in slots.items()}  # one copy, viewed per slice
         batch = {
+            **({"label_guess": np.concatenate(label_guesses)} if labels is not None else {}),
             "guess": np.concatenate(guesses)[:, None],
             "known_distance": np.concatenate(knowns)[:, None],
             "rotation": np.repeat(rotations, side, axis=0),
@@ -367,6 +380,8 @@ class XDiffusionPipeline:
         prior: Optional[np.ndarray] = None,
         coherent: bool = False,
         samples: int = 1,
+        input_label_maps: Optional[Sequence[np.ndarray]] = None,
+        slab_thickness: Optional[float] = None,
     ) -> CubeReconstruction:
         """Generate the cube from input slices already placed in it (``geometry.slice_to_cube``, normalised).
 
@@ -375,7 +390,9 @@ class XDiffusionPipeline:
 
         ``coherent`` fuses the views at every solver step (`ViewFusion`): one coherent volume rather than an average
         of independent ones. ``samples`` > 1 averages that many samples (sample 0 seeded ``seed``, `sample_seed`)
-        into a posterior mean, and the uncertainty becomes their spread."""
+        into a posterior mean, and the uncertainty becomes their spread.
+
+        ``input_label_maps`` and ``slab_thickness`` reach label- and slab-conditioned models (`_conditioning`)."""
         if not slices:
             raise InputError("at least one input slice is needed")
         if modality not in self.config.modalities:
@@ -386,7 +403,7 @@ class XDiffusionPipeline:
         estimate = self.estimate_memory(views * side, guidance, views)
         chunk_size = self.check_host_memory(estimate, self.choose_chunk_size(estimate, views * side, chunk_size))
         rotations = geometry.view_rotations(views)
-        conditioning = self._conditioning(slices, rotations, self.config.modalities.index(modality))
+        conditioning = self._conditioning(slices, rotations, self.config.modalities.index(modality), input_label_maps, slab_thickness)
         known = [known_view_slices(slices, rotation, side) if data_consistency else {} for rotation in rotations]
         known_rows = [v * side + depth for v, view_known in enumerate(known) for depth in view_known]
         known_images = torch.from_numpy(np.stack([view_known[d] for view_known in known for d in view_known])) if known_rows else None
@@ -417,7 +434,7 @@ class XDiffusionPipeline:
         mean = (total / samples).astype(np.float32)
         if samples > 1:
             spread = np.sqrt(np.maximum(total_squares / samples - mean[0].astype(np.float64) ** 2, 0.0)).astype(np.float32)[None]
-        probability = np.clip((mean[1:] + 1.0) / 2.0, 0.0, 1.0)
+        probability = np.clip((mean[1:] + 1.0) / 2.0, 0.0, 1.0) if self.config.tumour_in_target else None
         return CubeReconstruction(mean[0], probability, spread[0], coverage, evaluations, "samples" if samples > 1 else "views")
 
     @staticmethod
@@ -497,7 +514,8 @@ class XDiffusionPipeline:
 
     def _encode_prior(self, guess: torch.Tensor, chunk_size: int) -> torch.Tensor:
         """A prior image as a clean target (no tumour), in the space the U-Net denoises."""
-        target = torch.cat([guess, -torch.ones(guess.shape[0], 3, *guess.shape[2:])], dim=1).float()
+        no_tumour = -torch.ones(guess.shape[0], self.config.image_channels - 1, *guess.shape[2:])
+        target = torch.cat([guess, no_tumour], dim=1).float()
         if self.model.autoencoder is None:
             return target
         with torch.no_grad():

@@ -13,8 +13,9 @@ segmentation and uncertainty outputs get one each. The top-level keys:
   actually used, after the model card's defaults and a preset (``prior`` null at strength 1: pure noise); null for a
   baseline. ``Seed``: the seed, or null.
 - ``Template``: the atlas template file when the atlas was used (``--method atlas`` or the atlas prior), else null.
-- ``Input``: ``{"path", "plane", "axis", "slice_indices", "slice_position"}`` (``slice_position``: a 2D input's
-  place in the output depth, 0-1; null for a 3D input).
+- ``Input``: ``{"path", "plane", "axis", "slice_indices", "slice_position", "segmentation"}`` (``slice_position``: a
+  2D input's place in the output depth, 0-1; null for a 3D input; ``segmentation``: ``{"path", "labels_present"}``
+  of the ``--input-segmentation`` file and the BraTS labels found on the input slices, null when none was given).
 - ``Warnings``: the run's fallbacks (`Reconstruction.warnings`), ``[]`` when none.
 - ``Software``: ``{"name": "xdiffusion", "version"}``; ``Created``: ISO 8601, UTC.
 - ``UncertaintyAUROC`` (uncertainty maps only): how well the map ranks errors on held-out data, from the model card
@@ -34,6 +35,7 @@ import numpy as np
 
 from . import __version__, geometry
 from .errors import InputError
+from .input_labels import labels_present
 from .io import write_volumes
 
 if TYPE_CHECKING:
@@ -95,8 +97,11 @@ def model_record(model_card: Optional[dict], model_dir: Optional[str | os.PathLi
 
 
 def sidecar(result: Reconstruction, inputs: InputSlices, content: str, source: Optional[str | os.PathLike] = None,
-            model_dir: Optional[str | os.PathLike] = None, created: Optional[datetime] = None) -> dict[str, Any]:
-    """The sidecar of one output of ``result`` (``content``: "image", "tumour labels" or "uncertainty")."""
+            model_dir: Optional[str | os.PathLike] = None, created: Optional[datetime] = None,
+            input_segmentation: Optional[str | os.PathLike] = None,
+            input_labels: Optional[Sequence[np.ndarray]] = None) -> dict[str, Any]:
+    """The sidecar of one output of ``result`` (``content``: "image", "tumour labels" or "uncertainty");
+    ``input_segmentation`` and ``input_labels``: the label file given for the input slices, and its labels there."""
     sampling = {key: _plain(value) for key, value in result.sampling.items()} if result.sampling is not None else None
     created = created if created is not None else datetime.now(timezone.utc)
     record = {
@@ -114,6 +119,10 @@ def sidecar(result: Reconstruction, inputs: InputSlices, content: str, source: O
             "axis": int(inputs.axis),
             "slice_indices": [int(i) for i in inputs.indices],
             "slice_position": inputs.slice_position,
+            "segmentation": None if input_segmentation is None else {
+                "path": str(Path(input_segmentation).absolute()),
+                "labels_present": labels_present(input_labels or []),
+            },
         },
         "Warnings": list(result.warnings),
         "Software": {"name": "xdiffusion", "version": __version__},
@@ -132,14 +141,18 @@ def uncertainty_auroc(model_card: Optional[dict]) -> Optional[float]:
 
 def write_reconstruction(result: Reconstruction, inputs: InputSlices, output: str | os.PathLike,
                          segmentation_output: Optional[str | os.PathLike] = None, uncertainty_output: Optional[str | os.PathLike] = None,
-                         source: Optional[str | os.PathLike] = None, model_dir: Optional[str | os.PathLike] = None) -> list[Path]:
+                         source: Optional[str | os.PathLike] = None, model_dir: Optional[str | os.PathLike] = None,
+                         input_segmentation: Optional[str | os.PathLike] = None,
+                         input_labels: Optional[Sequence[np.ndarray]] = None) -> list[Path]:
     """Write ``result``'s volumes (the image; the segmentation and uncertainty where a path is given and the method
     made them) and a sidecar beside each, all as one unit: every file appears or none does. ``source`` is the input
-    file, ``model_dir`` the model folder, both recorded in the sidecars. Returns the paths written."""
+    file, ``model_dir`` the model folder, ``input_segmentation`` the input slices' label file (``input_labels`` its
+    labels there), all recorded in the sidecars. Returns the paths written."""
     wanted = [(result.image, output, "image"), (result.segmentation, segmentation_output, "tumour labels"),
               (result.uncertainty, uncertainty_output, "uncertainty")]
     wanted = [(volume, Path(path), content) for volume, path, content in wanted if path is not None and volume is not None]
-    sidecars = check_sidecars([path for _, path, _ in wanted], [source] if source is not None else [])
+    sidecars = check_sidecars([path for _, path, _ in wanted], [p for p in (source, input_segmentation) if p is not None])
     created = datetime.now(timezone.utc)
-    documents = [(sidecar(result, inputs, content, source, model_dir, created), where) for (_, _, content), where in zip(wanted, sidecars)]
+    documents = [(sidecar(result, inputs, content, source, model_dir, created, input_segmentation, input_labels), where)
+                 for (_, _, content), where in zip(wanted, sidecars)]
     return write_volumes([(volume, path) for volume, path, _ in wanted], documents)

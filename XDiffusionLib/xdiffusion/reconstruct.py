@@ -163,9 +163,33 @@ def place_in_cube(inputs: InputSlices, side: int) -> tuple[list[geometry.CubeSli
     return [geometry.CubeSlice(scale.normalise(p.image), p.axis, p.position) for p in placed], frame, scale
 
 
+def labels_in_cube(inputs: InputSlices, labels: Sequence[np.ndarray], frame: geometry.CubeFrame) -> list[np.ndarray]:
+    """The input slices' BraTS labels on their cube planes, as `place_in_cube` places the images: each label's mask
+    resampled in-plane like the image, a pixel taking the label that covers at least half of it (else 0)."""
+    placed = []
+    for image, index in zip(labels, inputs.indices):
+        cover = np.stack([geometry.slice_to_cube((image == value).astype(np.float32), inputs.geometry, inputs.axis, index,
+                                                 frame).image for value in (1, 2, 3)])
+        placed.append(np.where(cover.max(axis=0) >= 0.5, cover.argmax(axis=0) + 1, 0).astype(np.uint8))
+    return placed
+
+
+def _check_input_labels(inputs: InputSlices, labels: Sequence[np.ndarray], method: str,
+                        pipeline: Optional[XDiffusionPipeline]) -> None:
+    """Refuse input labels a method would silently ignore, and labels that do not match the input slices."""
+    from .input_labels import check_labels_used
+
+    check_labels_used(method, pipeline is None or pipeline.config.label_conditioning)  # no model: refused below
+    shapes = [np.shape(image) for image in labels]
+    if len(labels) != len(inputs.indices) or any(shape != inputs.images.shape[1:] for shape in shapes):
+        raise InputError(f"--input-segmentation: {len(labels)} label slice(s) of shape(s) {shapes} do not match the "
+                         f"{len(inputs.indices)} input slice(s) of shape {list(inputs.images.shape[1:])}")
+
+
 def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str, progress: Optional[ProgressCallback],
                warnings: list[str], prior: str = "extrude", atlas: Optional[str] = None,
-               **sampling) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, str]:
+               input_labels: Optional[Sequence[np.ndarray]] = None,
+               **sampling) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray, int, str]:
     if prior not in PRIORS:
         raise InputError(f"unknown prior {prior!r}; use one of {', '.join(PRIORS)}")
     from .pipeline import check_strength  # loaded already: the pipeline is an XDiffusionPipeline
@@ -177,18 +201,32 @@ def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str,
     slices, frame, scale = place_in_cube(inputs, pipeline.config.cube_size)
     prior_cube = None
     if prior == "atlas" and sampling.get("strength", 1.0) < 1.0:
-        from .atlas import atlas_reconstruct, load_template
+        from .atlas import atlas_reconstruct, choose_template, load_template
 
         if progress is not None:
             progress(0.0, "registering the atlas prior")
-        guess = atlas_reconstruct(inputs, load_template(atlas), warnings=warnings)
+        guess = atlas_reconstruct(inputs, load_template(choose_template(atlas, inputs).path), warnings=warnings)
         guess = Volume(_paste_inputs(guess, inputs).astype(np.float32), inputs.geometry)
         prior_cube = scale.normalise(geometry.volume_to_cube(guess, frame))
+    if input_labels is not None:  # on the cube planes of `slices`: one (3, S, S) map in {-1, 1} per input slice
+        from .data.samples import label_maps
+
+        sampling["input_label_maps"] = [label_maps(placed) for placed in labels_in_cube(inputs, input_labels, frame)]
     result = pipeline(slices, modality, progress=progress, prior=prior_cube, **sampling)
     image = geometry.cube_to_grid(scale.restore(result.image), frame, inputs.geometry)
     spread = geometry.cube_to_grid(result.uncertainty * scale.scale / 2.0, frame, inputs.geometry)
-    probability = np.stack([geometry.cube_to_grid(p, frame, inputs.geometry) for p in result.tumour_probability])
-    labels = np.where(probability.max(axis=0) >= 0.5, probability.argmax(axis=0) + 1, 0).astype(np.uint8)
+    labels = None
+    if result.tumour_probability is not None:  # drawn by the denoiser in the cube (the shipped model)
+        probability = np.stack([geometry.cube_to_grid(p, frame, inputs.geometry) for p in result.tumour_probability])
+        labels = np.where(probability.max(axis=0) >= 0.5, probability.argmax(axis=0) + 1, 0).astype(np.uint8)
+    elif pipeline.model.label_net is not None:  # in pixel space, on the input's own grid
+        from .tumour_labels import label_volume
+
+        if progress is not None:
+            progress(0.97, "tumour labels")
+        labels = label_volume(pipeline.model.label_net, _paste_inputs(image, inputs).astype(np.float32), inputs.axis,
+                              float(inputs.geometry.spacing[inputs.axis]), inputs.indices, list(inputs.images), scale,
+                              input_labels, device=pipeline.device)
     return image, labels, spread.astype(np.float32), result.unet_evaluations, result.uncertainty_across
 
 
@@ -226,13 +264,19 @@ def reconstruct(
     modality: Optional[str] = None,
     progress: Optional[ProgressCallback] = None,
     atlas: Optional[str] = None,
+    input_labels: Optional[list[np.ndarray]] = None,
     **sampling,
 ) -> Reconstruction:
     """Reconstruct the volume on ``inputs.geometry`` with the model or a baseline (``views``, ``steps``, ``guidance``,
     ``seed``, ``solver``, ``strength``, ``coherent``, ``samples`` go to the pipeline; ``prior="atlas"`` with
     ``strength`` < 1 starts sampling from the `atlas` guess; ``prior="none"`` is the model alone, from pure noise,
-    and refuses a strength below 1; ``atlas`` is the template file for both, default the shipped one). The result
-    lists the fallbacks the atlas registration took (`Reconstruction.warnings`)."""
+    and refuses a strength below 1; ``atlas`` is the template for both: ``auto`` (None), ``brain``, ``head`` or a
+    file, `atlas.choose_template`). The result lists the fallbacks the atlas registration took
+    (`Reconstruction.warnings`). ``input_labels`` (one BraTS label image per input slice,
+    `input_labels.read_input_labels`) condition a label-conditioned model; the baselines and other models refuse them
+    rather than ignore them."""
+    if input_labels is not None:
+        _check_input_labels(inputs, input_labels, method, pipeline)
     description = f"{GENERATED_DESCRIPTION} ({method})"
     if method == "xdiffusion" and sampling.get("strength", 1.0) < 1.0:  # what sampling started from (fits NIfTI's 79 characters)
         description = f"{GENERATED_DESCRIPTION} ({sampling.get('prior', 'extrude')} prior {sampling['strength']:g})"
@@ -241,7 +285,8 @@ def reconstruct(
         if pipeline is None:
             raise InputError("the xdiffusion method needs a model")
         modality = modality or pipeline.modalities[0]
-        image, labels, spread, evaluations, across = _diffusion(inputs, pipeline, modality, progress, warnings, atlas=atlas, **sampling)
+        image, labels, spread, evaluations, across = _diffusion(inputs, pipeline, modality, progress, warnings, atlas=atlas,
+                                                                input_labels=input_labels, **sampling)
         if not (np.isfinite(image).all() and np.isfinite(spread).all()):  # never written as if it were an image
             raise ModelError("the model produced NaN or infinite values (damaged weights, or float16 overflow on a "
                              "GPU: try --device cpu); nothing was written")
@@ -251,28 +296,29 @@ def reconstruct(
         spread_of = f"{used['samples']} samples" if across == "samples" else "views"
         return Reconstruction(
             Volume(_paste_inputs(image, inputs), inputs.geometry, {"description": description}),
-            Volume(labels, inputs.geometry, {"description": f"{description} tumour labels"}),
+            Volume(labels, inputs.geometry, {"description": f"{description} tumour labels"}) if labels is not None else None,
             Volume(spread, inputs.geometry, {"description": f"{description} uncertainty (std across {spread_of})"}),
             evaluations, method=method, sampling=used, model_card=pipeline.model.model_card,
-            template=_template_name(atlas) if used["prior"] == "atlas" else None, warnings=warnings, uncertainty_across=across,
+            template=_template_name(atlas, inputs) if used["prior"] == "atlas" else None, warnings=warnings, uncertainty_across=across,
         )
     if method == "extrude":
         image = extrude(inputs)
     elif method == "interpolate":
         image = interpolate(inputs)
     elif method == "atlas":
-        from .atlas import atlas_reconstruct, load_template
+        from .atlas import atlas_reconstruct, choose_template, load_template
 
-        image = atlas_reconstruct(inputs, load_template(atlas), warnings=warnings)
+        image = atlas_reconstruct(inputs, load_template(choose_template(atlas, inputs).path), warnings=warnings)
     else:
         raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if progress is not None:
         progress(1.0, method)
     return Reconstruction(Volume(_paste_inputs(image, inputs), inputs.geometry, {"description": description}), method=method,
-                          template=_template_name(atlas) if method == "atlas" else None, warnings=warnings)
+                          template=_template_name(atlas, inputs) if method == "atlas" else None, warnings=warnings)
 
 
-def _template_name(atlas: Optional[str]) -> str:
-    from .atlas import DEFAULT_TEMPLATE
+def _template_name(atlas: Optional[str], inputs: InputSlices) -> str:
+    """The template file the atlas used (`auto` resolved from the input slices, as the registration did)."""
+    from .atlas import choose_template
 
-    return str(atlas) if atlas is not None else str(DEFAULT_TEMPLATE)
+    return str(choose_template(atlas, inputs).path)

@@ -18,9 +18,10 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from .data.fetch import default_cache_dir
 from .data.loaders import Subject, iter_brats_folder, iter_volume_folder, load_training_subjects, subject_from_brats
-from .data.samples import IntensityScale, SampleGenerator, TrainingCube, tumour_channels
-from .data.training_set import TrainingSetConfig, build_training_cubes, build_validation_cubes
+from .data.samples import IntensityScale, SampleGenerator, SampleOptions, TrainingCube, tumour_channels
+from .data.training_set import TrainingSetConfig, build_training_cubes, build_validation_cubes, work_side_for
 from .errors import InputError
+from .evaluate import sharpness
 from .model import XDiffusionConfig, XDiffusionModel
 from .model.training import resolve_config, train
 from .pipeline import XDiffusionPipeline
@@ -72,9 +73,10 @@ def _image_metrics(generated: np.ndarray, target: np.ndarray) -> tuple[float, fl
     return psnr, float(structural_similarity(b, a, data_range=1.0))
 
 
-def held_out_targets(cubes: Sequence[TrainingCube], stride: int = 4) -> torch.Tensor:
-    """Every ``stride``-th slice of each held-out cube along each axis, as targets [N, 4, S, S] (image scaled as the
-    samples scale it, tumour channels), background-only slices left out: what the autoencoder is measured on."""
+def held_out_targets(cubes: Sequence[TrainingCube], stride: int = 4, channels: int = 4) -> torch.Tensor:
+    """Every ``stride``-th slice of each held-out cube along each axis, as targets [N, C, S, S] (image scaled as the
+    samples scale it, then the tumour channels where the model's targets have them, ``channels`` 4, not 1),
+    background-only slices left out: what the autoencoder is measured on."""
     targets = []
     for cube in cubes:
         image = IntensityScale.from_slices([cube.image]).normalise(cube.image)
@@ -82,7 +84,8 @@ def held_out_targets(cubes: Sequence[TrainingCube], stride: int = 4) -> torch.Te
             for index in range(stride // 2, cube.side, stride):
                 slice_image = np.take(image, index, axis=axis)
                 if slice_image.max() > -0.9:
-                    targets.append(np.concatenate([slice_image[None], tumour_channels(np.take(cube.tumour, index, axis=axis))]))
+                    labels = tumour_channels(np.take(cube.tumour, index, axis=axis))
+                    targets.append(np.concatenate([slice_image[None], labels])[:channels])
     if not targets:
         raise InputError("the held-out cubes hold only background")
     return torch.from_numpy(np.stack(targets).astype(np.float32))
@@ -95,11 +98,13 @@ def _pooled_dice(generated: np.ndarray, target: np.ndarray) -> float | None:
     return 2.0 * int((truth & guess).sum()) / (present + int(guess.sum())) if present else None
 
 
-def make_validator(cubes, modalities: Sequence[str], max_inputs: int, count: int, steps: int, seed: int = 12345):
+def make_validator(cubes, modalities: Sequence[str], options: SampleOptions | int, count: int, steps: int, seed: int = 12345):
     """A fixed set of held-out samples; each validation generates them and scores PSNR/SSIM against the truth and
-    against the extrude prior (the model must beat it to be worth running), and, when the truth holds tumour, the
+    against the extrude prior (the model must beat it to be worth running), the sharpness of each slice (as
+    `evaluate.sharpness` defines it, in 2D over the target's foreground), and, when the truth holds tumour, the
     whole-tumour Dice of the generated tumour channels (`dice_tumour`, the model card's `segments_tumours` basis)."""
-    generator = SampleGenerator(cubes, modalities, max_inputs, seed=seed)
+    options = options if isinstance(options, SampleOptions) else SampleOptions(int(options))
+    generator = SampleGenerator(cubes, modalities, seed=seed, options=options)
     samples, index = [], 0
     while len(samples) < count:  # background-only targets would score a meaningless 100 dB for any method
         sample = generator[index]
@@ -117,8 +122,11 @@ def make_validator(cubes, modalities: Sequence[str], max_inputs: int, count: int
         decoded, _ = XDiffusionPipeline(model, device=device).generate_slices(conditioning, steps, seed=seed)
         ours = [_image_metrics(g, t) for g, t in zip(decoded[:, 0].numpy(), target)]
         prior = [_image_metrics(g, t) for g, t in zip(guess, target)]
+        detail = [sharpness((t + 1.0) / 2.0, (g + 1.0) / 2.0, t > -0.9) for g, t in zip(decoded[:, 0].numpy(), target)]
+        detail = [d for d in detail if d is not None]
         scores = {
             "psnr": float(np.mean([m[0] for m in ours])), "ssim": float(np.mean([m[1] for m in ours])),
+            **({"sharpness": float(np.mean(detail))} if detail else {}),
             "psnr_extrude": float(np.mean([m[0] for m in prior])), "ssim_extrude": float(np.mean([m[1] for m in prior])),
         }
         dice = _pooled_dice(decoded.numpy(), targets)
@@ -127,8 +135,8 @@ def make_validator(cubes, modalities: Sequence[str], max_inputs: int, count: int
     return validate
 
 
-def train_from_config(config: Union[str, os.PathLike, Mapping[str, Any]], overrides: Sequence[str] = ()) -> Path:
-    resolved = resolve_config(config, overrides)
+def data_config(resolved: dict[str, Any]) -> DataConfig:
+    """The resolved config's `data:` section, typed (unknown keys refused); written back resolved."""
     known = {field.name for field in dataclasses.fields(DataConfig)}
     section = resolved.get("data") or {}
     unknown = sorted(set(section) - known)
@@ -136,17 +144,33 @@ def train_from_config(config: Union[str, os.PathLike, Mapping[str, Any]], overri
         raise InputError(f"unknown key(s) in data: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     data = DataConfig(**section)
     resolved["data"] = dataclasses.asdict(data)
+    return data
+
+
+def training_cubes(resolved: dict[str, Any]) -> tuple[list[TrainingCube], list[Subject]]:
+    """The training cubes a resolved config trains on (from its cube cache, built when missing) and the validation
+    subjects: one definition for `xdiffusion train` and the GPU pack (scripts/gpu_campaign/pack.py)."""
+    data = data_config(resolved)
     model = XDiffusionConfig.from_dict(resolved["model"])
     training_subjects, validation_subjects = split_subjects(data)
-    set_config = TrainingSetConfig(model.cube_size, data.variants_per_subject, data.synthetic_share, data.tumour_share, data.skull_strip_share, seed=data.seed)
+    set_config = TrainingSetConfig(model.cube_size, data.variants_per_subject, data.synthetic_share, data.tumour_share,
+                                   data.skull_strip_share, work_side=work_side_for(model.cube_size), seed=data.seed)
     cube_cache = Path(data.cube_cache) if data.cube_cache else Path(resolved["train"]["output_dir"]) / "cube_cache"
-    cubes = build_training_cubes(training_subjects, model.modalities, set_config, cube_cache, progress=print)
+    return build_training_cubes(training_subjects, model.modalities, set_config, cube_cache, progress=print), validation_subjects
+
+
+def train_from_config(config: Union[str, os.PathLike, Mapping[str, Any]], overrides: Sequence[str] = ()) -> Path:
+    resolved = resolve_config(config, overrides)
+    cubes, validation_subjects = training_cubes(resolved)
+    data = DataConfig(**resolved["data"])
+    model = XDiffusionConfig.from_dict(resolved["model"])
     train_section = resolved["train"]
     length = max(1000, train_section["steps"] * train_section["batch_size"] * train_section["grad_accum"])
-    samples = SampleGenerator(cubes, model.modalities, model.max_inputs, seed=data.seed, length=length)
+    options = SampleOptions.from_config(model)
+    samples = SampleGenerator(cubes, model.modalities, seed=data.seed, length=length, options=options)
     validate, held_out = None, None
     if validation_subjects:
         validation_cubes = build_validation_cubes(validation_subjects, model.modalities, model.cube_size)
-        validate = make_validator(validation_cubes, model.modalities, model.max_inputs, data.validation_samples, data.validation_steps)
-        held_out = held_out_targets(validation_cubes)
+        validate = make_validator(validation_cubes, model.modalities, options, data.validation_samples, data.validation_steps)
+        held_out = held_out_targets(validation_cubes, channels=model.image_channels)
     return train(resolved, samples=samples, validate=validate, held_out=held_out)

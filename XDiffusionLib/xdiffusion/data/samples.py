@@ -8,7 +8,7 @@ target slice of the rotated cube (image + tumour channels). Inputs are built wit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ TUMOUR_LABELS = (1, 2, 3)
 AXIS_VIEW_SHARE, PRESET_VIEW_SHARE = 0.6, 0.3  # the rest are uniformly random rotations
 PRESET_VIEWS = 9
 MAX_DRAWS = 50
+SLAB_SHARE = 0.35  # share of slab-conditioned samples whose inputs are thick slices (slab means)
+SLAB_MM = (2.0, 8.0)  # clinical thick-slice range the slab inputs are drawn from
+TUMOUR_INPUT_SHARE = 0.5  # share of inputs drawn through the tumour, when the cube has one (a user points at it)
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,26 @@ class TrainingCube:
     image: np.ndarray  # (S, S, S) float32, the volume's own intensity units
     tumour: np.ndarray  # (S, S, S) uint8, BraTS labels 0..3
     modality: str
+    voxel_mm: float = 0.0  # the cube's voxel size; 0 where unknown (cubes cached before it was recorded)
 
     @property
     def side(self) -> int:
         return int(self.image.shape[0])
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """What a model's samples carry, from its config (`XDiffusionConfig`): the training stream and the validator
+    build exactly what the model was built to read."""
+
+    max_inputs: int = 4
+    tumour_in_target: bool = True
+    label_conditioning: bool = False
+    slab_conditioning: bool = False
+
+    @classmethod
+    def from_config(cls, config) -> "SampleOptions":
+        return cls(config.max_inputs, config.tumour_in_target, config.label_conditioning, config.slab_conditioning)
 
 
 def make_training_cube(image: Volume, modality: str, side: int, tumour: Volume | None = None) -> TrainingCube:
@@ -68,7 +87,7 @@ def make_training_cube(image: Volume, modality: str, side: int, tumour: Volume |
         else np.zeros_like(cube, dtype=np.uint8)
     )
     labels = np.where(labels == 4, 3, labels).astype(np.uint8)
-    return TrainingCube(np.maximum(cube, 0).astype(np.float32), labels, modality)
+    return TrainingCube(np.maximum(cube, 0).astype(np.float32), labels, modality, float(frame.size_mm / side))
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -104,11 +123,35 @@ def tumour_channels(labels: np.ndarray) -> np.ndarray:
     return np.stack([np.where(labels == label, 1.0, -1.0) for label in TUMOUR_LABELS]).astype(np.float32)
 
 
-def input_positions(rng: np.random.Generator, side: int, count: int) -> list[int]:
-    """K slice positions: evenly spread across the middle of the cube, or one slice and its close neighbours."""
+def label_maps(labels: np.ndarray) -> np.ndarray:
+    """(3, ...) maps in {-1, 1}, one per BraTS label: the conditioning form of known labels."""
+    return tumour_channels(labels)
+
+
+def extruded_label_maps(slices: Sequence[geometry.CubeSlice], label_images: Sequence[np.ndarray], side: int) -> np.ndarray:
+    """(3, S, S, S): each voxel takes its nearest input slice's label maps, as the extrude prior does the image."""
+    return np.stack([geometry.extrude_in_cube([geometry.CubeSlice(maps[channel], s.axis, s.position)
+                                               for s, maps in zip(slices, label_images)], side)[0]
+                     for channel in range(len(TUMOUR_LABELS))])
+
+
+def slab_mean(volume: np.ndarray, axis: int, centre: int, thickness: int) -> np.ndarray:
+    """The mean over ``thickness`` cube slices centred on ``centre``: what a thick clinical slice measures."""
+    low = max(0, centre - thickness // 2)
+    high = min(volume.shape[axis], low + thickness)
+    return np.take(volume, np.arange(low, high), axis=axis).mean(axis=axis)
+
+
+def input_positions(rng: np.random.Generator, side: int, count: int, through: Sequence[int] = ()) -> list[int]:
+    """K slice positions: evenly spread across the middle of the cube, or one slice and its close neighbours;
+    with ``through`` (positions crossing a tumour), one slice always lies on one of them."""
     low, high = int(side * 0.2), int(side * 0.8)
     if count == 1:
-        return [int(rng.integers(low, high))]
+        return [int(rng.choice(through))] if len(through) else [int(rng.integers(low, high))]
+    if len(through):
+        anchor = int(rng.choice(through))
+        others = input_positions(rng, side, count - 1)
+        return sorted({anchor, *others})
     if rng.random() < 0.5:
         positions = np.linspace(low, high, count) + rng.integers(-2, 3, size=count)
     else:
@@ -121,7 +164,8 @@ def input_positions(rng: np.random.Generator, side: int, count: int) -> list[int
 class SampleGenerator(torch.utils.data.Dataset):
     """An endless, seed-deterministic stream of training samples over a set of cubes (item i is always the same)."""
 
-    def __init__(self, cubes: Sequence[TrainingCube], modalities: Sequence[str], max_inputs: int = 4, seed: int = 0, length: int = 10**9):
+    def __init__(self, cubes: Sequence[TrainingCube], modalities: Sequence[str], max_inputs: int = 4, seed: int = 0,
+                 length: int = 10**9, options: SampleOptions | None = None):
         if not cubes:
             raise InputError("no training cubes: fetch the data first (xdiffusion fetch-data)")
         unknown = {cube.modality for cube in cubes} - set(modalities)
@@ -129,7 +173,8 @@ class SampleGenerator(torch.utils.data.Dataset):
             raise InputError(f"training cubes have modalities {sorted(unknown)} that the model does not list")
         self.cubes = list(cubes)
         self.modalities = list(modalities)
-        self.max_inputs = max_inputs
+        self.options = options or SampleOptions(max_inputs)
+        self.max_inputs = self.options.max_inputs
         self.seed = seed
         self.length = length
         self.preset_rotations = geometry.view_rotations(PRESET_VIEWS)
@@ -150,30 +195,49 @@ class SampleGenerator(torch.utils.data.Dataset):
         return random_rotation(rng)
 
     def sample(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        options = self.options
         for _ in range(MAX_DRAWS):
             cube = self.cubes[int(rng.integers(0, len(self.cubes)))]
             side = cube.side
             axis = int(rng.integers(0, 3))
-            positions = input_positions(rng, side, int(rng.integers(1, self.max_inputs + 1)))
-            raw_slices = [np.take(cube.image, p, axis=axis) for p in positions]
+            through: Sequence[int] = ()
+            if options.label_conditioning and cube.tumour.any() and rng.random() < TUMOUR_INPUT_SHARE:
+                through = np.flatnonzero(np.moveaxis(cube.tumour, axis, 0).reshape(side, -1).any(axis=1))
+            positions = input_positions(rng, side, int(rng.integers(1, self.max_inputs + 1)), through)
+            thickness = self._slab_thickness(rng, cube)
+            raw_slices = [slab_mean(cube.image, axis, p, thickness) for p in positions]
             if max(float(s.max()) for s in raw_slices) > 0:
                 break  # a user never reconstructs from empty background slices; neither do we train on them
         else:
             raise InputError(f"{MAX_DRAWS} draws in a row gave only empty input slices: are the training cubes blank?")
         scale = IntensityScale.from_slices(raw_slices)
         slices = [geometry.CubeSlice(scale.normalise(s), axis, float((p - (side - 1) / 2) / (side / 2))) for s, p in zip(raw_slices, positions)]
-        return build_sample(cube, scale, slices, self.choose_rotation(rng), int(rng.integers(0, side)), self.modalities.index(cube.modality), self.max_inputs)
+        labels = [label_maps(np.take(cube.tumour, p, axis=axis)) for p in positions] if options.label_conditioning else None
+        return build_sample(cube, scale, slices, self.choose_rotation(rng), int(rng.integers(0, side)),
+                            self.modalities.index(cube.modality), options, labels, thickness / (side / 2.0))
+
+    def _slab_thickness(self, rng: np.random.Generator, cube: TrainingCube) -> int:
+        """Cube slices averaged into one input: 1 (a thin slice) unless this sample is a thick-slice one."""
+        if not self.options.slab_conditioning or rng.random() >= SLAB_SHARE:
+            return 1
+        voxel_mm = cube.voxel_mm or 240.0 / cube.side
+        return max(1, int(round(rng.uniform(*SLAB_MM) / voxel_mm)))
 
 
-def conditioning_slots(slices: Sequence[geometry.CubeSlice], side: int, max_inputs: int) -> dict[str, np.ndarray]:
-    """The K input slots: images, presence, plane axis and position (empty slots zero)."""
+def conditioning_slots(slices: Sequence[geometry.CubeSlice], side: int, max_inputs: int,
+                       slab_thickness: Optional[float] = None) -> dict[str, np.ndarray]:
+    """The K input slots: images, presence, plane axis and position (empty slots zero); with ``slab_thickness``
+    (cube half-widths; 2 / S for a thin slice) each present slot also carries its slab thickness."""
     if len(slices) > max_inputs:
         raise InputError(f"{len(slices)} input slices given; this model takes at most {max_inputs}")
     inputs = np.zeros((max_inputs, side, side), dtype=np.float32)
     present, plane, position = (np.zeros(max_inputs, dtype=np.float32) for _ in range(3))
     for slot, cube_slice in enumerate(slices):
         inputs[slot], present[slot], plane[slot], position[slot] = cube_slice.image, 1.0, cube_slice.axis, cube_slice.position
-    return {"inputs": inputs, "input_present": present, "input_plane": plane, "input_position": position}
+    slots = {"inputs": inputs, "input_present": present, "input_plane": plane, "input_position": position}
+    if slab_thickness is not None:
+        slots["input_thickness"] = present * np.float32(slab_thickness)
+    return slots
 
 
 def build_sample(
@@ -183,17 +247,33 @@ def build_sample(
     rotation: np.ndarray,
     depth_index: int,
     modality_index: int,
-    max_inputs: int,
+    options: SampleOptions | int,
+    input_label_maps: Optional[Sequence[np.ndarray]] = None,
+    slab_thickness: Optional[float] = None,
 ) -> dict[str, np.ndarray]:
+    """One sample; ``options`` may be a plain max_inputs (the original image+tumour target, no extra conditioning)."""
+    options = options if isinstance(options, SampleOptions) else SampleOptions(int(options))
     side = cube.side
     points = view_plane_points(rotation, side, depth_index)
     image = ndimage.map_coordinates(scale.normalise(cube.image), points, order=1, mode="constant", cval=-1.0)
-    labels = ndimage.map_coordinates(cube.tumour, points, order=0, mode="constant", cval=0)
     extruded, distance = geometry.extrude_in_cube(slices, side)
     guess, known_distance = sample_in_view(extruded, distance, points)
+    target = image[None]
+    if options.tumour_in_target:
+        labels = ndimage.map_coordinates(cube.tumour, points, order=0, mode="constant", cval=0)
+        target = np.concatenate([target, tumour_channels(labels)])
+    extra: dict[str, np.ndarray] = {}
+    if options.label_conditioning:
+        maps = input_label_maps if input_label_maps is not None else [-np.ones((3, side, side), np.float32)] * len(slices)
+        if max(float(m.max()) for m in maps) <= -1.0:  # no tumour on any input: the extruded maps are -1 everywhere
+            extra["label_guess"] = -np.ones((3, side, side), np.float32)
+        else:
+            extra["label_guess"] = np.stack([image_in_view(m, points) for m in extruded_label_maps(slices, maps, side)])
+    thickness = (slab_thickness if slab_thickness is not None else 2.0 / side) if options.slab_conditioning else None
     return {
-        "target": np.concatenate([image[None], tumour_channels(labels)]),
-        **conditioning_slots(slices, side, max_inputs),
+        "target": target.astype(np.float32),
+        **conditioning_slots(slices, side, options.max_inputs, thickness),
+        **extra,
         "guess": guess[None],
         "known_distance": known_distance[None],
         "rotation": np.asarray(rotation, dtype=np.float32),

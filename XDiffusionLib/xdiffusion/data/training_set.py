@@ -41,6 +41,12 @@ class TrainingSetConfig:
     seed: int = 0
 
 
+def work_side_for(cube_size: int) -> int:
+    """The grid subjects are warped on before they become cubes: finer than the cube, so the cube keeps its detail
+    (96 for the shipped 64^3 model, as it was trained)."""
+    return max(96, cube_size + cube_size // 4)
+
+
 def _tumour_modality(modality: str, rng: np.random.Generator) -> str:
     return modality if modality in TUMOUR_CONTRAST else str(rng.choice(sorted(TUMOUR_CONTRAST)))
 
@@ -81,13 +87,15 @@ def _cache_key(subject: Subject, modalities: Sequence[str], config: TrainingSetC
 
 def _save_cube(path: Path, cube: TrainingCube) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.part.npz")
-    np.savez_compressed(temporary, image=cube.image, tumour=cube.tumour, modality=np.array(cube.modality))
+    np.savez_compressed(temporary, image=cube.image, tumour=cube.tumour, modality=np.array(cube.modality),
+                        voxel_mm=np.array(cube.voxel_mm))
     os.replace(temporary, path)
 
 
 def _load_cube(path: Path) -> TrainingCube:
     with np.load(path, allow_pickle=False) as data:
-        return TrainingCube(data["image"], data["tumour"], str(data["modality"]))
+        voxel_mm = float(data["voxel_mm"]) if "voxel_mm" in data.files else 0.0
+        return TrainingCube(data["image"], data["tumour"], str(data["modality"]), voxel_mm)
 
 
 def build_training_cubes(

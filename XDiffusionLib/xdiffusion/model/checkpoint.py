@@ -3,6 +3,7 @@
     unet/                 config.json + diffusion_pytorch_model.safetensors
     condition_encoder/    config.json + model.safetensors
     vae/                  (latent models only) config.json + diffusion_pytorch_model.safetensors
+    label_net/            (models with pixel-space tumour labels) config.json + diffusion_pytorch_model.safetensors
     scheduler/            scheduler_config.json
     xdiffusion_config.json, model_index.json, model_card.json (with the SHA-256 of every weight file), README.md
 
@@ -19,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -32,9 +33,13 @@ from ..io import atomic_output
 from .conditioning import ConditionEncoder
 from .config import XDiffusionConfig
 
+if TYPE_CHECKING:  # MONAI (behind the label net) takes seconds to import: only models with a label net pay for it
+    from .label_net import TumourLabelNet
+
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 ENCODER_WEIGHTS = "condition_encoder/model.safetensors"
 VAE_WEIGHTS = "vae/diffusion_pytorch_model.safetensors"
+LABEL_NET_WEIGHTS = "label_net/diffusion_pytorch_model.safetensors"
 
 
 @dataclass
@@ -47,6 +52,7 @@ class XDiffusionModel:
     autoencoder: Optional[AutoencoderKL]
     scheduler_config: dict[str, Any]
     model_card: dict[str, Any] = field(default_factory=dict)
+    label_net: Optional["TumourLabelNet"] = None  # pixel-space tumour labels (models whose denoiser draws none)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -65,7 +71,7 @@ def _readme(card: dict[str, Any]) -> str:
 
 def save_model(folder: Union[str, Path], unet: UNet2DConditionModel, condition_encoder: ConditionEncoder,
                autoencoder: Optional[AutoencoderKL], scheduler_config: dict[str, Any], config: XDiffusionConfig,
-               model_card: dict[str, Any]) -> Path:
+               model_card: dict[str, Any], label_net: Optional["TumourLabelNet"] = None) -> Path:
     """Write the model folder atomically: it is built beside the target and renamed into place, so readers see the
     old folder or the new one, never half of one. Returns the folder."""
     folder = Path(folder).absolute()
@@ -84,6 +90,10 @@ def save_model(folder: Union[str, Path], unet: UNet2DConditionModel, condition_e
             autoencoder.save_pretrained(staging / "vae", safe_serialization=True, max_shard_size="1000GB")
             parts["vae"] = ["diffusers", "AutoencoderKL"]
             weights.append(VAE_WEIGHTS)
+        if label_net is not None:
+            label_net.save_pretrained(staging / "label_net", safe_serialization=True)
+            parts["label_net"] = ["xdiffusion.model.label_net", "TumourLabelNet"]
+            weights.append(LABEL_NET_WEIGHTS)
         _write_json(staging / "scheduler" / "scheduler_config.json", dict(scheduler_config))
         config.to_json(staging / "xdiffusion_config.json")
         _write_json(staging / "model_index.json", {"_class_name": "XDiffusionModel", **parts})
@@ -178,12 +188,18 @@ def load_model(folder: Union[str, Path], device: Union[str, torch.device] = "cpu
         raise ModelError(f"xdiffusion_config.json says latent={config.latent} but model_index.json "
                          f"{'lists' if 'vae' in index else 'lacks'} a vae in {folder}")
     weights = [UNET_WEIGHTS, ENCODER_WEIGHTS] + ([VAE_WEIGHTS] if config.latent else [])
+    weights += [LABEL_NET_WEIGHTS] if "label_net" in index else []
     states = {name: _verified_weights(folder, name, hashes) for name in weights}
 
     try:
         unet = UNet2DConditionModel.from_config(_read_json(folder / "unet" / "config.json"))
         encoder = ConditionEncoder(**_read_json(folder / "condition_encoder" / "config.json"))
         autoencoder = AutoencoderKL.from_config(_read_json(folder / "vae" / "config.json")) if config.latent else None
+        label_net = None
+        if "label_net" in index:
+            from .label_net import TumourLabelNet
+
+            label_net = TumourLabelNet.from_config(_read_json(folder / "label_net" / "config.json"))
     except ModelError:
         raise
     except Exception as error:
@@ -205,10 +221,12 @@ def load_model(folder: Union[str, Path], device: Union[str, torch.device] = "cpu
     _load_into(encoder, states[ENCODER_WEIGHTS], "condition encoder", folder)
     if autoencoder is not None:
         _load_into(autoencoder, states[VAE_WEIGHTS], "autoencoder", folder)
-    parts = [unet, encoder] + ([autoencoder] if autoencoder is not None else [])
+    if label_net is not None:
+        _load_into(label_net, states[LABEL_NET_WEIGHTS], "tumour label net", folder)
+    parts = [part for part in (unet, encoder, autoencoder, label_net) if part is not None]
     for part in parts:
         part.to(device).eval().requires_grad_(False)
         if dtype != torch.float32:  # diffusers warns on every dtype cast, float32 included: cast only when needed
             part.to(dtype)
     scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
-    return XDiffusionModel(config, unet, encoder, autoencoder, scheduler_config, card)
+    return XDiffusionModel(config, unet, encoder, autoencoder, scheduler_config, card, label_net)

@@ -28,6 +28,11 @@ def rotation_6d(rotation: torch.Tensor) -> torch.Tensor:
     return rotation[..., :, :2].transpose(-1, -2).reshape(*rotation.shape[:-2], 6)
 
 
+def slab_feature(thickness: torch.Tensor) -> torch.Tensor:
+    """Slab thickness (cube half-widths) -> a roughly unit-range feature; absent slots (0) map to the thin end."""
+    return (torch.log(thickness.clamp(min=1e-3)) + 3.0) / 2.0
+
+
 def _mlp(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
                          nn.Linear(hidden, dim_out))
@@ -40,18 +45,20 @@ class ConditionEncoder(nn.Module):
     """
 
     def __init__(self, max_inputs: int, num_modalities: int, embed_dim: int, token_dim: int, hidden_dim: int = 128,
-                 plane_embed_dim: int = 16, fourier_features: int = 6, modality_embed_dim: int = 16) -> None:
+                 plane_embed_dim: int = 16, fourier_features: int = 6, modality_embed_dim: int = 16,
+                 slab_thickness: bool = False) -> None:
         super().__init__()
         self.init_kwargs: dict[str, Any] = dict(
             max_inputs=max_inputs, num_modalities=num_modalities, embed_dim=embed_dim, token_dim=token_dim,
             hidden_dim=hidden_dim, plane_embed_dim=plane_embed_dim, fourier_features=fourier_features,
-            modality_embed_dim=modality_embed_dim)
+            modality_embed_dim=modality_embed_dim, slab_thickness=slab_thickness)
         self.num_fourier = fourier_features
+        self.slab_thickness = slab_thickness
         position_dim = 1 + 2 * fourier_features
         self.plane_embedding = nn.Embedding(3, plane_embed_dim)
         self.slot_embedding = nn.Embedding(max_inputs, hidden_dim)
         self.absent_slot = nn.Parameter(torch.zeros(hidden_dim))
-        self.slot_mlp = _mlp(plane_embed_dim + position_dim, hidden_dim, hidden_dim)
+        self.slot_mlp = _mlp(plane_embed_dim + position_dim + int(slab_thickness), hidden_dim, hidden_dim)
         self.modality_embedding = nn.Embedding(num_modalities, modality_embed_dim)
         self.view_mlp = _mlp(6 + position_dim + modality_embed_dim, hidden_dim, hidden_dim)
         self.to_vector = nn.Sequential(nn.SiLU(), nn.Linear(2 * hidden_dim, embed_dim))
@@ -68,7 +75,7 @@ class ConditionEncoder(nn.Module):
         return cls(max_inputs=config.max_inputs, num_modalities=len(config.modalities),
                    embed_dim=config.unet.time_embed_dim, token_dim=config.unet.cross_attention_dim,
                    hidden_dim=c.hidden_dim, plane_embed_dim=c.plane_embed_dim, fourier_features=c.fourier_features,
-                   modality_embed_dim=c.modality_embed_dim)
+                   modality_embed_dim=c.modality_embed_dim, slab_thickness=config.slab_conditioning)
 
     def forward(self, batch: Mapping[str, torch.Tensor],
                 drop: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +84,10 @@ class ConditionEncoder(nn.Module):
         plane = self.plane_embedding(batch["input_plane"].round().long().clamp(0, 2))
         position = fourier_features(batch["input_position"].to(present.dtype), self.num_fourier)
         slot_index = torch.arange(slots, device=present.device)
-        slot = self.slot_mlp(torch.cat([plane, position], dim=-1)) + self.slot_embedding(slot_index)
+        features = [plane, position]
+        if self.slab_thickness:  # log scale: thin (~2/S) and 8 mm slabs differ by a factor, not an offset
+            features.append(slab_feature(batch["input_thickness"].to(present.dtype))[..., None])
+        slot = self.slot_mlp(torch.cat(features, dim=-1)) + self.slot_embedding(slot_index)
         slot = present[..., None] * slot + (1 - present[..., None]) * self.absent_slot
 
         modality = self.modality_embedding(batch["modality"].round().long().reshape(batch_size))

@@ -16,6 +16,7 @@ from ..errors import InputError
 
 PREDICTION_TYPES = ("v_prediction", "epsilon")
 IMAGE_CHANNELS = 4  # image + tumour labels 1, 2, 3 (docs/architecture.md, `target`)
+LABEL_MAPS = 3  # BraTS labels 1, 2, 3
 
 
 @dataclass
@@ -77,6 +78,10 @@ class XDiffusionConfig:
     num_train_timesteps: int = 1000
     cfg_dropout: float = 0.1
     latent_scale: float = 1.0
+    # issue 13/14/17 conditioning; all off in models saved before they existed (their configs lack the keys)
+    tumour_in_target: bool = True  # False: the denoiser draws the image only; labels come from the pixel-space label net
+    label_conditioning: bool = False  # the input slices' tumour labels, extruded into each view, condition the image
+    slab_conditioning: bool = False  # each input slot carries its slab thickness (a thick slice is a slab mean)
 
     def __post_init__(self) -> None:
         self.modalities = list(self.modalities)
@@ -107,14 +112,20 @@ class XDiffusionConfig:
         return self.cube_size // self.downsample
 
     @property
+    def image_channels(self) -> int:
+        """Channels of a target slice: the image, plus the three tumour labels where they are drawn by the denoiser."""
+        return IMAGE_CHANNELS if self.tumour_in_target else 1
+
+    @property
     def target_channels(self) -> int:
-        """Channels the U-Net denoises: the 4 image+tumour channels, or the autoencoder's latent channels."""
-        return self.autoencoder.latent_channels if self.latent else IMAGE_CHANNELS
+        """Channels the U-Net denoises: the slice's image channels, or the autoencoder's latent channels."""
+        return self.autoencoder.latent_channels if self.latent else self.image_channels
 
     @property
     def condition_image_channels(self) -> int:
-        """Pixel-aligned conditioning images at cube resolution: inputs, presence maps, guess, known distance."""
-        return 2 * self.max_inputs + 2
+        """Pixel-aligned conditioning images at cube resolution: inputs, presence maps, guess, known distance, and
+        the extruded input labels (one map per BraTS label) when the model is label-conditioned."""
+        return 2 * self.max_inputs + 2 + (LABEL_MAPS if self.label_conditioning else 0)
 
     @property
     def unet_in_channels(self) -> int:

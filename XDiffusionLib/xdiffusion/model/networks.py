@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .conditioning import ConditionEncoder
-from .config import IMAGE_CHANNELS, XDiffusionConfig
+from .config import XDiffusionConfig
 
 
 def build_unet(config: XDiffusionConfig) -> UNet2DConditionModel:
@@ -80,14 +80,18 @@ def init_unet_from_pretrained(local_dir: Union[str, Path], config: XDiffusionCon
 
 
 def condition_images(batch: Mapping[str, torch.Tensor], size: int, drop: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Pixel-aligned conditioning [B, (2K+2)*f^2, size, size]: inputs, presence maps, guess, known distance.
+    """Pixel-aligned conditioning [B, C*f^2, size, size]: inputs, presence maps, guess, known distance (C = 2K+2),
+    and the extruded label maps where the batch has them.
 
     In latent space (`size` < S) they are folded with `pixel_unshuffle`, which is lossless, unlike resizing.
     Rows in `drop` are zeroed (the unconditional branch of classifier-free guidance).
     """
     inputs = batch["inputs"]
     present = batch["input_present"].to(inputs.dtype)[..., None, None].expand_as(inputs)
-    images = torch.cat([inputs, present, batch["guess"].to(inputs.dtype), batch["known_distance"].to(inputs.dtype)], 1)
+    parts = [inputs, present, batch["guess"].to(inputs.dtype), batch["known_distance"].to(inputs.dtype)]
+    if "label_guess" in batch:  # label-conditioned models: the input slices' tumour labels, extruded into the view
+        parts.append(batch["label_guess"].to(inputs.dtype))
+    images = torch.cat(parts, 1)
     if drop is not None:
         images = images * (~drop.to(device=images.device, dtype=torch.bool)).to(images.dtype)[:, None, None, None]
     factor = images.shape[-1] // size
@@ -124,11 +128,12 @@ class Denoiser(nn.Module):
 
 
 def build_autoencoder(config: XDiffusionConfig) -> AutoencoderKL:
-    """KL autoencoder for the 4 image+tumour channels; spatial factor `config.autoencoder.downsample`."""
+    """KL autoencoder for a target slice's channels (image, and tumour where the denoiser draws it); spatial factor
+    `config.autoencoder.downsample`."""
     a = config.autoencoder
     levels = len(a.block_out_channels)
     return AutoencoderKL(
-        in_channels=IMAGE_CHANNELS, out_channels=IMAGE_CHANNELS, latent_channels=a.latent_channels,
+        in_channels=config.image_channels, out_channels=config.image_channels, latent_channels=a.latent_channels,
         down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
         block_out_channels=a.block_out_channels, layers_per_block=a.layers_per_block,
         norm_num_groups=a.norm_num_groups, sample_size=config.cube_size)
@@ -169,6 +174,8 @@ def autoencoder_loss(recon: torch.Tensor, target: torch.Tensor, tumour_weight: f
     """L1 on the image channel plus L1 on the tumour channels with tumour pixels weighted up: tumours cover a few
     percent of a slice, and unweighted L1 is minimised by never drawing one (a measured failure, Dice 0)."""
     image = F.l1_loss(recon[:, :1], target[:, :1])
+    if target.shape[1] == 1:  # an image-only autoencoder (labels live in pixel space)
+        return image
     weights = 1.0 + (tumour_weight - 1.0) * (target[:, 1:] > 0).to(recon.dtype)
     tumour = (weights * (recon[:, 1:] - target[:, 1:]).abs()).sum() / weights.sum()
     return image + tumour

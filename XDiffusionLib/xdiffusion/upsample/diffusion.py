@@ -2,7 +2,8 @@
 ``max_inputs`` known slices a call, asked to redraw the B-spline volume near each group of thick slices.
 
 The shipped model was never trained on thick slices (it takes thin slices as point samples, and its cube is ~4 mm a
-voxel for a head), so this is an honest attempt with what exists, not the issue's trained conditioning:
+voxel for a head), so this is an honest attempt with what exists, not the issue's trained conditioning. A model with
+`slab_conditioning` (configs/detail.yaml) is also told the slab thickness, which it learnt from slab-mean inputs:
 
 1. The B-spline upsampling is the SDEdit prior: it goes into the cube and is noised to ``strength``.
 2. The slabs are cut into windows of ``max_inputs`` consecutive slabs (starts 0, 2, 4, ..., the last one flush with
@@ -68,6 +69,8 @@ def diffusion_upsample(stack: ThickStack, grid: Geometry, prior: np.ndarray, pip
     prior_cube_units = geometry.volume_to_cube(Volume(prior.astype(np.float32), grid), frame)
     prior_cube = scale.normalise(prior_cube_units)
 
+    # a slab-conditioned model is told each input is a slab mean of this thickness (cube half-widths), not a sample
+    slab = {"slab_thickness": stack.thickness_mm / (frame.size_mm / 2.0)} if pipeline.config.slab_conditioning else {}
     starts = window_starts(stack.count, size)
     cube_axis = placed[0].axis
     centres, cubes, evaluations = [], [], 0
@@ -79,7 +82,7 @@ def diffusion_upsample(stack: ThickStack, grid: Geometry, prior: np.ndarray, pip
                 return True
             return progress((number + fraction) / len(starts), f"window {number + 1}/{len(starts)}: {stage}")
 
-        result = pipeline(window, modality, progress=report, prior=prior_cube, **sampling)
+        result = pipeline(window, modality, progress=report, prior=prior_cube, **slab, **sampling)
         cubes.append(result.image)
         centres.append(float(np.mean([frame.to_coordinate(p.position) for p in window])))
         evaluations += result.unet_evaluations

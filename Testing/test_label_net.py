@@ -1,0 +1,96 @@
+"""The pixel-space tumour label net: its training pairs, learning, saving, and labelling a volume on its own grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from head_phantom import synthetic_head
+from xdiffusion.data.loaders import Subject
+from xdiffusion.data.samples import IntensityScale
+from xdiffusion.model.label_net import INPUT_CHANNELS, TumourLabelNet, label_net_inputs
+from xdiffusion.model.label_training import (CROP, LabelPairs, build_lesion_volumes, dice_scores, label_pair,
+                                             resume_point, train_label_net)
+from xdiffusion.tumour_labels import label_volume
+
+TINY = (4, 4, 8, 8, 16, 4)
+
+
+@pytest.fixture(scope="module")
+def lesion_volumes():
+    image, brain = synthetic_head()
+    return build_lesion_volumes([Subject("phantom", {"t1": image}, brain_mask=brain)], variants=2, work_side=48, seed=3)
+
+
+def test_pairs_carry_the_input_labels_and_signed_distance(lesion_volumes):
+    volume = lesion_volumes[0]
+    seen_given = seen_segment = 0
+    for seed in range(30):
+        inputs, target = label_pair(volume, np.random.default_rng(seed))
+        assert inputs.shape == (INPUT_CHANNELS, CROP, CROP) and target.shape == (CROP, CROP)
+        assert set(np.unique(target)) <= {0, 1, 2, 3}
+        flag, distance = inputs[5], inputs[6]
+        assert np.ptp(flag) == 0 and np.ptp(distance) == 0  # constant maps, padding included
+        if flag[0, 0] == 0:  # segmentation of the input slice: no labels given, the target is the input slice
+            seen_segment += 1
+            assert distance[0, 0] == 0 and not inputs[2:5].any()
+        else:
+            seen_given += 1
+    assert seen_given and seen_segment
+
+
+def test_pairs_are_deterministic(lesion_volumes):
+    pairs = LabelPairs(lesion_volumes, seed=4)
+    a, b = pairs[7], pairs[7]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(pairs[8][0], a[0])
+
+
+def test_dice_scores_skip_absent_regions():
+    truth = np.zeros((1, 4, 4), np.uint8)
+    truth[0, :2, :2] = 2
+    scores = dice_scores(truth.copy(), truth)
+    assert scores["wt"] == 1.0 and scores["tc"] is None and scores["et"] is None
+    assert dice_scores(np.zeros_like(truth), truth)["wt"] == 0.0
+
+
+def test_training_learns_and_resumes(lesion_volumes, tmp_path):
+    torch.manual_seed(0)
+    net = TumourLabelNet(features=TINY)
+    step = train_label_net(net, lesion_volumes, lesion_volumes, tmp_path, steps=60, batch_size=4, lr=3e-3,
+                           validate_every=30)
+    assert step == 60
+    rows = (tmp_path / "label_metrics.csv").read_text().splitlines()
+    assert len(rows) == 3  # header + two validations
+    first, last = (float(row.split(",")[1]) for row in (rows[1], rows[2]))
+    assert last < first  # the Dice + cross-entropy loss falls
+    resumed, start = resume_point(tmp_path)
+    assert start == 60 and resumed is not None
+    for a, b in zip(resumed.parameters(), net.parameters()):
+        assert torch.equal(a, b)
+    assert (tmp_path / "label_net" / "config.json").is_file()
+
+
+def test_label_volume_keeps_given_labels_and_geometry_axis():
+    torch.manual_seed(0)
+    net = TumourLabelNet(features=TINY)
+    rng = np.random.default_rng(0)
+    image = rng.random((20, 24, 18)).astype(np.float32) * 100
+    known = np.zeros((20, 18), np.uint8)
+    known[5:9, 6:10] = 2
+    known[6:8, 7:9] = 3
+    images = [image[:, 11, :]]
+    labels = label_volume(net, image, axis=1, spacing_mm=1.0, indices=[11], input_images=images,
+                          scale=IntensityScale.from_slices(images), input_labels=[known])
+    assert labels.shape == image.shape and labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels[:, 11, :], known)
+    assert set(np.unique(labels)) <= {0, 1, 2, 3}
+
+
+def test_inputs_mark_unknown_labels_apart_from_no_tumour():
+    image = np.zeros((8, 8), np.float32)
+    unknown = label_net_inputs(image, image, None, 0.0)
+    healthy = label_net_inputs(image, image, np.zeros((8, 8), np.uint8), 3.0)
+    assert unknown[5].max() == 0 and healthy[5].min() == 1
+    assert healthy[6, 0, 0] == pytest.approx(3.0 / 16.0)

@@ -1,0 +1,47 @@
+"""Tumour labels of a reconstruction, on the output grid itself (the input's resolution, not the model's cube).
+
+Each output slice parallel to the input plane is labelled by the label net (`model.label_net`) from the reconstructed
+slice, its nearest input slice, that slice's labels and the signed distance between them. Labels on the input slices
+come from the user (`--input-segmentation`) and are kept exactly; without them the same network first segments the
+input slices themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .data.samples import IntensityScale
+from .model.label_net import TumourLabelNet, label_net_inputs, predict_labels
+
+BATCH = 16
+
+
+def segment_input_slices(net: TumourLabelNet, images: Sequence[np.ndarray], scale: IntensityScale,
+                         device: str | torch.device = "cpu") -> list[np.ndarray]:
+    """The network's labels for each input slice on its own (no labels given, distance 0)."""
+    inputs = np.stack([label_net_inputs(scale.normalise(image), scale.normalise(image), None, 0.0) for image in images])
+    return list(predict_labels(net, inputs, BATCH, device))
+
+
+def label_volume(net: TumourLabelNet, image: np.ndarray, axis: int, spacing_mm: float, indices: Sequence[int],
+                 input_images: Sequence[np.ndarray], scale: IntensityScale,
+                 input_labels: Optional[Sequence[np.ndarray]] = None,
+                 device: str | torch.device = "cpu") -> np.ndarray:
+    """BraTS labels (uint8) for the reconstructed ``image`` (input units, on the input grid), slice by slice along the
+    input ``axis``; ``input_labels`` (one 2D map per input slice) are pasted back exactly."""
+    given = list(input_labels) if input_labels is not None else segment_input_slices(net, input_images, scale, device)
+    stacked = np.moveaxis(image, axis, 0)
+    positions = np.asarray(indices)
+    nearest = np.abs(np.arange(stacked.shape[0])[:, None] - positions[None, :]).argmin(axis=1)
+    labels = np.zeros(stacked.shape, dtype=np.uint8)
+    for start in range(0, stacked.shape[0], BATCH):
+        rows = range(start, min(start + BATCH, stacked.shape[0]))
+        batch = np.stack([label_net_inputs(scale.normalise(stacked[z]), scale.normalise(input_images[nearest[z]]),
+                                           given[nearest[z]], float((z - positions[nearest[z]]) * spacing_mm)) for z in rows])
+        labels[start:start + len(rows)] = predict_labels(net, batch, BATCH, device)
+    for index, known in zip(indices, given):
+        labels[index] = known
+    return np.moveaxis(labels, 0, axis)

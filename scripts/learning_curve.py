@@ -1,0 +1,117 @@
+"""The campaign's learning curve from its committed log: a figure and a table in docs/model.md.
+
+    python scripts/learning_curve.py campaign/detail/snapshot/metrics.csv [--label-log campaign/detail/label_metrics.csv]
+
+Reads the training log (`step,name,value` rows, as `Trainer._log` writes them) and plots validation PSNR, SSIM and
+sharpness against the optimiser step (with the extrude prior's PSNR and SSIM on the same samples for reference), and
+the label net's validation Dice when its log is given. Writes docs/images/<name>_learning_curve.png and replaces the
+table between the `learning-curve` markers in docs/model.md. Every number comes from the log; nothing is typed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MARKERS = ("<!-- learning-curve:start -->", "<!-- learning-curve:end -->")
+CURVES = (("val/psnr", "val/psnr_extrude", "PSNR (dB)"), ("val/ssim", "val/ssim_extrude", "SSIM"),
+          ("val/sharpness", None, "sharpness (1 = as detailed as the truth)"))
+
+
+def read_log(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """name -> [(step, value)], the last value logged at a step winning (a resumed run may log a step twice)."""
+    series: dict[str, dict[int, float]] = defaultdict(dict)
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            series[row["name"]][int(row["step"])] = float(row["value"])
+    return {name: sorted(points.items()) for name, points in series.items()}
+
+
+def read_label_log(path: Path) -> list[tuple[int, float]]:
+    with path.open(newline="") as handle:
+        return [(int(row["step"]), float(row["dice_wt"])) for row in csv.DictReader(handle)
+                if row.get("dice_wt") not in (None, "", "None")]
+
+
+def plot(series: dict, labels: list[tuple[int, float]], output: Path, title: str) -> None:
+    panels = len(CURVES) + (1 if labels else 0)
+    figure, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4))
+    for axis, (name, reference, ylabel) in zip(axes, CURVES):
+        if series.get(name):
+            steps, values = zip(*series[name])
+            axis.plot(steps, values, "o-", label="model (EMA)")
+        if reference and series.get(reference):
+            steps, values = zip(*series[reference])
+            axis.plot(steps, values, "--", color="grey", label="extrude prior")
+        axis.set_xlabel("optimiser step")
+        axis.set_ylabel(ylabel)
+        axis.legend(fontsize=8)
+    if labels:
+        steps, values = zip(*labels)
+        axes[-1].plot(steps, values, "o-", color="tab:red")
+        axes[-1].set_xlabel("label net step")
+        axes[-1].set_ylabel("label net validation Dice WT")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(output, dpi=110)
+
+
+def table(series: dict, labels: list[tuple[int, float]]) -> str:
+    names = ["val/psnr", "val/psnr_extrude", "val/ssim", "val/ssim_extrude", "val/sharpness", "train/loss"]
+    steps = sorted({step for name in names[:5] for step, _ in series.get(name, [])})
+    lookup = {name: dict(series.get(name, [])) for name in names}
+    loss = series.get("train/loss", [])
+    lines = ["| step | PSNR (dB) | extrude PSNR | SSIM | extrude SSIM | sharpness | training loss (last logged) |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for step in steps:
+        last_loss = [value for at, value in loss if at <= step]
+        cells = [f"{lookup[n][step]:.3f}" if step in lookup[n] else "" for n in names[:5]]
+        cells.append(f"{last_loss[-1]:.4f}" if last_loss else "")
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    if not steps:
+        lines.append("| (no validation logged yet) | | | | | | |")
+    if labels:
+        lines += ["", "| label net step | validation Dice WT |", "|---:|---:|"]
+        lines += [f"| {step} | {value:.3f} |" for step, value in labels]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("log", type=Path)
+    parser.add_argument("--label-log", type=Path)
+    parser.add_argument("--name", default="detail")
+    parser.add_argument("--doc", type=Path, default=REPO / "docs" / "model.md")
+    args = parser.parse_args()
+    if not args.log.is_file():
+        print(f"error: no training log at {args.log}", file=sys.stderr)
+        return 2
+    series = read_log(args.log)
+    labels = read_label_log(args.label_log) if args.label_log and args.label_log.is_file() else []
+    image = REPO / "docs" / "images" / f"{args.name}_learning_curve.png"
+    plot(series, labels, image, f"{args.name} model: validation against step (from {args.log.relative_to(REPO) if args.log.is_absolute() else args.log})")
+    text = args.doc.read_text(encoding="utf-8")
+    block = (f"{MARKERS[0]}\n![learning curve](images/{image.name})\n\nGenerated by `python scripts/learning_curve.py "
+             f"{args.log}` from the committed log.\n\n{table(series, labels)}\n{MARKERS[1]}")
+    if MARKERS[0] in text:
+        text = re.sub(re.escape(MARKERS[0]) + r".*?" + re.escape(MARKERS[1]), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    args.doc.write_text(text, encoding="utf-8")
+    print(f"wrote {image} and the table in {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
