@@ -9,7 +9,6 @@ Slicer's views draw from."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,28 +26,12 @@ from XDiffusionModuleLib import bundle, cli, grid, metrics, scene as xs, tumour,
 from XDiffusionModuleLib.jobs import DONE, FAILED  # noqa: E402
 from XDiffusionModuleLib.runs import ReconstructionRun, RunRequest  # noqa: E402
 from conftest import smooth_head  # noqa: E402
+from test_slicer_process import FAKE_CLI, fake_env, scene  # noqa: E402,F401 (scene: a fixture)
 from test_slicer_scene import add_volume, ras_matrix  # noqa: E402
 
-FAKE_CLI = [sys.executable, str(Path(__file__).resolve().parent / "slicer_fake_cli.py")]
 SHAPE = (24, 20, 16)  # i, j, k on an oblique, anisotropic grid
 AXIAL_INDEX = 7
 CARDS = {"bundled": {"segments_tumours": True}}  # the card is known: no model-info step
-
-
-def fake_env(**settings) -> dict:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("FAKE_XDIFFUSION_")}
-    env["OMP_NUM_THREADS"] = "1"
-    env.update({f"FAKE_XDIFFUSION_{key.upper()}": str(value) for key, value in settings.items()})
-    return env
-
-
-@pytest.fixture
-def scene():
-    scene = slicer.vtkMRMLScene()
-    colors = slicer.vtkMRMLColorLogic()
-    colors.SetMRMLScene(scene)
-    yield scene
-    del colors
 
 
 @pytest.fixture
