@@ -78,3 +78,19 @@ def test_scores_and_table_without_a_model(tmp_path: Path) -> None:
     text = harness.markdown(rows, {"min_ml": 5.0, "command": "x", "git_commit": "abc", "when": "now",
                                    "machine": {"cpu": "cpu", "cores": 2}, "model_status": why})
     assert text.count("| copy |") == 1 + 1 + 1 and "not run" in text  # the axial mean, the all mean, the case row
+
+
+def test_label_net_rows_keep_the_input_slice_labels(tmp_path: Path) -> None:
+    """The label-net methods score a real label volume whose input slice carries exactly the given labels."""
+    import torch
+
+    from xdiffusion.model.label_net import TumourLabelNet
+
+    torch.manual_seed(0)
+    case = harness.lesion_cases([_scan()], seeds=1)[0]
+    rows = harness.evaluate_case(case, tmp_path, ("axial",), model=None, log=lambda line: None,
+                                 label_net=TumourLabelNet(features=(4, 4, 8, 8, 16, 4)))
+    net_rows = [r for r in rows if r["method"] in harness.LABEL_NET_METHODS]
+    assert [r["method"] for r in net_rows] == list(harness.LABEL_NET_METHODS)
+    with_labels = net_rows[0]["metrics"]
+    assert with_labels["dice_wt"] > 0.0  # the given slice alone overlaps the truth

@@ -10,7 +10,11 @@ cross-section; the methods see that slice's labels and nothing else of the truth
 - ``copy`` and ``ellipsoid`` (`xdiffusion.label_baselines`), always;
 - ``xdiffusion+labels`` (``xdiffusion reconstruct --input-segmentation``) and ``xdiffusion`` (the same without the
   labels), only with ``--model`` pointing at a model whose config has ``label_conditioning`` true; otherwise the
-  output says why they were not run and no number is written for them.
+  output says why they were not run and no number is written for them;
+- ``label net+labels`` and ``label net`` with ``--label-net DIR`` (a `TumourLabelNet` folder, e.g. the campaign's
+  campaign/detail/label_net): the label stage alone, reading the ``atlas`` reconstruction (which draws no tumour), with
+  the input slice's labels and without them (it segments the input slice first): what the label net's shape prior
+  does with no tumour in the image, before any denoiser draws one.
 
 Scores (`xdiffusion.evaluate.tumour_metrics`): Dice WT/TC/ET (None where both are empty), whole-tumour volume error
 (ml and % of the truth), centroid distance, MONAI's HD95 per region. Writes benchmarks/results/tumour_profiles.json
@@ -48,6 +52,7 @@ MIN_ML = 5.0
 SEED_TRIES = 50  # lesion seeds tried per subject to find enough of at least MIN_ML
 BASELINES = {"copy": copy_to_neighbours, "ellipsoid": ellipsoid_from_slices}
 MODEL_METHODS = ("xdiffusion+labels", "xdiffusion")
+LABEL_NET_METHODS = ("label net+labels", "label net")
 SCORE_MARGIN = 3  # voxels kept around both masks when scoring on a crop (every score is unchanged by the crop)
 
 
@@ -151,7 +156,27 @@ def run_model(case_dir: Path, plane: str, index: int, model: str, with_labels: b
     return np.rint(read_volume(segmentation).array).astype(np.uint8), record
 
 
-def evaluate_case(case: LesionCase, work: Path, planes: Sequence[str], model: Optional[str], log=print) -> list[dict]:
+def label_net_rows(case: LesionCase, plane: str, axis: int, index: int, given: np.ndarray, label_net, common: dict) -> list[dict]:
+    """The label stage on the ``atlas`` reconstruction of the input slice, with and without its labels."""
+    from xdiffusion.data.samples import IntensityScale
+    from xdiffusion.reconstruct import reconstruct, select_slices
+    from xdiffusion.tumour_labels import label_volume
+
+    inputs = select_slices(case.image, plane, [index])
+    started = time.perf_counter()
+    image = reconstruct(inputs, "atlas").image.array.astype(np.float32)
+    scale = IntensityScale.from_slices(list(inputs.images))
+    rows = []
+    for method in LABEL_NET_METHODS:
+        labels = label_volume(label_net, image, axis, float(case.image.geometry.spacing[axis]), [index], list(inputs.images),
+                              scale, [given[0]] if method == "label net+labels" else None)
+        rows.append({**common, "method": method, "seconds": round(time.perf_counter() - started, 1),
+                     "metrics": score(np.asarray(case.truth.array), labels, case.truth)})
+    return rows
+
+
+def evaluate_case(case: LesionCase, work: Path, planes: Sequence[str], model: Optional[str], log=print,
+                  label_net=None) -> list[dict]:
     """Every method on every plane of one case; one row each."""
     from xdiffusion.io import write_volume
 
@@ -171,12 +196,15 @@ def evaluate_case(case: LesionCase, work: Path, planes: Sequence[str], model: Op
                   "input_wt_mm2": float(np.isin(given, WHOLE_TUMOUR).sum() * np.prod(np.delete(case.image.geometry.spacing, axis)))}
         for method, baseline in BASELINES.items():
             rows.append({**common, "method": method, "metrics": score(truth, baseline(case.image.geometry, axis, [index], given), case.truth)})
+        if label_net is not None:
+            rows += label_net_rows(case, plane, axis, index, given, label_net, common)
         if model is not None:
             for method in MODEL_METHODS:
                 prediction, record = run_model(case_dir, plane, index, model, method == "xdiffusion+labels", case.seed)
                 rows.append({**common, "method": method, **record,
                              **({"metrics": score(truth, prediction, case.truth)} if prediction is not None else {})})
-        for row in rows[-(len(BASELINES) + (len(MODEL_METHODS) if model else 0)):]:
+        methods = len(BASELINES) + (len(MODEL_METHODS) if model else 0) + (len(LABEL_NET_METHODS) if label_net else 0)
+        for row in rows[-methods:]:
             dice = row.get("metrics", {}).get("dice_wt")
             log(f"{case.name} {plane} slice {index}: {row['method']} Dice WT {'failed' if dice is None else f'{dice:.3f}'}")
     return rows
@@ -196,7 +224,8 @@ def markdown(rows: list[dict], record: dict) -> str:
              "(an ellipsoid per region fitted to the input slice), `xdiffusion.label_baselines`. Dice None (–) where "
              "the region is empty in both; volume error = predicted − true whole tumour, in % of the truth.", "",
              f"- command: `{record['command']}`", f"- git commit: `{record['git_commit']}`", f"- when: {record['when']}",
-             f"- machine: {record['machine']['cpu']}, {record['machine']['cores']} cores", f"- model: {record['model_status']}", ""]
+             f"- machine: {record['machine']['cpu']}, {record['machine']['cores']} cores", f"- model: {record['model_status']}",
+             f"- label net: {record.get('label_net') or 'not run (no --label-net)'}", ""]
     methods = list(dict.fromkeys(row["method"] for row in rows))
     lines += ["## Mean per method and plane", "", "| method | plane | cases | Dice WT | Dice TC | Dice ET | abs vol err % | centroid mm | HD95 WT mm |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -237,6 +266,7 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="held-out lesions per subject (default 3)")
     parser.add_argument("--quick", action="store_true", help="one subject (SRI24), one lesion")
     parser.add_argument("--model", default=None, metavar="DIR", help="a label-conditioned model to score beside the baselines")
+    parser.add_argument("--label-net", default=None, metavar="DIR", help="a TumourLabelNet folder: its rows on the atlas reconstruction")
     parser.add_argument("--cache", default=os.environ.get("XDIFFUSION_CACHE"), metavar="DIR", help="fetched data (default $XDIFFUSION_CACHE)")
     parser.add_argument("--work", default=str(ROOT / "runs" / "tumour_profiles"), metavar="DIR", help="painted volumes, truths, input labels, outputs")
     parser.add_argument("--doc", default=str(DOC), metavar="MD", help=f"the markdown written (default {DOC.relative_to(ROOT)})")
@@ -252,12 +282,17 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
         scans = [scan for scan in scans if scan.subject == "sri24"]
     cases = lesion_cases(scans, 1 if args.quick else args.seeds)
     print(f"{len(cases)} cases: " + ", ".join(f"{c.name} ({c.volume_ml:.1f} ml)" for c in cases), flush=True)
+    label_net = None
+    if args.label_net:
+        from xdiffusion.model.label_net import TumourLabelNet
+
+        label_net = TumourLabelNet.from_pretrained(args.label_net).eval()
     rows = []
     for case in cases:
         rows += evaluate_case(case, Path(args.work), PLANES, str(args.model) if can_run else None,
-                              log=lambda line: print(line, flush=True))
+                              log=lambda line: print(line, flush=True), label_net=label_net)
     record = {"command": shlex.join(["python", "benchmarks/tumour_profiles.py", *(argv if argv is not None else sys.argv[1:])]),
-              "git_commit": git_commit(), "model_status": status, "min_ml": MIN_ML, "seconds": round(time.perf_counter() - started, 1),
+              "git_commit": git_commit(), "model_status": status, "label_net": args.label_net, "min_ml": MIN_ML, "seconds": round(time.perf_counter() - started, 1),
               "cases": [{"case": c.name, "subject": c.subject, "seed": c.seed, "tumour_ml": round(c.volume_ml, 2),
                          "shape": list(c.image.geometry.shape), "spacing": np.round(c.image.geometry.spacing, 4).tolist()} for c in cases],
               "rows": rows}
