@@ -14,7 +14,6 @@ from conftest import oriented_volume, smooth_head
 from model_fixtures import single_thread  # noqa: F401 (autouse fixture: one torch thread)
 from test_pipeline import save_tiny_model
 from xdiffusion.atlas import atlas_reconstruct, intensity_lookup
-from xdiffusion.data.tumour import paint_tumour
 from xdiffusion.evaluate import auroc, uncertainty_ranking
 from xdiffusion.io import Volume
 from xdiffusion.pipeline import XDiffusionPipeline
@@ -34,10 +33,10 @@ def synthetic_cases() -> dict[str, suite.Case]:
     """A 20 x 22 x 18 head on 4 mm voxels, healthy and with a synthetic tumour."""
     image = oriented_volume(smooth_head((20, 22, 18), seed=3), np.eye(3), spacing=(4.0, 4.0, 4.0), origin=(-40.0, -44.0, -36.0))
     mask = image.array > 0
-    painted, labels = paint_tumour(image.array, mask, "t1", np.random.default_rng(0), image.geometry.spacing)
+    seed, painted, labels = suite.crossing_tumours(image, mask, "t1", 1)[0]  # one the middle slices see, as the suite's
     empty = image.with_array(np.zeros(image.geometry.shape, dtype=np.uint8))
     return {"healthy": suite.Case("healthy", image, mask, empty, "t1"),
-            "tumour0": suite.Case("tumour0", image.with_array(painted), mask, image.with_array(labels), "t1", tumour_seed=0)}
+            "tumour0": suite.Case("tumour0", painted, mask, labels, "t1", tumour_seed=seed)}
 
 
 def test_auroc_on_constructed_cases():

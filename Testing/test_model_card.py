@@ -13,6 +13,7 @@ from model_fixtures import single_thread  # noqa: F401 (autouse fixture)
 from test_training import CopyGuessSamples, _config
 
 from xdiffusion.data.samples import TrainingCube
+from xdiffusion.evaluate import PSNR_CAP_DB
 from xdiffusion.model import autoencoder_metrics, build_autoencoder, load_model, preset
 from xdiffusion.model.training import AUTOENCODER_RECORD, Trainer, resolve_config, train
 from xdiffusion.model_card import read_model_card
@@ -38,7 +39,7 @@ def test_an_absent_label_has_no_dice_and_is_left_out_of_the_mean():
     assert metrics["dice_label1"] is None and metrics["dice_label3"] is None
     assert metrics["dice_label2"] == 1.0 and metrics["dice"] == 1.0
     empty = autoencoder_metrics(Identity(), torch.cat([target[:, :1], -torch.ones(2, 3, 8, 8)], 1))
-    assert empty["dice"] is None and empty["psnr"] > 100  # no tumour anywhere: nothing to score, not a perfect 1.0
+    assert empty["dice"] is None and empty["psnr"] == PSNR_CAP_DB  # no tumour anywhere: nothing to score, not a perfect 1.0
 
 
 def test_held_out_targets_cut_every_axis_and_skip_background():

@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+import xdiffusion.compute as compute_module
+import xdiffusion.memory as memory_module
 import xdiffusion.pipeline as pipeline_module
 from test_pipeline import cube_slices, tiny_model
+from xdiffusion.compute import available_host_memory
 from xdiffusion.errors import InputError, ModelError
-from xdiffusion.pipeline import XDiffusionPipeline, available_host_memory
+from xdiffusion.pipeline import XDiffusionPipeline
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +74,7 @@ def test_other_errors_are_not_retried(pipeline, monkeypatch):
 
 
 def test_cpu_run_that_cannot_fit_is_refused_with_the_numbers(pipeline, monkeypatch):
-    monkeypatch.setattr(pipeline_module, "available_host_memory", lambda: 1024**2)  # 1 MiB free
+    monkeypatch.setattr(compute_module, "available_host_memory", lambda: 1024**2)  # 1 MiB free
     estimate = pipeline.estimate_memory(6 * 16, 1.0, 6).total(1)
     with pytest.raises(InputError, match=r"needs about [0-9.]+ GB of memory but only 0\.0 GB is available") as raised:
         pipeline(cube_slices(1), "t1", views=6, steps=1)
@@ -80,7 +83,7 @@ def test_cpu_run_that_cannot_fit_is_refused_with_the_numbers(pipeline, monkeypat
 
 def test_cpu_chunk_shrinks_to_fit_before_refusing(pipeline):
     estimate = pipeline.estimate_memory(64, 1.0, 4)
-    room_for_ten = int((estimate.fixed + 10 * estimate.per_slice()) / pipeline_module.HOST_MEMORY_SHARE) + 1
+    room_for_ten = int((estimate.fixed + 10 * estimate.per_slice()) / memory_module.HOST_MEMORY_SHARE) + 1
     assert pipeline.check_host_memory(estimate, 64, available=room_for_ten) == 10
     assert pipeline.check_host_memory(estimate, 64, available=10 * 1024**3) == 64
 
@@ -90,7 +93,7 @@ def test_gpu_chunk_comes_from_free_memory(pipeline, monkeypatch):
     gpu.device = torch.device("cuda")  # only the chunk arithmetic is exercised: nothing runs on it
     estimate = gpu.estimate_memory(1000, 1.0, 4)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100 * estimate.per_slice(), 16 * 1024**3))
-    assert gpu.choose_chunk_size(estimate, 1000) == int(100 * pipeline_module.GPU_MEMORY_SHARE)
+    assert gpu.choose_chunk_size(estimate, 1000) == int(100 * memory_module.GPU_MEMORY_SHARE)
     assert gpu.choose_chunk_size(estimate, 30) == 30
     assert gpu.choose_chunk_size(estimate, 1000, requested=7) == 7
 
@@ -110,11 +113,11 @@ def test_cpu_threads_never_exceed_usable_cores(monkeypatch):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        monkeypatch.setattr(pipeline_module, "usable_cores", lambda: 1)
+        monkeypatch.setattr(compute_module, "usable_cores", lambda: 1)
         XDiffusionPipeline(tiny_model())
         assert torch.get_num_threads() == 1
         torch.set_num_threads(1)
-        monkeypatch.setattr(pipeline_module, "usable_cores", lambda: 8)
+        monkeypatch.setattr(compute_module, "usable_cores", lambda: 8)
         XDiffusionPipeline(tiny_model())
         assert torch.get_num_threads() == 1  # lowered when oversubscribed, never raised over the user's choice
     finally:

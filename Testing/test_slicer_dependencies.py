@@ -68,7 +68,7 @@ def test_missing_and_outdated_requirements_install_under_the_pins():
     assert not report.library_needed
     commands = dependencies.pip_commands(["PythonSlicer"], report, None, Path("/tmp/c.txt"))
     assert commands == [["PythonSlicer", "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off",
-                         "--constraint", "/tmp/c.txt", "diffusers>=0.30", "torchio>=0.19", "psutil>=5.7"]]
+                         "--constraint", "/tmp/c.txt", "diffusers>=0.30", "psutil>=5.7", "torchio>=0.19"]]  # the library's order; psutil once
 
 
 def test_the_library_is_upgraded_when_the_extension_brings_a_newer_one(tmp_path):

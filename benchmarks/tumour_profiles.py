@@ -286,7 +286,7 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
     if args.label_net:
         from xdiffusion.model.label_net import TumourLabelNet
 
-        label_net = TumourLabelNet.from_pretrained(args.label_net).eval()
+        label_net = TumourLabelNet.from_pretrained(args.label_net, use_safetensors=True).eval()
     rows = []
     for case in cases:
         rows += evaluate_case(case, Path(args.work), PLANES, str(args.model) if can_run else None,

@@ -118,12 +118,14 @@ def check(library_folder: Path, version_of: Callable[[str], Optional[str]] = ins
     bundled = bundle.library_version(library_folder)
     torch = version_of("torch")
     checks = [Check("torch", TORCH_REQUIREMENT, torch, satisfies(torch, TORCH_REQUIREMENT), "PyTorchUtils")]
+    seen = set()
     for text in [*bundle.library_requirements(library_folder), *MODULE_REQUIREMENTS]:
         requirement = Requirement(text)
         if requirement.marker is not None and not requirement.marker.evaluate(marker_environment):
             continue
-        if canonical(requirement.name) == "torch":
-            continue  # checked above, against the module's own minimum
+        if canonical(requirement.name) == "torch" or canonical(requirement.name) in seen:
+            continue  # torch: checked above, against the module's own minimum; a package both list: checked once
+        seen.add(canonical(requirement.name))
         specifier = str(requirement.specifier)
         have = version_of(requirement.name)
         how = "Slicer" if canonical(requirement.name) == canonical("SimpleITK") else "pip"

@@ -58,17 +58,6 @@ def _strength(text: str) -> float:
     return value
 
 
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for, but this PyTorch build sees no CUDA GPU (use --device cpu or auto)")
-    dtype = torch.float32 if name == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    return torch.device(name), dtype
-
-
 def _check_output(path: Optional[str], inputs: Sequence[Path], flag: str) -> Optional[Path]:
     """Refuse a bad output before any work is done: wrong type, missing folder, or one that would overwrite an input."""
     if path is None:
@@ -98,6 +87,7 @@ def _check_output(path: Optional[str], inputs: Sequence[Path], flag: str) -> Opt
 
 def _load_pipeline(args: argparse.Namespace):
     """The model from --model / $XDIFFUSION_MODEL_DIR / the packaged default, and its sampling defaults."""
+    from .compute import choose_device
     from .model_location import resolve_model_dir
     from .pipeline import XDiffusionPipeline
 
@@ -106,7 +96,7 @@ def _load_pipeline(args: argparse.Namespace):
     folder = resolve_model_dir(args.model)
     explicit = {key: getattr(args, key, None) for key in DEFAULT_SAMPLING}
     sampling = resolve_sampling(read_model_card(folder), DEFAULT_SAMPLING, getattr(args, "preset", None), explicit)  # before loading
-    device, dtype = _device(args.device)
+    device, dtype = choose_device(args.device)
     pipeline = XDiffusionPipeline.from_pretrained(folder, device=device, dtype=dtype)
     sampling["seed"] = getattr(args, "seed", 0)
     return pipeline, sampling
@@ -357,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--method", choices=("xdiffusion", "extrude", "interpolate", "atlas"), default="xdiffusion")
     rec.add_argument("--atlas", default=None, metavar="auto|brain|head|PATH",
                      help="--method/--prior atlas: the template, the shipped ICBM 2009c T1 brain (skull-stripped) or head (with "
-                          "skull), or a volume file; auto (default) takes head when the input slices show a skull ring")
+                          "skull), or a volume file; auto takes head when the input slices show a skull ring; default brain")
     rec.add_argument("--segmentation-output", default=None, metavar="SEG")
     rec.add_argument("--input-segmentation", default=None, metavar="LABELS",
                      help="BraTS labels (1, 2, 3; 4 read as 3) on the input's grid (a 2D file for a 2D input); only the "

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import geometry
-from .data.samples import image_in_view
+from .model_space import cube_in_view
 
 Codec = Callable[[torch.Tensor], torch.Tensor]
 
@@ -32,8 +32,7 @@ def known_cube_planes(slices: Sequence[geometry.CubeSlice], side: int) -> list[t
 
 def view_slices(cube: np.ndarray, rotations: np.ndarray) -> np.ndarray:
     """A (S, S, S) cube cut along every view, in the batch order (view, depth): (N * S, S, S); outside the cube -1."""
-    side = cube.shape[-1]
-    return np.concatenate([np.moveaxis(image_in_view(cube, geometry.view_sample_points(rotation, side)), -1, 0) for rotation in rotations])
+    return np.concatenate([np.moveaxis(cube_in_view(cube, rotation), -1, 0) for rotation in rotations])
 
 
 def view_volumes(batch: np.ndarray, views: int) -> list[np.ndarray]:

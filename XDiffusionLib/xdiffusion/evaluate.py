@@ -22,11 +22,12 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
-from skimage.metrics import structural_similarity
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from .errors import InputError
 from .geometry import plane_axis
 from .io import Volume, read_volume
+from .sharpness import sharpness, sharpness_region, sobel_magnitude  # noqa: F401 (part of the evaluation API)
 
 PSNR_CAP_DB = 100.0  # what an MSE of 0 (or below 1e-10) reports
 PERCENTILES = (0.5, 99.5)
@@ -54,10 +55,6 @@ METRIC_KEYS = (
 TUMOUR_KEYS = ("dice_wt", "dice_tc", "dice_et", "hd95_wt_mm", "hd95_tc_mm", "hd95_et_mm", "tumour_volume_ml_err", "centroid_mm")
 UNITS = {"psnr": "dB", "psnr_slice_mean": "dB", "psnr_mask": "dB", "tumour_volume_ml_err": "ml", "centroid_mm": "mm",
          "hd95_wt_mm": "mm", "hd95_tc_mm": "mm", "hd95_et_mm": "mm"}
-SHARPNESS_PERCENTILE = 99.5  # of the reference inside the brain: both volumes are divided by it
-SHARPNESS_EROSION = 3  # voxels (Euclidean) cut from the brain mask's edge, the grid's edge included
-SHARPNESS_INPUT_MARGIN = 1  # an input slice and this many neighbours on each side are left out
-SOBEL_UNIT_RAMP = 32.0  # scipy's 3D Sobel of a ramp rising 1 per voxel: 2 (central difference) x 4 x 4 (smoothing)
 
 
 def check_same_grid(reference: Volume, other: Volume, name: str) -> None:
@@ -86,20 +83,17 @@ def scale_to_reference(reference: np.ndarray, *arrays: np.ndarray) -> list[np.nd
     return [np.clip((np.asarray(a, dtype=np.float64) - low) / (high - low), 0.0, 1.0) for a in (reference, *arrays)]
 
 
-def psnr_from_mse(mse: np.ndarray | float) -> np.ndarray | float:
-    """PSNR for data range 1 (scikit-image's formula), capped at ``PSNR_CAP_DB`` so a perfect match stays finite."""
-    mse = np.asarray(mse, dtype=np.float64)
+def psnr(reference: np.ndarray, prediction: np.ndarray) -> float:
+    """PSNR (dB) of arrays already scaled to data range 1 (scikit-image's), capped at ``PSNR_CAP_DB`` so a perfect
+    match stays finite. The project's one PSNR: evaluation, validation and the autoencoder's metrics use it."""
     with np.errstate(divide="ignore"):
-        psnr = np.minimum(10.0 * np.log10(1.0 / mse), PSNR_CAP_DB)
-    return psnr if psnr.ndim else float(psnr)
+        return min(float(peak_signal_noise_ratio(reference, prediction, data_range=1.0)), PSNR_CAP_DB)
 
 
 def _slice_psnr(reference: np.ndarray, prediction: np.ndarray, axis: int) -> np.ndarray:
     """Per-slice PSNR of already scaled arrays; NaN where the scaled reference slice is constant (e.g. empty)."""
-    ref = np.moveaxis(reference, axis, 0).reshape(reference.shape[axis], -1)
-    pred = np.moveaxis(prediction, axis, 0).reshape(prediction.shape[axis], -1)
-    psnr = psnr_from_mse(np.mean((ref - pred) ** 2, axis=1))
-    return np.where(np.ptp(ref, axis=1) > 0, psnr, np.nan)
+    ref, pred = np.moveaxis(reference, axis, 0), np.moveaxis(prediction, axis, 0)
+    return np.array([psnr(r, p) if np.ptp(r) > 0 else np.nan for r, p in zip(ref, pred)], dtype=np.float64)
 
 
 def per_slice_psnr(reference: Volume, prediction: Volume, axis: int) -> np.ndarray:
@@ -141,50 +135,6 @@ def hausdorff_95(reference: np.ndarray, prediction: np.ndarray, spacing: Sequenc
                                               percentile=95, spacing=[float(s) for s in spacing])
     value = float(distance.reshape(-1)[0])
     return value if np.isfinite(value) else None
-
-
-def sobel_magnitude(array: np.ndarray) -> np.ndarray:
-    """The 3D Sobel gradient magnitude in voxel units: each axis's Sobel derivative divided by ``SOBEL_UNIT_RAMP``, so
-    a ramp rising by 1 per voxel has magnitude 1 (edges of the grid: nearest value repeated)."""
-    array = np.asarray(array, dtype=np.float64)
-    return np.sqrt(sum((ndimage.sobel(array, axis=axis, mode="nearest") / SOBEL_UNIT_RAMP) ** 2 for axis in range(array.ndim)))
-
-
-def sharpness_region(brain: np.ndarray, input_axis: Optional[int] = None, input_indices: Sequence[int] = ()) -> np.ndarray:
-    """Where sharpness is averaged: ``brain`` eroded by ``SHARPNESS_EROSION`` voxels (Euclidean; the grid's edge
-    counts as outside, so a brain cut by the grid is eroded there too), without the input slices along
-    ``input_axis`` and their ``SHARPNESS_INPUT_MARGIN`` neighbours on each side (copies of the truth, and the seam
-    between a copied slice and a generated one)."""
-    padded = np.pad(np.asarray(brain, dtype=bool), 1, constant_values=False)
-    region = ndimage.distance_transform_edt(padded)[(slice(1, -1),) * padded.ndim] > SHARPNESS_EROSION
-    if input_axis is not None:
-        length = region.shape[input_axis]
-        for index in input_indices:
-            low, high = max(0, int(index) - SHARPNESS_INPUT_MARGIN), min(length, int(index) + SHARPNESS_INPUT_MARGIN + 1)
-            np.moveaxis(region, input_axis, 0)[low:high] = False
-    return region
-
-
-def sharpness(reference: np.ndarray, prediction: np.ndarray, brain: np.ndarray, input_axis: Optional[int] = None,
-              input_indices: Sequence[int] = ()) -> Optional[float]:
-    """Mean Sobel gradient magnitude of the prediction over that of the reference, inside ``sharpness_region``.
-
-    Both volumes are divided by the reference's ``SHARPNESS_PERCENTILE`` inside ``brain`` and clipped to [0, 1]
-    first. 1 = as sharp as the truth; below 1 = blurred; noise raises it too, so a good value lies in a band around
-    1, not as high as possible. ``None`` when the region is empty or the reference has no gradient there.
-    """
-    brain = np.asarray(brain, dtype=bool)
-    if not brain.any():
-        return None
-    top = float(np.percentile(reference[brain], SHARPNESS_PERCENTILE))
-    if top <= 0:
-        return None
-    region = sharpness_region(brain, input_axis, input_indices)
-    if not region.any():
-        return None
-    ref, pred = (np.clip(np.asarray(a, dtype=np.float64) / top, 0.0, 1.0) for a in (reference, prediction))
-    truth = float(sobel_magnitude(ref)[region].mean())
-    return float(sobel_magnitude(pred)[region].mean()) / truth if truth > 0 else None
 
 
 def brain_mask(scaled: np.ndarray, threshold: float) -> np.ndarray:
@@ -275,7 +225,7 @@ def evaluate_volumes(
 
     ref, pred = scale_to_reference(reference.array, prediction.array)
     metrics: dict[str, Optional[float]] = dict.fromkeys(METRIC_KEYS)
-    metrics["psnr"] = psnr_from_mse(np.mean((ref - pred) ** 2))
+    metrics["psnr"] = psnr(ref, pred)
     try:
         slices = _slice_psnr(ref, pred, plane_axis(reference.geometry, "axial"))
     except InputError:  # oblique grid with no clear axial axis: no slice direction to average along
@@ -285,7 +235,7 @@ def evaluate_volumes(
 
     inside = (mask.array != 0) if mask is not None else (reference.array > 0)
     if inside.any():
-        metrics["psnr_mask"] = psnr_from_mse(np.mean((ref[inside] - pred[inside]) ** 2))
+        metrics["psnr_mask"] = psnr(ref[inside], pred[inside])
     if min(ref.shape) >= SSIM_WINDOW:
         ssim, ssim_map = structural_similarity(ref, pred, data_range=1.0, full=True)
         metrics["ssim"] = float(ssim)
@@ -408,17 +358,16 @@ def format_table(metrics: dict[str, Optional[float]]) -> str:
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> Optional[float]:
-    """Area under the ROC curve of ``scores`` separating ``positive`` from the rest (Mann-Whitney U with average
-    ranks for ties: 0.5 = no better than chance, 1 = every positive scores above every negative). ``None`` when one
-    class is empty."""
-    from scipy.stats import rankdata
+    """Area under the ROC curve of ``scores`` separating ``positive`` from the rest: the Mann-Whitney U of the
+    positives over the pair count (ties count a half; 0.5 = no better than chance, 1 = every positive scores above
+    every negative). ``None`` when one class is empty."""
+    from scipy.stats import mannwhitneyu
 
     scores, positive = np.ravel(scores).astype(np.float64), np.ravel(positive).astype(bool)
     count_pos, count_neg = int(positive.sum()), int((~positive).sum())
     if count_pos == 0 or count_neg == 0:
         return None
-    ranks = rankdata(scores)
-    return float((ranks[positive].sum() - count_pos * (count_pos + 1) / 2.0) / (count_pos * count_neg))
+    return float(mannwhitneyu(scores[positive], scores[~positive], method="asymptotic").statistic / (count_pos * count_neg))
 
 
 def uncertainty_ranking(reference: Volume, prediction: Volume, uncertainty: Volume, mask: Optional[np.ndarray] = None) -> dict[str, Optional[float]]:

@@ -241,21 +241,38 @@ def view_rotations(count: int) -> np.ndarray:
     return np.stack([rotation_with_stacking_normal(n) for n in normals[:count]])
 
 
-def view_sample_points(rotation: np.ndarray, side: int) -> np.ndarray:
-    """For every voxel c of the view, the cube coordinate R^T (c - m) + m it samples, shape (3, S, S, S)."""
-    middle = (side - 1) / 2.0
-    grid = np.indices((side,) * 3, dtype=np.float64).reshape(3, -1) - middle
-    return (rotation.T @ grid + middle).reshape(3, side, side, side)
+def view_transform(rotation: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """(matrix, offset) mapping a view voxel c to the cube coordinate R^T (c - m) + m it samples, as
+    `scipy.ndimage.affine_transform` takes them (no grid of coordinates is built)."""
+    middle = np.full(3, (side - 1) / 2.0)
+    inverse = np.asarray(rotation, dtype=np.float64).T
+    return inverse, middle - inverse @ middle
+
+
+def resample_view(cube: np.ndarray, rotation: np.ndarray, order: int = 1, mode: str = "constant",
+                  fill: float = 0.0) -> np.ndarray:
+    """The view volume V_R(c) = cube(R^T (c - m) + m) of an (S, S, S) cube, in the cube's dtype."""
+    matrix, offset = view_transform(rotation, cube.shape[-1])
+    return ndimage.affine_transform(cube, matrix, offset, order=order, mode=mode, cval=fill)
 
 
 def rotate_cube(cube: np.ndarray, rotation: np.ndarray, order: int = 1, fill: float = 0.0) -> np.ndarray:
     """The view volume V_R(c) = cube(R^T (c - m) + m); axis-aligned views are exact permutations."""
-    side = cube.shape[-1]
     permutation = _as_signed_permutation(rotation)
     if permutation is not None:
         return _permute(cube, *permutation)
-    points = view_sample_points(rotation, side)
-    return ndimage.map_coordinates(cube, points, order=order, mode="constant", cval=fill).astype(cube.dtype)
+    return resample_view(cube, rotation, order, fill=fill).astype(cube.dtype)
+
+
+def _sampled_inside(rotation: np.ndarray, side: int, tolerance: float = 1e-6) -> np.ndarray:
+    """Which view voxels sample a point inside the cube, one coordinate axis at a time (no (3, S, S, S) grid)."""
+    matrix, offset = view_transform(rotation, side)
+    index = np.arange(side, dtype=np.float64)
+    inside = np.ones((side,) * 3, dtype=bool)
+    for row, shift in zip(matrix, offset):
+        coordinate = (row[0] * index[:, None, None] + row[1] * index[None, :, None]) + (row[2] * index[None, None, :] + shift)
+        inside &= (coordinate >= -tolerance) & (coordinate <= side - 1 + tolerance)
+    return inside
 
 
 def realign_view(view_volume: np.ndarray, rotation: np.ndarray, order: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -269,11 +286,8 @@ def realign_view(view_volume: np.ndarray, rotation: np.ndarray, order: int = 1) 
     permutation = _as_signed_permutation(inverse)
     if permutation is not None:
         return _permute(view_volume, *permutation), np.ones((side,) * 3, dtype=np.float32)
-    forward = view_sample_points(rotation, side)
-    sampled_inside = np.all((forward >= -1e-6) & (forward <= side - 1 + 1e-6), axis=0)
-    points = view_sample_points(inverse, side)
-    covered = ndimage.map_coordinates(sampled_inside.astype(np.float32), points, order=1, mode="constant", cval=0.0)
-    realigned = ndimage.map_coordinates(view_volume, points, order=order, mode="nearest")
+    covered = resample_view(_sampled_inside(rotation, side).astype(np.float32), inverse, order=1, fill=0.0)
+    realigned = resample_view(view_volume, inverse, order=order, mode="nearest")
     return realigned.astype(view_volume.dtype), (covered >= 1.0 - 1e-5).astype(np.float32)
 
 

@@ -15,9 +15,7 @@ import contextlib
 import json
 import os
 import re
-import socket
 import sys
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from .atomic_files import atomic_output, file_suffix as _suffix, remove_own_parts, seal, temporary_beside  # noqa: F401
 from .errors import InputError, begin_commit
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -102,11 +101,6 @@ class Volume:
     def with_array(self, array: np.ndarray, **metadata: str) -> "Volume":
         """A new volume on the same grid (the geometry is shared, never recomputed)."""
         return Volume(array, self.geometry, {**self.metadata, **metadata})
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
 def _dicom_series_files(folder: Path) -> list[str]:
@@ -321,107 +315,6 @@ def to_sitk(volume: Volume) -> sitk.Image:
     return image
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:16] or "host"
-
-
-def _process_is_gone(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)  # signal 0 only asks whether the process exists (POSIX; never called on Windows)
-    except ProcessLookupError:
-        return True
-    except OSError:  # alive but someone else's, or unknown: keep its file
-        return False
-    return False
-
-
-def _remove_stale_parts(target: Path, folder: Path) -> None:
-    """Delete this target's hidden ``.part`` files left by writers on this host that no longer run (SIGKILL, power
-    loss). Only files named for ``target`` by a dead process of this host are touched, so concurrent writers into
-    other outputs (or on other hosts sharing the folder) are never disturbed."""
-    if os.name != "posix":
-        return
-    pattern = re.compile(re.escape(f".{target.name}.{_HOST}-") + r"(\d+)\.[A-Za-z0-9_]+" + re.escape(f".part{_suffix(target)}") + "$")
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for entry in entries:
-        match = pattern.match(entry.name)
-        if match and entry.is_file(follow_symlinks=False) and _process_is_gone(int(match.group(1))):
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-
-
-def _temporary_beside(target: Path) -> Path:
-    """A new hidden temporary beside ``target`` (``.NAME.HOST-PID.RANDOM.partSUFFIX``), after removing this target's
-    stale ones."""
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"{target}: output folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"{target}: output folder {folder} is not writable")
-    _remove_stale_parts(target, folder)
-    try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.{_HOST}-{os.getpid()}.",
-                                             suffix=f".part{_suffix(target)}", dir=folder)
-    except OSError as error:
-        raise InputError(f"{target}: cannot write into {folder} ({error.strerror or error})") from None
-    os.close(handle)
-    return Path(temporary)
-
-
-def _remove_own_parts(target: Path) -> None:
-    """Delete this process's temporaries for ``target``, also one whose name a cancel (SIGTERM, Ctrl-C) kept from
-    being recorded: the signal can arrive between the file's creation and the caller's bookkeeping."""
-    folder = target.parent if str(target.parent) else Path(".")
-    prefix, suffix = f".{target.name}.{_HOST}-{os.getpid()}.", f".part{_suffix(target)}"
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for entry in entries:
-        if entry.name.startswith(prefix) and entry.name.endswith(suffix) and entry.is_file(follow_symlinks=False):
-            with contextlib.suppress(OSError):
-                os.unlink(entry.path)
-
-
-def _seal(temporary: Path) -> None:
-    """Make a written temporary ready to be renamed into place: normal permissions, data on disk."""
-    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes the file private (0600); outputs are not
-    with open(temporary, "r+b") as written:  # writable: Windows cannot flush a read-only handle
-        os.fsync(written.fileno())  # the data is on disk before the name points at it
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds.
-
-    The temporary (``.NAME.HOST-PID.RANDOM.partSUFFIX``, hidden) keeps the real suffix so writers pick the right
-    format. An exception, Ctrl-C or SIGTERM removes it; a crash or SIGKILL leaves the old file (or nothing) at
-    ``path``, never a partial one, plus at most a stale ``.part`` file, which the next write of the same ``path``
-    deletes once its writer process is gone.
-    """
-    target = Path(path)
-    done = False
-    try:
-        temporary_path = _temporary_beside(target)
-        yield temporary_path
-        _seal(temporary_path)
-        os.replace(temporary_path, target)
-        done = True
-    finally:
-        if not done:
-            _remove_own_parts(target)
-
-
 def _image_for(volume: Volume, target: Path, description: str | None) -> sitk.Image:
     """The SimpleITK image to write at ``target``, with its description: every check happens here, before any file."""
     suffix = _suffix(target)
@@ -485,13 +378,13 @@ def write_volumes(items: Sequence[tuple[Volume, str | os.PathLike]],
     done = False
     try:
         for image, target in prepared:
-            written.append((_temporary_beside(target), target))
+            written.append((temporary_beside(target), target))
             _write_image(image, target, written[-1][0])
         for document, target in texts:
-            written.append((_temporary_beside(target), target))
+            written.append((temporary_beside(target), target))
             _write_json(document, target, written[-1][0])
         for temporary, _ in written:
-            _seal(temporary)
+            seal(temporary)
         begin_commit()
         for _, target in texts:
             with contextlib.suppress(FileNotFoundError):
@@ -502,5 +395,5 @@ def write_volumes(items: Sequence[tuple[Volume, str | os.PathLike]],
     finally:
         if not done:
             for target in [target for _, target in prepared] + [target for _, target in texts]:
-                _remove_own_parts(target)
+                remove_own_parts(target)
     return [target for _, target in written]

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .data.fetch import sha256_file  # one checksum routine for data and weights
+from .checksums import sha256_file
 from .errors import InputError, ModelError
 
 PRESETS = ("fast", "balanced", "best")

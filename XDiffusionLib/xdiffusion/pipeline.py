@@ -8,9 +8,9 @@ into the shared cube and fused (`coherent.ViewFusion`), and every view continues
 one coherent volume comes out. ``samples=N`` runs N samples (seeds derived from ``seed``) and averages them into a
 posterior mean whose spread across the samples is the uncertainty map.
 
-Memory: the chunk size (slices per U-Net call) is chosen from the free memory (GPU) or capped (CPU) unless given; a GPU
-out-of-memory error halves it and retries, saying so through the progress callback. On the CPU the whole run's memory
-is estimated first and a run that cannot fit is refused with the figures (`InputError`).
+Memory (`memory.py`): the chunk size (slices per U-Net call) is chosen from the free memory (GPU) or capped (CPU)
+unless given; an out-of-memory error halves it and retries, saying so through the progress callback. On the CPU the
+whole run's memory is estimated first and a run that cannot fit is refused with the figures (`InputError`).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
-from scipy import ndimage
 
-from . import geometry
+from . import compute, geometry, memory
 from .coherent import ViewFusion, known_cube_planes, view_slices, view_volumes
-from .data.samples import conditioning_slots, extruded_label_maps, image_in_view, sample_in_view
-from .errors import Cancelled, InputError, ModelError
+from .model_space import known_view_slices, view_conditioning
+from .errors import Cancelled, InputError
+from .memory import MemoryEstimate
 from .model import XDiffusionModel, decode_latent, denoiser_forward, encode_target, load_model
 
 SOLVERS = {
@@ -38,64 +38,6 @@ SOLVERS = {
     "ddim": (DDIMScheduler, {}),
 }
 ProgressCallback = Callable[[float, str], Optional[bool]]
-CPU_CHUNK = 256  # slices per U-Net call on a CPU: bigger batches buy nothing there, and bound the activations
-GPU_MEMORY_SHARE = 0.7  # of the free GPU memory, for one chunk's activations (the rest: allocator slack, cuDNN work)
-HOST_MEMORY_SHARE = 0.9  # of the available host memory a CPU run may plan to use
-GIB = 1024.0**3
-
-
-def available_host_memory() -> Optional[int]:
-    """Bytes the OS can give us now (MemAvailable; sysconf where /proc is missing); None if unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def usable_cores() -> int:
-    """CPU cores this process may really use: its affinity mask, capped by a cgroup CPU quota (containers)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text(encoding="utf-8").split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, int(int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, cores)
-
-
-def limit_threads() -> None:
-    """Never more torch threads than usable cores: an oversubscribed OpenMP pool spin-waits and slows every call."""
-    if torch.get_num_threads() > usable_cores():
-        torch.set_num_threads(usable_cores())
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    """A CUDA OOM, or the CPU allocator's refusal: both are retried with smaller chunks."""
-    return isinstance(error, torch.cuda.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """Bytes a run needs: per slice of one U-Net chunk (guidance included) and of one decode chunk, and the rest
-    (weights, conditioning, latents, the per-view volumes and their average), which does not shrink with chunks."""
-
-    unet_per_slice: int
-    decode_per_slice: int
-    fixed: int
-
-    def per_slice(self) -> int:
-        return max(self.unet_per_slice, self.decode_per_slice)
-
-    def total(self, chunk_size: int) -> int:
-        return self.fixed + chunk_size * self.per_slice()
 
 
 @dataclass
@@ -110,24 +52,6 @@ class CubeReconstruction:
     coverage: np.ndarray  # (S, S, S), views that covered each voxel
     unet_evaluations: int
     uncertainty_across: str = "views"  # "views" or "samples"
-
-
-def known_view_slices(slices: Sequence[geometry.CubeSlice], rotation: np.ndarray, side: int) -> dict[int, np.ndarray]:
-    """View slice index → known image, for views that stack parallel to an input slice lying on a cube plane."""
-    known = {}
-    for cube_slice in slices:
-        normal = np.zeros(3)
-        normal[cube_slice.axis] = 1.0
-        alignment = float(rotation[2] @ normal)
-        coordinate = cube_slice.position * side / 2.0 + (side - 1) / 2.0
-        if abs(abs(alignment) - 1.0) > 1e-9 or abs(coordinate - round(coordinate)) > 0.25:
-            continue
-        depth = int(round(np.sign(alignment) * (round(coordinate) - (side - 1) / 2.0) + (side - 1) / 2.0))
-        points = geometry.view_sample_points(rotation, side)[:, :, :, depth]
-        known[depth] = ndimage.map_coordinates(
-            geometry.extrude_in_cube([cube_slice], side)[0], points, order=0, mode="nearest"
-        ).astype(np.float32)
-    return known
 
 
 def sample_seed(seed: int, number: int) -> int:
@@ -152,13 +76,13 @@ class XDiffusionPipeline:
         self.config = model.config
         self.device = torch.device(device)
         self.dtype = dtype
-        self._chunk = CPU_CHUNK
+        self._calls = memory.ChunkedCalls(memory.CPU_CHUNK)
         self._fraction = 0.0
         self._unet_call = None
         if self.device.type == "cuda":
             self._prepare_cuda(os.environ.get("XDIFFUSION_COMPILE", "") == "1" if compile is None else compile)
         else:
-            limit_threads()
+            compute.limit_threads()
 
     @classmethod
     def from_pretrained(cls, folder: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
@@ -178,88 +102,24 @@ class XDiffusionPipeline:
         if compile_unet:
             self._unet_call = torch.compile(self.model.unet, dynamic=True)
 
-    # --- memory -------------------------------------------------------------------------------------------------
+    # --- memory (memory.py) ------------------------------------------------------------------------------------
 
     def estimate_memory(self, count: int, guidance: float = 1.0, views: int = 0) -> MemoryEstimate:
-        """Peak bytes of sampling ``count`` slices (``views`` whole views when averaged afterwards), from the config.
-
-        U-Net activations per slice: its skip connections plus a working set of a dozen feature maps of the widest
-        level and the attention matrices (materialised by the CPU's attention); the decoder's likewise at full
-        resolution. Calibrated against measured peaks in benchmarks/scaling.py (docs/performance.md).
-        """
-        item = torch.finfo(self.dtype).bits // 8
-        u, s, side = self.config.unet, self.config.unet_size, self.config.cube_size
-        levels = len(u.block_out_channels)
-        skips, widest, attention = u.block_out_channels[0] * s * s, 0, 0
-        for level, channels in enumerate(u.block_out_channels):
-            r = s >> level
-            skips += channels * r * r * u.layers_per_block + (channels * (r // 2) ** 2 if level < levels - 1 else 0)
-            widest = max(widest, channels * r * r)
-            if u.cross_attention[level]:
-                heads = max(1, channels // u.attention_head_dim)
-                attention = max(attention, heads * (r * r) ** 2 + 8 * channels * r * r)  # scores + GEGLU inner
-        inputs = self.config.unet_in_channels * s * s
-        unet = (skips + 12 * widest + attention + inputs) * item * (2 if guidance != 1.0 else 1)
-        decode = 0
-        if self.model.autoencoder is not None:
-            blocks = self.model.autoencoder.config.block_out_channels
-            decode_widest = max(c * (side >> level) ** 2 for level, c in enumerate(blocks))
-            decode = (8 * decode_widest + (s * s) ** 2 + 4 * side * side) * item
-        weights = sum(p.numel() * p.element_size() for part in (self.model.unet, self.model.condition_encoder, self.model.autoencoder)
-                      if part is not None for p in part.parameters())
-        cube = side**3
-        latents = count * self.config.target_channels * s * s * 4 * 4  # latents, model output, scheduler history
-        conditioning = count * 2 * side * side * 4 + 40 * cube  # guess + known distance; sample points, extruded cube
-        volumes = views * 3 * 16 * cube + 130 * cube if views else count * 4 * side * side * 4  # decoded, per-view copies, averaging
-        return MemoryEstimate(int(unet), int(decode), int(weights + latents + conditioning + volumes))
+        """Peak bytes of sampling ``count`` slices (``views`` whole views when averaged afterwards)."""
+        return memory.estimate_memory(self.model, self.dtype, count, guidance, views)
 
     def choose_chunk_size(self, estimate: MemoryEstimate, count: int, requested: Optional[int] = None) -> int:
         """Slices per network call: ``requested`` if given, else what fits the free GPU memory, else CPU_CHUNK."""
-        if requested is not None:
-            return max(1, min(int(requested), count))
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)  # the weights are already resident, so not free
-            budget = GPU_MEMORY_SHARE * free
-            return max(1, min(count, int(budget // max(1, estimate.per_slice()))))
-        return max(1, min(count, CPU_CHUNK))
+        return memory.choose_chunk_size(self.device, estimate, count, requested)
 
     def check_host_memory(self, estimate: MemoryEstimate, chunk_size: int, available: Optional[int] = None) -> int:
         """On the CPU: the chunk size that fits the available memory, or an InputError saying what the run needs."""
-        available = available_host_memory() if available is None else available
-        if available is None or self.device.type == "cuda":
-            return chunk_size
-        budget = HOST_MEMORY_SHARE * available
-        if estimate.total(1) > budget:
-            raise InputError(
-                f"this reconstruction needs about {estimate.total(1) / GIB:.1f} GB of memory but only "
-                f"{available / GIB:.1f} GB is available; use fewer --views, a smaller model, or a GPU")
-        fitting = int((budget - estimate.fixed) // max(1, estimate.per_slice()))
-        return max(1, min(chunk_size, fitting))
-
-    def _shrink_chunk(self, progress: Optional[ProgressCallback], error: BaseException) -> None:
-        where = "GPU memory" if isinstance(error, torch.cuda.OutOfMemoryError) else "memory"
-        if self._chunk <= 1:
-            raise ModelError(f"out of {where} even for one slice at a time ({' '.join(str(error).split())[:160]})") from None
-        self._chunk = max(1, self._chunk // 2)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        self._report(progress, self._fraction, f"out of {where}: retrying with {self._chunk} slices per batch")
+        return memory.check_host_memory(self.device, estimate, chunk_size, available)
 
     def _chunked(self, count: int, function: Callable[[int, int], torch.Tensor], progress: Optional[ProgressCallback]) -> torch.Tensor:
-        """``function(start, stop)`` over [0, count) in chunks of ``self._chunk``; an out-of-memory error halves the
-        chunk and retries the same rows (rows already done are kept)."""
-        parts, start = [], 0
-        while start < count:
-            stop = min(count, start + self._chunk)
-            try:
-                parts.append(function(start, stop))
-            except Exception as error:  # noqa: BLE001 - only out-of-memory errors are retried; others re-raised
-                if not _is_out_of_memory(error):
-                    raise
-                self._shrink_chunk(progress, error)
-                continue
-            start = stop
-        return torch.cat(parts)
+        """``function(start, stop)`` over [0, count) in chunks; an out-of-memory error halves the chunk for the rest
+        of the run and retries the same rows, saying so through ``progress``."""
+        return self._calls(count, function, lambda stage: self._report(progress, self._fraction, stage))
 
     @property
     def modalities(self) -> list[str]:
@@ -276,37 +136,11 @@ class XDiffusionPipeline:
     def _conditioning(self, slices: Sequence[geometry.CubeSlice], rotations: np.ndarray, modality: int,
                       input_label_maps: Optional[Sequence[np.ndarray]] = None,
                       slab_thickness: Optional[float] = None) -> dict[str, torch.Tensor]:
-        """Per-slice conditioning for every view × depth, in the order (view, depth). ``input_label_maps``: (3, S, S)
-        maps in {-1, 1} per input slice (label-conditioned models; none given = no tumour); ``slab_thickness``: the
-        inputs' slab thickness in cube half-widths (slab-conditioned models; default a thin slice, 2 / S)."""
-        side = self.config.cube_size
-        extruded, distance = geometry.extrude_in_cube(slices, side)
-        labels = None
-        if self.config.label_conditioning:
-            maps = input_label_maps if input_label_maps is not None else [-np.ones((3, side, side), np.float32)] * len(slices)
-            labels = extruded_label_maps(slices, maps, side)
-        guesses, knowns, label_guesses = [], [], []
-        for rotation in rotations:
-            points = geometry.view_sample_points(rotation, side)
-            guess, known = sample_in_view(extruded, distance, points)
-            guesses.append(np.moveaxis(guess, -1, 0))
-            knowns.append(np.moveaxis(known, -1, 0))
-            if labels is not None:
-                label_guesses.append(np.stack([np.moveaxis(image_in_view(m, points), -1, 0) for m in labels], axis=1))
-        count = len(rotations) * side
-        thickness = (slab_thickness if slab_thickness is not None else 2.0 / side) if self.config.slab_conditioning else None
-        slots = conditioning_slots(slices, side, self.config.max_inputs, thickness)
-        depth = (np.arange(side) - (side - 1) / 2.0) / (side / 2.0)
-        shared = {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))[None]
-                  for key, value in slots.items()}  # one copy, viewed per slice
-        batch = {
-            **({"label_guess": np.concatenate(label_guesses)} if labels is not None else {}),
-            "guess": np.concatenate(guesses)[:, None],
-            "known_distance": np.concatenate(knowns)[:, None],
-            "rotation": np.repeat(rotations, side, axis=0),
-            "depth": np.tile(depth, len(rotations)),
-            "modality": np.full(count, modality),
-        }
+        """Per-slice conditioning for every view × depth, in the order (view, depth) (`model_space.view_conditioning`);
+        the input slots are one copy, viewed per slice."""
+        shared, batch = view_conditioning(slices, rotations, modality, self.config, input_label_maps, slab_thickness)
+        count = len(rotations) * self.config.cube_size
+        shared = {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))[None] for key, value in shared.items()}
         tensors = {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for key, value in batch.items()}
         return {**{key: value.expand(count, *value.shape[1:]) for key, value in shared.items()}, **tensors}
 
@@ -478,7 +312,7 @@ class XDiffusionPipeline:
         count, size = conditioning["depth"].shape[0], self.config.unet_size
         if chunk_size is None:
             chunk_size = self.choose_chunk_size(self.estimate_memory(count, guidance), count)
-        self._chunk, self._fraction = max(1, int(chunk_size)), 0.0
+        self._calls, self._fraction = memory.ChunkedCalls(chunk_size), 0.0
         scheduler = self.make_scheduler(solver)
         scheduler.set_timesteps(steps)
         generator = torch.Generator().manual_seed(int(seed))

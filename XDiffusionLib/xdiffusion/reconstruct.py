@@ -16,7 +16,7 @@ from .errors import InputError, ModelError
 from .io import GENERATED_DESCRIPTION, Geometry, Volume
 
 if TYPE_CHECKING:  # torch and diffusers load only when the model runs: the baselines and bad inputs start fast
-    from .data.samples import IntensityScale
+    from .model_space import IntensityScale
     from .pipeline import ProgressCallback, XDiffusionPipeline
 
 METHODS = ("xdiffusion", "extrude", "interpolate", "atlas")
@@ -155,7 +155,7 @@ def interpolate(inputs: InputSlices) -> np.ndarray:
 
 def place_in_cube(inputs: InputSlices, side: int) -> tuple[list[geometry.CubeSlice], geometry.CubeFrame, IntensityScale]:
     """The input slices on their cube planes, in model units, with the frame and scale that undo it."""
-    from .data.samples import IntensityScale
+    from .model_space import IntensityScale
 
     frame = geometry.cube_frame_for_grid(inputs.geometry, side)
     scale = IntensityScale.from_slices(list(inputs.images))
@@ -209,7 +209,7 @@ def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str,
         guess = Volume(_paste_inputs(guess, inputs).astype(np.float32), inputs.geometry)
         prior_cube = scale.normalise(geometry.volume_to_cube(guess, frame))
     if input_labels is not None:  # on the cube planes of `slices`: one (3, S, S) map in {-1, 1} per input slice
-        from .data.samples import label_maps
+        from .model_space import label_maps
 
         sampling["input_label_maps"] = [label_maps(placed) for placed in labels_in_cube(inputs, input_labels, frame)]
     result = pipeline(slices, modality, progress=progress, prior=prior_cube, **sampling)

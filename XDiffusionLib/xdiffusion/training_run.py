@@ -14,14 +14,14 @@ from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.metrics import structural_similarity
 
 from .data.fetch import default_cache_dir
 from .data.loaders import Subject, iter_brats_folder, iter_volume_folder, load_training_subjects, subject_from_brats
 from .data.samples import IntensityScale, SampleGenerator, SampleOptions, TrainingCube, tumour_channels
 from .data.training_set import TrainingSetConfig, build_training_cubes, build_validation_cubes, work_side_for
 from .errors import InputError
-from .evaluate import sharpness
+from .evaluate import psnr, sharpness
 from .model import XDiffusionConfig, XDiffusionModel
 from .model.training import resolve_config, train
 from .pipeline import XDiffusionPipeline
@@ -69,8 +69,7 @@ def split_subjects(data: DataConfig) -> tuple[list[Subject], list[Subject]]:
 def _image_metrics(generated: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     """PSNR and SSIM of a slice in [0, 1] units (model range [-1, 1] mapped and clipped)."""
     a, b = (np.clip((x + 1.0) / 2.0, 0.0, 1.0) for x in (generated, target))
-    psnr = min(float(peak_signal_noise_ratio(b, a, data_range=1.0)), 100.0)
-    return psnr, float(structural_similarity(b, a, data_range=1.0))
+    return psnr(b, a), float(structural_similarity(b, a, data_range=1.0))
 
 
 def held_out_targets(cubes: Sequence[TrainingCube], stride: int = 4, channels: int = 4) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .data.samples import IntensityScale
+from .model_space import IntensityScale
 from .model.label_net import TumourLabelNet, label_net_inputs, predict_labels
 
 BATCH = 16

@@ -14,7 +14,6 @@ cached by ``derive.py``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -25,6 +24,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
+from ..checksums import sha256_file
 from ..errors import Cancelled, InputError
 from .manifest import Manifest, Package, Source, load_manifest
 
@@ -39,14 +39,6 @@ def default_cache_dir() -> Path:
     """``$XDIFFUSION_CACHE`` if set, else ``~/.cache/xdiffusion``."""
     configured = os.environ.get("XDIFFUSION_CACHE")
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "xdiffusion"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download_package(package: Package, folder: Path) -> Path:

@@ -2,7 +2,7 @@
 
 A sample holds K input slices of the canonical cube, a view rotation R, a target depth d, the modality, and the
 target slice of the rotated cube (image + tumour channels). Inputs are built with the same functions inference uses
-(`geometry.extrude_in_cube`, `normalise_intensities`), so training and inference cannot drift apart.
+(`geometry.extrude_in_cube` and `model_space`), so training and inference cannot drift apart.
 """
 
 from __future__ import annotations
@@ -17,35 +17,15 @@ from scipy import ndimage
 from .. import geometry
 from ..errors import InputError
 from ..io import Volume
+from ..model_space import (TUMOUR_LABELS, IntensityScale, conditioning_slots, extruded_label_maps, image_in_view,  # noqa: F401
+                           label_maps, sample_in_view, tumour_channels, view_plane_points)
 
-TUMOUR_LABELS = (1, 2, 3)
 AXIS_VIEW_SHARE, PRESET_VIEW_SHARE = 0.6, 0.3  # the rest are uniformly random rotations
 PRESET_VIEWS = 9
 MAX_DRAWS = 50
 SLAB_SHARE = 0.35  # share of slab-conditioned samples whose inputs are thick slices (slab means)
 SLAB_MM = (2.0, 8.0)  # clinical thick-slice range the slab inputs are drawn from
 TUMOUR_INPUT_SHARE = 0.5  # share of inputs drawn through the tumour, when the cube has one (a user points at it)
-
-
-@dataclass(frozen=True)
-class IntensityScale:
-    """Maps input intensities to the model's [-1, 1] range and back, from the input slices alone."""
-
-    scale: float
-
-    @classmethod
-    def from_slices(cls, slices: Sequence[np.ndarray]) -> "IntensityScale":
-        values = np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in slices])
-        values = values[np.isfinite(values) & (values > 0)]
-        if values.size == 0:
-            raise InputError("the input slices hold no positive intensities (an empty slice or background only)")
-        return cls(float(np.percentile(values, 99.5)) or float(values.max()))
-
-    def normalise(self, image: np.ndarray) -> np.ndarray:
-        return np.clip(np.asarray(image, dtype=np.float32) / self.scale * 2.0 - 1.0, -1.0, 2.0)
-
-    def restore(self, model_values: np.ndarray) -> np.ndarray:
-        return (np.asarray(model_values, dtype=np.float32) + 1.0) * 0.5 * self.scale
 
 
 @dataclass(frozen=True)
@@ -97,42 +77,6 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     if np.linalg.det(q) < 0:
         q[:, 0] = -q[:, 0]
     return q
-
-
-def view_plane_points(rotation: np.ndarray, side: int, depth_index: float) -> np.ndarray:
-    """Cube coordinates (3, S, S) sampled by slice ``depth_index`` of the view with rotation R."""
-    middle = (side - 1) / 2.0
-    i, j = np.meshgrid(np.arange(side, dtype=np.float64), np.arange(side, dtype=np.float64), indexing="ij")
-    view = np.stack([i, j, np.full_like(i, depth_index)]).reshape(3, -1) - middle
-    return (rotation.T @ view + middle).reshape(3, side, side)
-
-
-def image_in_view(cube: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """A cube in model units at cube ``points``; outside the cube is background (-1)."""
-    return ndimage.map_coordinates(cube, points, order=1, mode="constant", cval=-1.0).astype(np.float32)
-
-
-def sample_in_view(extruded: np.ndarray, distance: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The extrude prior and distance-to-known-plane at cube ``points`` (training and inference share this)."""
-    known = ndimage.map_coordinates(distance, points, order=1, mode="nearest")
-    return image_in_view(extruded, points), known.astype(np.float32)
-
-
-def tumour_channels(labels: np.ndarray) -> np.ndarray:
-    """One channel per BraTS sub-region, in {-1, 1} (diffusion works on a symmetric range)."""
-    return np.stack([np.where(labels == label, 1.0, -1.0) for label in TUMOUR_LABELS]).astype(np.float32)
-
-
-def label_maps(labels: np.ndarray) -> np.ndarray:
-    """(3, ...) maps in {-1, 1}, one per BraTS label: the conditioning form of known labels."""
-    return tumour_channels(labels)
-
-
-def extruded_label_maps(slices: Sequence[geometry.CubeSlice], label_images: Sequence[np.ndarray], side: int) -> np.ndarray:
-    """(3, S, S, S): each voxel takes its nearest input slice's label maps, as the extrude prior does the image."""
-    return np.stack([geometry.extrude_in_cube([geometry.CubeSlice(maps[channel], s.axis, s.position)
-                                               for s, maps in zip(slices, label_images)], side)[0]
-                     for channel in range(len(TUMOUR_LABELS))])
 
 
 def slab_mean(volume: np.ndarray, axis: int, centre: int, thickness: int) -> np.ndarray:
@@ -222,22 +166,6 @@ class SampleGenerator(torch.utils.data.Dataset):
             return 1
         voxel_mm = cube.voxel_mm or 240.0 / cube.side
         return max(1, int(round(rng.uniform(*SLAB_MM) / voxel_mm)))
-
-
-def conditioning_slots(slices: Sequence[geometry.CubeSlice], side: int, max_inputs: int,
-                       slab_thickness: Optional[float] = None) -> dict[str, np.ndarray]:
-    """The K input slots: images, presence, plane axis and position (empty slots zero); with ``slab_thickness``
-    (cube half-widths; 2 / S for a thin slice) each present slot also carries its slab thickness."""
-    if len(slices) > max_inputs:
-        raise InputError(f"{len(slices)} input slices given; this model takes at most {max_inputs}")
-    inputs = np.zeros((max_inputs, side, side), dtype=np.float32)
-    present, plane, position = (np.zeros(max_inputs, dtype=np.float32) for _ in range(3))
-    for slot, cube_slice in enumerate(slices):
-        inputs[slot], present[slot], plane[slot], position[slot] = cube_slice.image, 1.0, cube_slice.axis, cube_slice.position
-    slots = {"inputs": inputs, "input_present": present, "input_plane": plane, "input_position": position}
-    if slab_thickness is not None:
-        slots["input_thickness"] = present * np.float32(slab_thickness)
-    return slots
 
 
 def build_sample(

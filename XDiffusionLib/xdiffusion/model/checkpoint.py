@@ -27,7 +27,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
-from ..data.fetch import sha256_file  # one checksum routine for data and weights
+from ..checksums import sha256_file
 from ..errors import ModelError
 from ..io import atomic_output
 from .conditioning import ConditionEncoder

@@ -25,10 +25,11 @@ from monai.losses import DiceCELoss
 from scipy import ndimage
 
 from ..data.loaders import Subject
-from ..data.samples import IntensityScale
 from ..data.synthesis import augment_subject, downsample
 from ..data.tumour import paint_tumour
 from ..errors import InputError
+from ..evaluate import dice
+from ..model_space import IntensityScale
 from .label_net import TumourLabelNet, label_net_inputs
 
 SEGMENT_SHARE = 0.3  # samples that segment the input slice (no labels given)
@@ -152,7 +153,7 @@ def dice_scores(prediction: np.ndarray, truth: np.ndarray) -> dict[str, Optional
     scores: dict[str, Optional[float]] = {}
     for name, values in regions.items():
         a, b = np.isin(prediction, values), np.isin(truth, values)
-        scores[name] = 2.0 * float((a & b).sum()) / float(a.sum() + b.sum()) if b.any() else None
+        scores[name] = dice(a, b) if b.any() else None
     return scores
 
 
@@ -218,7 +219,7 @@ def resume_point(output_dir: Path) -> tuple[TumourLabelNet | None, int]:
         return None, 0
     with log.open() as handle:
         steps = [int(row["step"]) for row in csv.DictReader(handle)]
-    return TumourLabelNet.from_pretrained(weights), max(steps, default=0)
+    return TumourLabelNet.from_pretrained(weights, use_safetensors=True), max(steps, default=0)
 
 
 def _best_logged(log: Path) -> float:

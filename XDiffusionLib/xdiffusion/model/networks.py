@@ -4,9 +4,8 @@ turns a noisy target plus a conditioning dict into a U-Net prediction.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Optional, Union
+from typing import Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -147,78 +146,3 @@ def encode_target(autoencoder: AutoencoderKL, target: torch.Tensor, latent_scale
 def decode_latent(autoencoder: AutoencoderKL, latents: torch.Tensor, latent_scale: float) -> torch.Tensor:
     """Inverse of `encode_target`: scaled latents -> [B, 4, S, S] in [-1, 1]-ish units."""
     return autoencoder.decode(latents / latent_scale).sample
-
-
-def autoencoder_metrics(autoencoder: AutoencoderKL, target: torch.Tensor) -> dict[str, Optional[float]]:
-    """Reconstruction PSNR of the image channel (range [-1, 1], so peak-to-peak 2) and Dice of each tumour channel
-    (positive = inside), pooled over the batch. Pass held-out slices: the training batches say nothing about unseen
-    data. A label absent from the truth has no Dice (``None``, not a free 1.0), and ``dice`` is the mean over the
-    labels present (``None`` if none is).
-    """
-    with torch.no_grad():
-        recon = autoencoder.decode(autoencoder.encode(target).latent_dist.mode()).sample.clamp(-1, 1)
-    mse = F.mse_loss(recon[:, 0].float(), target[:, 0].float()).item()
-    metrics: dict[str, Optional[float]] = {"psnr": 10.0 * math.log10(4.0 / max(mse, 1e-12))}
-    dices = []
-    for channel in range(1, target.shape[1]):
-        truth, guess = target[:, channel] > 0, recon[:, channel] > 0
-        present = int(truth.sum().item())
-        dice = 2.0 * (truth & guess).sum().item() / (present + guess.sum().item()) if present else None
-        metrics[f"dice_label{channel}"] = dice
-        dices += [dice] if dice is not None else []
-    metrics["dice"] = sum(dices) / len(dices) if dices else None
-    return metrics
-
-
-def autoencoder_loss(recon: torch.Tensor, target: torch.Tensor, tumour_weight: float) -> torch.Tensor:
-    """L1 on the image channel plus L1 on the tumour channels with tumour pixels weighted up: tumours cover a few
-    percent of a slice, and unweighted L1 is minimised by never drawing one (a measured failure, Dice 0)."""
-    image = F.l1_loss(recon[:, :1], target[:, :1])
-    if target.shape[1] == 1:  # an image-only autoencoder (labels live in pixel space)
-        return image
-    weights = 1.0 + (tumour_weight - 1.0) * (target[:, 1:] > 0).to(recon.dtype)
-    tumour = (weights * (recon[:, 1:] - target[:, 1:]).abs()).sum() / weights.sum()
-    return image + tumour
-
-
-def train_autoencoder(autoencoder: AutoencoderKL, targets: Iterable[torch.Tensor], steps: int, lr: float = 1e-3,
-                      kl_weight: float = 1e-6, device: Union[str, torch.device] = "cpu", tumour_weight: float = 20.0,
-                      decoder_only: bool = False) -> None:
-    """Fit the autoencoder on batches of targets [B, 4, S, S] (`autoencoder_loss` + a small KL that keeps latents
-    bounded for diffusion), then freeze it; measure it with `autoencoder_metrics` on held-out slices.
-
-    ``decoder_only`` keeps the encoder, and so every latent a U-Net was trained on, unchanged.
-    """
-    if steps < 1:
-        raise ValueError("train_autoencoder needs steps >= 1")
-    autoencoder.to(device).train()
-    trained = autoencoder.decoder.parameters() if decoder_only else autoencoder.parameters()
-    parameters = list(trained) + (list(autoencoder.post_quant_conv.parameters()) if decoder_only and autoencoder.post_quant_conv is not None else [])
-    optimizer = torch.optim.AdamW(parameters, lr=lr)
-    batches: Iterator[torch.Tensor] = iter(targets)
-    for _ in range(steps):
-        target = next(batches).to(device)
-        if decoder_only:
-            with torch.no_grad():
-                latents = autoencoder.encode(target).latent_dist.sample()
-            loss = autoencoder_loss(autoencoder.decode(latents).sample, target, tumour_weight)
-        else:
-            posterior = autoencoder.encode(target).latent_dist
-            recon = autoencoder.decode(posterior.sample()).sample
-            loss = autoencoder_loss(recon, target, tumour_weight) + kl_weight * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-    autoencoder.eval().requires_grad_(False)
-
-
-def measure_latent_scale(autoencoder: AutoencoderKL, targets: Iterable[torch.Tensor], batches: int = 8,
-                         device: Union[str, torch.device] = "cpu") -> float:
-    """1 / std of the latents over a few batches, so the diffusion sees unit-variance data as its noise schedule
-    assumes."""
-    values = []
-    with torch.no_grad():
-        for _, target in zip(range(batches), targets):
-            values.append(autoencoder.encode(target.to(device)).latent_dist.mode().flatten().float())
-    return float(1.0 / torch.cat(values).std().clamp(min=1e-6))

@@ -38,8 +38,8 @@ from ..io import atomic_output
 from .checkpoint import XDiffusionModel, save_model
 from .conditioning import ConditionEncoder
 from .config import XDiffusionConfig, preset
-from .networks import (Denoiser, autoencoder_metrics, build_autoencoder, build_unet, encode_target,
-                       init_unet_from_pretrained, measure_latent_scale, train_autoencoder)
+from .autoencoder_training import autoencoder_metrics, measure_latent_scale, train_autoencoder
+from .networks import Denoiser, build_autoencoder, build_unet, encode_target, init_unet_from_pretrained
 
 if TYPE_CHECKING:
     from .campaign import Snapshot  # campaign imports this module: its use here is deferred to call time

@@ -58,7 +58,7 @@ def diffusion_upsample(stack: ThickStack, grid: Geometry, prior: np.ndarray, pip
                        progress: Optional[ProgressCallback] = None, **sampling: Any) -> tuple[np.ndarray, int, dict[str, Any]]:
     """The experimental model upsampling on ``grid`` from the B-spline ``prior`` (on ``grid``). Returns the array, the
     U-Net evaluations and the number of windows."""
-    from ..data.samples import IntensityScale
+    from ..model_space import IntensityScale
 
     side, size = pipeline.config.cube_size, int(pipeline.config.max_inputs)
     frame = geometry.cube_frame_for_grid(grid, side)

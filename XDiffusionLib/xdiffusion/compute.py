@@ -1,0 +1,50 @@
+"""Where a run computes: the device and its dtype (`choose_device`), the host memory available now (psutil), the CPU
+cores this process may use, and torch's thread pool kept within them. No model here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import psutil
+import torch
+
+from .errors import InputError
+
+
+def choose_device(name: str = "auto") -> tuple[torch.device, torch.dtype]:
+    """``auto``, ``cpu`` or ``cuda`` → (device, dtype): float32 on the CPU, bfloat16 (else float16) on a GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for, but this PyTorch build sees no CUDA GPU (use --device cpu or auto)")
+    dtype = torch.float32 if name == "cpu" else (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return torch.device(name), dtype
+
+
+def available_host_memory() -> Optional[int]:
+    """Bytes the OS can give us now (Linux: MemAvailable); None if unknown."""
+    try:
+        return int(psutil.virtual_memory().available)
+    except (OSError, RuntimeError, AttributeError):
+        return None
+
+
+def usable_cores() -> int:
+    """CPU cores this process may really use: its affinity mask, capped by a cgroup CPU quota (containers; psutil
+    does not read cgroup quotas)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text(encoding="utf-8").split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def limit_threads() -> None:
+    """Never more torch threads than usable cores: an oversubscribed OpenMP pool spin-waits and slows every call."""
+    if torch.get_num_threads() > usable_cores():
+        torch.set_num_threads(usable_cores())
