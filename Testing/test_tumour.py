@@ -77,7 +77,7 @@ def test_small_brains_get_small_tumours() -> None:
 def test_varied_volumes_profiles_and_shapes() -> None:
     image, mask, _ = brain_phantom()
     volumes, shapes, profiles = [], [], set()
-    for seed in range(20):
+    for seed in range(40):  # the rarest profile (non-enhancing, 15 %) is missed by 20 seeds 4 % of the time
         _, seg = paint_tumour(image, mask, "t1c", np.random.default_rng(seed), SPACING)
         volumes.append(volume_ml(seg))
         shapes.append(sphericity(seg > 0))

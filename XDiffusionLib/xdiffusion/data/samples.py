@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 from .. import geometry
 from ..errors import InputError
@@ -71,12 +72,8 @@ def make_training_cube(image: Volume, modality: str, side: int, tumour: Volume |
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """A uniformly distributed 3D rotation (QR of a Gaussian matrix, sign-fixed)."""
-    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
+    """A uniformly distributed 3D rotation, drawn from ``rng`` (SciPy's, so the stream stays seed-deterministic)."""
+    return Rotation.random(random_state=rng).as_matrix()
 
 
 def slab_mean(volume: np.ndarray, axis: int, centre: int, thickness: int) -> np.ndarray:

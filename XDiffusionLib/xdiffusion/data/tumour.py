@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 from ..errors import InputError
 
@@ -70,9 +71,7 @@ def _check_inputs(image: np.ndarray, brain_mask: np.ndarray, modality: str, spac
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
-    q = q * np.sign(np.diag(r))[None, :]
-    return q if np.linalg.det(q) > 0 else -q
+    return Rotation.random(random_state=rng).as_matrix()
 
 
 def _smooth_noise(shape: tuple[int, ...], spacing: np.ndarray, sigma_mm: float, rng: np.random.Generator) -> np.ndarray:

@@ -26,6 +26,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import is_tensorboard_available, set_seed
 from diffusers import AutoencoderKL, DDPMScheduler
+from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -225,8 +226,7 @@ class Trainer:
                                    beta_schedule="squaredcos_cap_v2", prediction_type=self.config.prediction_type)
         self.data_order = torch.Generator()  # reseeded per epoch in `_batches`: the order never depends on history
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.train.lr, weight_decay=self.train.weight_decay)
-        warmup = max(1, self.train.warmup_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=self.train.warmup_steps)
         self.model, self.optimizer, self.loader, self.schedule = self.accelerator.prepare(
             model, optimizer, self._loader(self.data_order), schedule)
         # EMA decay ramps up from 0, so short runs still export trained (not initial) weights
