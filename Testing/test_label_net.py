@@ -94,3 +94,16 @@ def test_inputs_mark_unknown_labels_apart_from_no_tumour():
     healthy = label_net_inputs(image, image, np.zeros((8, 8), np.uint8), 3.0)
     assert unknown[5].max() == 0 and healthy[5].min() == 1
     assert healthy[6, 0, 0] == pytest.approx(3.0 / 16.0)
+
+
+def test_only_the_tumour_on_the_input_slice_is_kept():
+    from xdiffusion.tumour_labels import keep_tumour_seen
+
+    labels = np.zeros((12, 10, 10), np.uint8)
+    labels[3:7, 2:5, 2:5] = 2  # crosses input slice 5
+    labels[4:6, 3:4, 3:4] = 1
+    labels[9:11, 6:9, 6:9] = 2  # a separate blob the input slice never shows
+    kept = keep_tumour_seen(labels, [5])
+    assert kept[3:7, 2:5, 2:5].all() and (kept[4:6, 3:4, 3:4] == 1).all()
+    assert not kept[9:11].any()
+    assert not keep_tumour_seen(labels, [1]).any()  # an input slice without tumour: no tumour comes back

@@ -3,7 +3,7 @@
 Each output slice parallel to the input plane is labelled by the label net (`model.label_net`) from the reconstructed
 slice, its nearest input slice, that slice's labels and the signed distance between them. Labels on the input slices
 come from the user (`--input-segmentation`) and are kept exactly; without them the same network first segments the
-input slices themselves.
+input slices themselves. Only the tumour components that reach an input slice's labels are kept.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from .model_space import IntensityScale
 from .model.label_net import TumourLabelNet, label_net_inputs, predict_labels
@@ -44,4 +45,16 @@ def label_volume(net: TumourLabelNet, image: np.ndarray, axis: int, spacing_mm: 
         labels[start:start + len(rows)] = predict_labels(net, batch, BATCH, device)
     for index, known in zip(indices, given):
         labels[index] = known
-    return np.moveaxis(labels, 0, axis)
+    return np.moveaxis(keep_tumour_seen(labels, indices), 0, axis)
+
+
+def keep_tumour_seen(labels: np.ndarray, indices: Sequence[int]) -> np.ndarray:
+    """Only the tumour the input slices show: the whole-tumour components (6-connected, in 3D, axis 0 the input axis)
+    that reach an input slice's labels. The network labels every output slice, also far beyond the lesion, where it
+    was never trained (its training targets lie within the tumour's extent + 12 mm); a tumour is one connected
+    object, and the one asked for is the one on the input slice."""
+    components, count = ndimage.label(labels > 0)
+    if count == 0:
+        return labels
+    seen = np.unique(np.concatenate([components[index].ravel() for index in indices]))
+    return np.where(np.isin(components, seen[seen > 0]), labels, 0).astype(np.uint8)
