@@ -18,7 +18,7 @@ def _save(folder, latent=False):
     torch.manual_seed(0)
     config = preset("tiny")
     config.latent = latent
-    unet, encoder = build_unet(config), ConditionEncoder.from_config(config)
+    unet, encoder = build_unet(config), ConditionEncoder.for_model(config)
     torch.nn.init.normal_(encoder.to_vector[1].weight)
     autoencoder = build_autoencoder(config) if latent else None
     save_model(folder, unet, encoder, autoencoder, {"num_train_timesteps": 1000}, config,

@@ -134,7 +134,7 @@ def test_coherent_sampling_through_the_latent_path():
     config = preset("tiny")
     config.latent = True
     scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type)
-    model = XDiffusionModel(config, build_unet(config).eval(), ConditionEncoder.from_config(config).eval(),
+    model = XDiffusionModel(config, build_unet(config).eval(), ConditionEncoder.for_model(config).eval(),
                             build_autoencoder(config).eval(), dict(scheduler.config))
     latent = XDiffusionPipeline(model)
     result = latent(cube_slices(1), "t1", views=2, steps=2, coherent=True, samples=2)

@@ -34,7 +34,7 @@ def detail_model_dir(tmp_path_factory):
     config = detail_config()
     scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type)
     folder = tmp_path_factory.mktemp("detail") / "model"
-    save_model(folder, build_unet(config), ConditionEncoder.from_config(config), None, dict(scheduler.config), config,
+    save_model(folder, build_unet(config), ConditionEncoder.for_model(config), None, dict(scheduler.config), config,
                {"default_sampling": {"views": 2, "steps": 2}, "default_modality": "t1"},
                label_net=TumourLabelNet(features=TINY_LABEL_NET))
     return folder
@@ -60,7 +60,7 @@ def test_samples_carry_what_the_config_asks_for():
     assert min(thick) == pytest.approx(2.0 / 16) and max(thick) > 2.0 / 16  # thin slices and slab means both seen
     tumour_seen = [generator[i]["label_guess"].max().item() > -1 for i in range(60)]
     assert any(tumour_seen)  # inputs are drawn through the tumour, whose labels reach the view
-    denoiser = Denoiser(build_unet(config), ConditionEncoder.from_config(config))
+    denoiser = Denoiser(build_unet(config), ConditionEncoder.for_model(config))
     batch = {key: torch.stack([generator[i][key] for i in range(3)]) for key in sample if key != "target"}
     noisy = torch.randn(3, config.target_channels, 16, 16)
     assert denoiser(noisy, torch.tensor([10, 20, 30]), batch).shape == noisy.shape

@@ -48,7 +48,7 @@ def test_denoiser_output_shape(name):
     batch = random_batch(config, 2)
     noisy = torch.randn(2, config.target_channels, config.unet_size, config.unet_size)
     with torch.no_grad():
-        out = denoiser_forward(build_unet(config), ConditionEncoder.from_config(config), noisy, torch.tensor([3, 900]),
+        out = denoiser_forward(build_unet(config), ConditionEncoder.for_model(config), noisy, torch.tensor([3, 900]),
                                batch)
     assert out.shape == noisy.shape and torch.isfinite(out).all()
 
@@ -65,7 +65,7 @@ def test_pixel_unshuffle_keeps_every_conditioning_pixel():
 
 def test_condition_encoder_sees_each_field_and_drop_gives_the_null():
     config = preset("tiny")
-    encoder = ConditionEncoder.from_config(config)
+    encoder = ConditionEncoder.for_model(config)
     torch.nn.init.normal_(encoder.to_vector[1].weight)  # zero-initialised for training; make it informative here
     batch = random_batch(config, 2)
     vector, tokens = encoder(batch)
@@ -87,7 +87,7 @@ def test_condition_encoder_sees_each_field_and_drop_gives_the_null():
 
 def test_absent_slot_contents_are_ignored():
     config = preset("tiny")
-    encoder = ConditionEncoder.from_config(config)
+    encoder = ConditionEncoder.for_model(config)
     torch.nn.init.normal_(encoder.to_vector[1].weight)
     batch = random_batch(config, 1)
     batch["input_present"] = torch.tensor([[1.0, 0.0, 0.0, 0.0]])

@@ -22,7 +22,7 @@ def tiny_model(seed: int = 0) -> XDiffusionModel:
     torch.manual_seed(seed)
     config = preset("tiny")
     scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type)
-    return XDiffusionModel(config, build_unet(config).eval(), ConditionEncoder.from_config(config).eval(), None, dict(scheduler.config))
+    return XDiffusionModel(config, build_unet(config).eval(), ConditionEncoder.for_model(config).eval(), None, dict(scheduler.config))
 
 
 def save_tiny_model(folder, views: int, steps: int):

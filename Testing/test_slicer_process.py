@@ -307,7 +307,7 @@ def tiny_model_folder(folder: Path) -> Path:
     torch.manual_seed(0)
     config = preset("tiny")
     scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type)
-    return save_model(folder, build_unet(config).eval(), ConditionEncoder.from_config(config).eval(), None,
+    return save_model(folder, build_unet(config).eval(), ConditionEncoder.for_model(config).eval(), None,
                       dict(scheduler.config), config, {"steps": 0})
 
 

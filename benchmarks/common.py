@@ -88,7 +88,7 @@ def random_model(cube_size: int = 64, seed: int = 0):
     scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
                               prediction_type=config.prediction_type)
     autoencoder = build_autoencoder(config).eval() if config.latent else None
-    return XDiffusionModel(config, build_unet(config).eval(), ConditionEncoder.from_config(config).eval(), autoencoder,
+    return XDiffusionModel(config, build_unet(config).eval(), ConditionEncoder.for_model(config).eval(), autoencoder,
                            dict(scheduler.config))
 
 

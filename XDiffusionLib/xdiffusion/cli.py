@@ -58,40 +58,12 @@ def _strength(text: str) -> float:
     return value
 
 
-def _check_output(path: Optional[str], inputs: Sequence[Path], flag: str) -> Optional[Path]:
-    """Refuse a bad output before any work is done: wrong type, missing folder, or one that would overwrite an input."""
-    if path is None:
-        return None
-    from .io import WRITABLE_SUFFIXES
-
-    target = Path(path)
-    if not str(target).lower().endswith(WRITABLE_SUFFIXES):
-        raise InputError(f"{flag} {target}: use one of {', '.join(WRITABLE_SUFFIXES)}")
-    if target.is_dir():
-        raise InputError(f"{flag} {target} is a folder; give a file name")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"{flag} {target}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"{flag} {target}: folder {folder} is not writable")
-    if any(target.resolve() == source.resolve() for source in inputs):
-        raise InputError(f"{flag} {target} is the input file; refusing to overwrite the input")
-    try:  # os.access says yes to root everywhere; only a real file proves the folder takes writes (/proc, read-only mounts)
-        handle, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=folder)
-    except OSError as error:
-        raise InputError(f"{flag} {target}: cannot write into folder {folder} ({error.strerror or error})") from None
-    os.close(handle)
-    os.unlink(probe)
-    return target
-
-
-def _load_pipeline(args: argparse.Namespace):
-    """The model from --model / $XDIFFUSION_MODEL_DIR / the packaged default, and its sampling defaults."""
+def _load_model(args: argparse.Namespace):
+    """The model from --model / $XDIFFUSION_MODEL_DIR / the packaged default: (pipeline, its sampling, the modality, its folder)."""
     from .compute import choose_device
+    from .model_card import read_model_card, resolve_sampling
     from .model_location import resolve_model_dir
     from .pipeline import XDiffusionPipeline
-
-    from .model_card import read_model_card, resolve_sampling
 
     folder = resolve_model_dir(args.model)
     explicit = {key: getattr(args, key, None) for key in DEFAULT_SAMPLING}
@@ -99,122 +71,51 @@ def _load_pipeline(args: argparse.Namespace):
     device, dtype = choose_device(args.device)
     pipeline = XDiffusionPipeline.from_pretrained(folder, device=device, dtype=dtype)
     sampling["seed"] = getattr(args, "seed", 0)
-    return pipeline, sampling
-
-
-def _model_dir(args: argparse.Namespace) -> Path:
-    """The model folder `_load_pipeline` loaded (recorded in the outputs' provenance sidecars)."""
-    from .model_location import resolve_model_dir
-
-    return resolve_model_dir(args.model)
-
-
-def _check_segments_tumours(model: Optional[str], flag: str) -> None:
-    """Refuse a segmentation before any work when the model's card says it draws none (its labels would be empty)."""
-    from .model_card import read_model_card, segments_tumours
-    from .model_location import resolve_model_dir
-
-    folder = resolve_model_dir(model)
-    if segments_tumours(read_model_card(folder)) is False:
-        raise InputError(f"{flag}: this model ({folder.name}) does not segment tumours (its model card says "
-                         f"segments_tumours: false, so its labels would be empty); drop {flag}")
-
-
-def _check_input_segmentation(args: argparse.Namespace) -> None:
-    """Refuse --input-segmentation before any work when the method or the model's config would ignore it."""
-    from .input_labels import check_labels_used, model_uses_input_labels
-    from .model_location import resolve_model_dir
-
-    check_labels_used(args.method, args.method == "xdiffusion" and model_uses_input_labels(resolve_model_dir(args.model)))
+    modality = getattr(args, "modality", None) or pipeline.model.model_card.get("default_modality", pipeline.modalities[0])
+    return pipeline, sampling, modality, folder
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
-    from .io import read_image
     from .progress import ProgressReporter
-    from .provenance import check_sidecars, uncertainty_auroc, write_reconstruction
+    from .reconstruct_files import check_outputs, reconstruct_file
 
-    source = Path(args.input)
-    sources = [source] + ([Path(args.input_segmentation)] if args.input_segmentation else [])
-    outputs = [Path(p) for p in (args.output, args.segmentation_output, args.uncertainty_output) if p]
-    if len({p.resolve() for p in outputs}) != len(outputs):
-        raise InputError("the output, segmentation and uncertainty files must be different files")
-    if args.input_segmentation:
-        _check_input_segmentation(args)
-    if args.segmentation_output and args.method == "xdiffusion":
-        _check_segments_tumours(args.model, "--segmentation-output")
-    output = _check_output(args.output, sources, "-o")
-    segmentation_output = _check_output(args.segmentation_output, sources, "--segmentation-output")
-    uncertainty_output = _check_output(args.uncertainty_output, sources, "--uncertainty-output")
-    check_sidecars([output, segmentation_output, uncertainty_output], sources)  # each output's provenance .json
-    if args.method != "xdiffusion" and (segmentation_output or uncertainty_output):
-        raise InputError(f"--method {args.method} makes no segmentation or uncertainty; drop those outputs")
-    if args.atlas is not None and args.method in ("extrude", "interpolate"):
-        raise InputError(f"--atlas applies to --method atlas and to the xdiffusion atlas prior, not to --method {args.method}")
-    if args.atlas is not None:
-        from .atlas import check_template_choice
-
-        check_template_choice(args.atlas)
-
-    volume = read_image(source)
-    from .reconstruct import reconstruct, select_slices, single_slice_input  # after reading: a bad file fails fast
-
-    if volume.is_slice:
-        if args.slice_index:
-            raise InputError("--slice-index does not apply to a single 2D slice (use --slice-position)")
-        inputs = single_slice_input(volume, args.plane, 0.5 if args.slice_position is None else args.slice_position)
-    else:
-        if args.slice_position is not None:
-            raise InputError("--slice-position applies to a single 2D slice; for a volume use --slice-index")
-        inputs = select_slices(volume, args.plane or "axial", args.slice_index)
-    del volume  # only the chosen slices and the grid go further
-    input_labels = None
-    if args.input_segmentation:
-        from .input_labels import read_input_labels
-
-        input_labels = read_input_labels(args.input_segmentation, inputs)
-
+    output, segmentation_output, uncertainty_output = check_outputs(
+        args.input, args.output, args.segmentation_output, args.uncertainty_output, args.input_segmentation, args.method,
+        args.model, args.atlas)
     reporter = ProgressReporter(None if args.quiet else args.progress)
-    pipeline, sampling, modality = None, {}, args.modality
-    if args.method == "xdiffusion":
-        pipeline, sampling = _load_pipeline(args)
-        modality = args.modality or pipeline.model.model_card.get("default_modality", pipeline.modalities[0])
-    result = reconstruct(inputs, args.method, pipeline, modality, reporter, atlas=args.atlas, input_labels=input_labels, **sampling)
-    for message in result.warnings:  # shown with --quiet too: a fallback changes what the output is worth
-        reporter.warning(message)
-    write_reconstruction(result, inputs, output, segmentation_output, uncertainty_output, source,
-                         _model_dir(args) if pipeline is not None else None, args.input_segmentation, input_labels)
+    result = reconstruct_file(args.input, output, segmentation_output, uncertainty_output, args.input_segmentation, args.method,
+                              lambda: _load_model(args), args.plane, args.slice_index, args.slice_position, args.atlas,
+                              reporter, reporter.warning)  # warnings shown with --quiet too
     if not args.quiet:
         print(f"wrote {output} (generated by {args.method}; synthetic, not for diagnosis)", file=sys.stderr)
         if uncertainty_output is not None:
-            auroc = uncertainty_auroc(result.model_card)
-            worth = "never measured" if auroc is None else f"AUROC {auroc:.2f} on held-out data, 0.5 = chance"
-            if result.uncertainty_across == "samples":
-                spread, worth = f"{result.sampling['samples']} samples", "never measured for it (the card's AUROC is the spread across views)"
-            else:
-                spread = "views"
-            print(f"note: the uncertainty map is the spread across {spread}; how well it ranks errors: {worth}", file=sys.stderr)
+            from .provenance import uncertainty_note
+
+            print(uncertainty_note(result), file=sys.stderr)
     return 0
 
 
 def run_reconstruct_cohort(args: argparse.Namespace) -> int:
-    from .cohort import format_summary, list_cohort, reconstruct_file, run_cohort
+    from .cohort import format_summary, list_cohort, run_cohort
+    from .reconstruct_files import reconstruct_file
 
     def make_reconstructor(state):
-        pipeline, sampling, modality = None, {}, args.modality
+        model = None
         if args.method == "xdiffusion":
             if state.device.type == "cuda":
                 import torch
 
                 torch.cuda.set_device(state.device)  # one GPU per process
                 args.device = "cuda" if args.device == "auto" else args.device
-            pipeline, sampling = _load_pipeline(args)
-            modality = args.modality or pipeline.model.model_card.get("default_modality", pipeline.modalities[0])
-        model_dir = _model_dir(args) if pipeline is not None else None
-        return lambda source, output, segmentation: reconstruct_file(source, output, segmentation, args.method, pipeline, modality,
-                                                                     args.plane, args.slice_index, model_dir=model_dir, **sampling)
+            model = _load_model(args)  # once per process
+        return lambda source, output, segmentation: reconstruct_file(
+            source, output, input_segmentation=segmentation, method=args.method, load_model=lambda: model, plane=args.plane,
+            slice_index=args.slice_index).warnings
 
     if any(item.segmentation for item in list_cohort(args.input, args.output_dir)):  # refused before any model loads
-        _check_input_segmentation(args)
+        from .input_labels import check_input_segmentation
+
+        check_input_segmentation(args.method, args.model)
     rows, summary = run_cohort(args.input, args.output_dir, make_reconstructor, log=lambda line: print(line, file=sys.stderr))
     if summary is not None:
         print(format_summary(rows))
@@ -226,9 +127,10 @@ def run_upsample(args: argparse.Namespace) -> int:
     from .io import read_image
     from .progress import ProgressReporter
     from .provenance import check_sidecars
+    from .reconstruct_files import check_output
 
     source = Path(args.input)
-    output = _check_output(args.output, [source], "-o")
+    output = check_output(args.output, [source], "-o")
     check_sidecars([output], [source])  # the output's provenance .json
     model_options = [flag for flag, value in (("--model", args.model), ("--modality", args.modality), ("--preset", args.preset),
                                               ("--views", args.views), ("--steps", args.steps), ("--strength", args.strength),
@@ -244,18 +146,17 @@ def run_upsample(args: argparse.Namespace) -> int:
     stack = thick_stack(read_image(source), str(source))
     grid = isotropic_grid(stack, args.output_spacing)  # refuses a bad spacing before the model loads
     reporter = ProgressReporter(None if args.quiet else args.progress)
-    pipeline, sampling, modality = None, {}, args.modality
+    pipeline, sampling, modality, model_dir = None, {}, args.modality, None
     if args.method == "xdiffusion":
-        pipeline, sampling = _load_pipeline(args)
+        pipeline, sampling, modality, model_dir = _load_model(args)
         if sampling.pop("prior", None) == "none":  # the B-spline upsampling is the prior, unless none is asked for
             sampling["strength"] = 1.0
         sampling["solver"] = "dpmsolver++"
-        modality = args.modality or pipeline.model.model_card.get("default_modality", pipeline.modalities[0])
     result = upsample(stack, args.method, slab_projection=not args.no_slab_projection, pipeline=pipeline, modality=modality,
                       progress=reporter, grid=grid, **sampling)
     for message in result.warnings:
         reporter.warning(message)
-    write_upsampling(result, output, source, _model_dir(args) if pipeline is not None else None)
+    write_upsampling(result, output, source, model_dir)
     if not args.quiet:
         shape = "x".join(str(n) for n in result.image.geometry.shape)
         print(f"wrote {output} ({shape} at {result.image.geometry.spacing[0]:g} mm, upsampled by {args.method}; "
@@ -273,9 +174,9 @@ def run_demo(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"--output-dir {output_dir} exists and is not a folder")
-    pipeline, sampling = _load_pipeline(args)
+    pipeline, sampling, _, model_dir = _load_model(args)
     reporter = ProgressReporter(args.progress)
-    paths = run_demo(output_dir, pipeline, sampling, reporter, _model_dir(args), reporter.warning)
+    paths = run_demo(output_dir, pipeline, sampling, reporter, model_dir, reporter.warning)
     print(f"XDiffusion demo done in {time.monotonic() - started:.0f} s (generated volumes: research use, not diagnosis)")
     for name, path in paths.items():
         print(f"  {name:<13}{path}")

@@ -123,33 +123,6 @@ def _beside(table: Path, cell: str) -> Path:
 ReconstructOne = Callable[[Path, Path, Optional[Path]], Optional[Sequence[str]]]  # returns the run's warnings (None: none)
 
 
-def reconstruct_file(source: Path, output: Path, segmentation: Optional[Path] = None, method: str = "xdiffusion", pipeline=None,
-                     modality: Optional[str] = None, plane: Optional[str] = None, slice_index: Optional[Sequence[int]] = None,
-                     model_dir: Optional[Path] = None, **sampling) -> list[str]:
-    """One cohort volume, as `xdiffusion reconstruct` does it: its slice(s) (default the middle axial one; a 2D file
-    in the middle of its own depth), its input slices' labels where the row gives a segmentation, the method, the
-    output and its provenance sidecar written atomically. Returns the run's warnings."""
-    from .io import read_image
-    from .provenance import write_reconstruction
-    from .reconstruct import reconstruct, select_slices, single_slice_input
-
-    volume = read_image(source)
-    if volume.is_slice:
-        inputs = single_slice_input(volume, plane, 0.5)
-    else:
-        inputs = select_slices(volume, plane or "axial", slice_index)
-    del volume
-    input_labels = None
-    if segmentation is not None:
-        from .input_labels import read_input_labels
-
-        input_labels = read_input_labels(segmentation, inputs)
-    result = reconstruct(inputs, method, pipeline, modality, None, input_labels=input_labels, **sampling)
-    write_reconstruction(result, inputs, output, source=source, model_dir=model_dir, input_segmentation=segmentation,
-                         input_labels=input_labels)
-    return result.warnings
-
-
 def run_items(items: Sequence[CohortItem], reconstruct_one: ReconstructOne, log: Callable[[str], None] = print) -> list[CohortRow]:
     """Reconstruct each item whose output is not there yet; every failure becomes a row, never an exception."""
     rows = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
@@ -44,6 +44,13 @@ def check_labels_used(method: str, label_conditioning: bool) -> None:
     if not label_conditioning:
         raise InputError("--input-segmentation: this model is not conditioned on input tumour labels (its config says "
                          "label_conditioning: false); drop --input-segmentation or use a label-conditioned model")
+
+
+def check_input_segmentation(method: str, model: Optional[str]) -> None:
+    """Refuse --input-segmentation before any work when the method or the model's config would ignore it."""
+    from .model_location import resolve_model_dir
+
+    check_labels_used(method, method == "xdiffusion" and model_uses_input_labels(resolve_model_dir(model)))
 
 
 def read_input_labels(path: str | os.PathLike, inputs: InputSlices) -> list[np.ndarray]:

@@ -38,6 +38,16 @@ def segments_tumours(card: dict[str, Any]) -> Optional[bool]:
     return value if isinstance(value, bool) else None
 
 
+def check_segments_tumours(model: Optional[str], flag: str) -> None:
+    """Refuse a segmentation before any work when the model's card says it draws none (its labels would be empty)."""
+    from .model_location import resolve_model_dir
+
+    folder = resolve_model_dir(model)
+    if segments_tumours(read_model_card(folder)) is False:
+        raise InputError(f"{flag}: this model ({folder.name}) does not segment tumours (its model card says "
+                         f"segments_tumours: false, so its labels would be empty); drop {flag}")
+
+
 def weight_problems(folder: Union[str, Path], card: dict[str, Any]) -> list[str]:
     """Each weight file the card lists that is missing or differs from its SHA-256 there (empty: all verified)."""
     folder, hashes = Path(folder), card.get("sha256")

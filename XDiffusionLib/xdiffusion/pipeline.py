@@ -68,7 +68,12 @@ def check_strength(strength: float) -> None:
 
 
 class XDiffusionPipeline:
-    """One object, one `__call__`, loadable with `from_pretrained(local_dir)` (diffusers style)."""
+    """One object, one `__call__`, loadable with `from_pretrained(local_dir)` (diffusers style).
+
+    Not a `diffusers.DiffusionPipeline` subclass: that class owns `config` (its registered components, a frozen dict)
+    and a read-only `device` (the components' device), while here `config` is the model's `XDiffusionConfig` and
+    `device` the chosen one (with its dtype and CUDA set-up), both used throughout; and its `from_pretrained` loads
+    a component per folder without our SHA-256 check of every weights file (model/checkpoint.py)."""
 
     def __init__(self, model: XDiffusionModel, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
                  compile: Optional[bool] = None):

@@ -56,12 +56,12 @@ class ProgressReporter:
             eta = self.eta_seconds(fraction)
             bar = "#" * int(fraction * 30)
             tail = f" eta {eta}s" if eta is not None else ""
+            if fraction < 1.0:  # marked before writing: a signal right after the write still finds the line open
+                _open_lines.add(self.stream)
             self.stream.write(f"\r[{bar:<30}] {fraction * 100:5.1f}% {stage:<20}{tail}   ")
             if fraction >= 1.0:
                 self.stream.write("\n")
                 _open_lines.discard(self.stream)
-            else:
-                _open_lines.add(self.stream)
             self.stream.flush()
         return True
 

@@ -139,6 +139,17 @@ def uncertainty_auroc(model_card: Optional[dict]) -> Optional[float]:
     return measured.get("mean")
 
 
+def uncertainty_note(result: Reconstruction) -> str:
+    """What the uncertainty map is the spread of, and how well that spread was measured to rank errors."""
+    auroc = uncertainty_auroc(result.model_card)
+    worth = "never measured" if auroc is None else f"AUROC {auroc:.2f} on held-out data, 0.5 = chance"
+    if result.uncertainty_across == "samples":
+        spread, worth = f"{result.sampling['samples']} samples", "never measured for it (the card's AUROC is the spread across views)"
+    else:
+        spread = "views"
+    return f"note: the uncertainty map is the spread across {spread}; how well it ranks errors: {worth}"
+
+
 def write_reconstruction(result: Reconstruction, inputs: InputSlices, output: str | os.PathLike,
                          segmentation_output: Optional[str | os.PathLike] = None, uncertainty_output: Optional[str | os.PathLike] = None,
                          source: Optional[str | os.PathLike] = None, model_dir: Optional[str | os.PathLike] = None,

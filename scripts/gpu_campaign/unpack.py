@@ -34,7 +34,7 @@ def verify(folder: Path) -> Snapshot:
     if oversized:
         raise InputError(f"{folder}: shards over 16 MiB: {', '.join(oversized)}")
     config = XDiffusionConfig.from_json(folder / MODEL_CONFIG)
-    parts = {"unet": build_unet(config), "condition_encoder": ConditionEncoder.from_config(config)}
+    parts = {"unet": build_unet(config), "condition_encoder": ConditionEncoder.for_model(config)}
     if config.latent:
         parts["autoencoder"] = build_autoencoder(config)
     for name, module in parts.items():

@@ -5,14 +5,31 @@ Training code: inference never imports this module (`networks.py` holds what sam
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional, Union
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
+from .. import __version__
 from ..evaluate import dice as dice_overlap
 from ..evaluate import psnr
+from .checkpoint_files import replace_dir
+from .networks import build_autoencoder
+
+if TYPE_CHECKING:
+    from .config import XDiffusionConfig
+    from .train_config import TrainConfig
+
+AUTOENCODER_RECORD = "latent_scale.json"  # in the run's autoencoder/: its latent scale and how it was trained
+UNRECORDED_AUTOENCODER = ("not recorded: this run's autoencoder was trained before its settings were saved with it; "
+                          "the run's config, re-read with today's defaults at every resume, does not say how")
+
+
+METRIC_CHUNK = 32  # held-out slices through the autoencoder at a time
 
 
 def autoencoder_metrics(autoencoder: AutoencoderKL, target: torch.Tensor) -> dict[str, Optional[float]]:
@@ -21,9 +38,10 @@ def autoencoder_metrics(autoencoder: AutoencoderKL, target: torch.Tensor) -> dic
     data. A label absent from the truth has no Dice (``None``, not a free 1.0), and ``dice`` is the mean over the
     labels present (``None`` if none is).
     """
-    with torch.no_grad():
-        recon = autoencoder.decode(autoencoder.encode(target).latent_dist.mode()).sample.clamp(-1, 1)
-    recon, target = recon.float().cpu().numpy(), target.float().cpu().numpy()
+    with torch.no_grad():  # in chunks: thousands of held-out 128^2 slices at once took 23 GB (an OOM kill)
+        recon = torch.cat([autoencoder.decode(autoencoder.encode(target[i:i + METRIC_CHUNK]).latent_dist.mode()).sample
+                           .clamp(-1, 1).float().cpu() for i in range(0, target.shape[0], METRIC_CHUNK)])
+    recon, target = recon.numpy(), target.float().cpu().numpy()
     metrics: dict[str, Optional[float]] = {"psnr": psnr((target[:, 0] + 1.0) / 2.0, (recon[:, 0] + 1.0) / 2.0)}
     dices = []
     for channel in range(1, target.shape[1]):
@@ -87,3 +105,37 @@ def measure_latent_scale(autoencoder: AutoencoderKL, targets: Iterable[torch.Ten
         for _, target in zip(range(batches), targets):
             values.append(autoencoder.encode(target.to(device)).latent_dist.mode().flatten().float())
     return float(1.0 / torch.cat(values).std().clamp(min=1e-6))
+
+
+def save_run_autoencoder(folder: Path, config: XDiffusionConfig, train: TrainConfig, targets: Iterator[torch.Tensor],
+                         device: Union[str, torch.device]) -> None:
+    """A run's autoencoder: trained on ``targets`` (or taken from `train.autoencoder_from`), its latent scale measured,
+    then saved in ``folder`` with both, and how it was trained, in `AUTOENCODER_RECORD`; renamed into place complete."""
+    if train.autoencoder_from:
+        source = Path(train.autoencoder_from)
+        autoencoder = AutoencoderKL.from_pretrained(source, use_safetensors=True, local_files_only=True)
+        earlier = source / AUTOENCODER_RECORD  # present when it comes from another run's autoencoder/
+        training = json.loads(earlier.read_text(encoding="utf-8")).get("training") if earlier.is_file() else None
+        record = {"trained_in_this_run": False, "from": str(source),
+                  **(training or {"note": UNRECORDED_AUTOENCODER})}
+    else:
+        autoencoder = build_autoencoder(config)
+        train_autoencoder(autoencoder, targets, train.autoencoder_steps, lr=train.autoencoder_lr,
+                          tumour_weight=train.autoencoder_tumour_weight,
+                          kl_weight=config.autoencoder.kl_weight, device=device)
+        image_only = config.image_channels == 1  # `autoencoder_loss` then has no tumour term
+        record = {
+            "trained_in_this_run": True, "steps": train.autoencoder_steps,
+            "batch_size": train.batch_size, "lr": train.autoencoder_lr,
+            "loss": "L1 on the image channel (image only: labels are the label net's), + KL" if image_only else
+                    "L1 on the image channel + L1 on the tumour channels with tumour pixels weighted up, + KL",
+            "tumour_weight": None if image_only else train.autoencoder_tumour_weight,
+            "kl_weight": config.autoencoder.kl_weight, "seed": train.seed,
+            "xdiffusion_version": __version__,
+        }
+    scale = measure_latent_scale(autoencoder.to(device).eval(), targets, device=device)
+    staging = folder.with_name(".autoencoder.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    autoencoder.save_pretrained(staging, safe_serialization=True)
+    (staging / AUTOENCODER_RECORD).write_text(json.dumps({"latent_scale": scale, "training": record}) + "\n")
+    replace_dir(staging, folder)

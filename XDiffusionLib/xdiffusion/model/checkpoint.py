@@ -209,7 +209,7 @@ def load_model(folder: Union[str, Path], device: Union[str, torch.device] = "cpu
         "unet out_channels": (unet.config.out_channels, config.target_channels),
         "unet class_embed_type": (unet.config.class_embed_type, "identity"),
         "unet cross_attention_dim": (unet.config.cross_attention_dim, config.unet.cross_attention_dim),
-        "condition encoder": (encoder.init_kwargs, ConditionEncoder.from_config(config).init_kwargs),
+        "condition encoder": (encoder.init_kwargs, ConditionEncoder.for_model(config).init_kwargs),
     }
     if autoencoder is not None:
         expected["vae latent_channels"] = (autoencoder.config.latent_channels, config.autoencoder.latent_channels)

@@ -11,6 +11,8 @@ import math
 from typing import Any, Mapping, Optional
 
 import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .config import XDiffusionConfig
@@ -38,12 +40,18 @@ def _mlp(dim_in: int, hidden: int, dim_out: int) -> nn.Sequential:
                          nn.Linear(hidden, dim_out))
 
 
-class ConditionEncoder(nn.Module):
+class ConditionEncoder(ModelMixin, ConfigMixin):
     """Conditioning dict (docs/architecture.md) -> (vector [B, embed_dim], tokens [B, max_inputs + 1, token_dim]).
 
     Rows flagged in `drop` get a learned null vector and null tokens instead (classifier-free guidance).
+    A diffusers model: its init arguments are its config (`for_model` derives them from a model's
+    `XDiffusionConfig`). A saved model keeps its own layout (model/checkpoint.py): `condition_encoder/config.json`
+    holds `init_kwargs` alone and `condition_encoder/model.safetensors` the weights, checked by SHA-256 on loading.
     """
 
+    config_name = "config.json"
+
+    @register_to_config
     def __init__(self, max_inputs: int, num_modalities: int, embed_dim: int, token_dim: int, hidden_dim: int = 128,
                  plane_embed_dim: int = 16, fourier_features: int = 6, modality_embed_dim: int = 16,
                  slab_thickness: bool = False) -> None:
@@ -70,7 +78,8 @@ class ConditionEncoder(nn.Module):
         self.null_tokens = nn.Parameter(torch.randn(max_inputs + 1, token_dim) * 0.02)
 
     @classmethod
-    def from_config(cls, config: XDiffusionConfig) -> "ConditionEncoder":
+    def for_model(cls, config: XDiffusionConfig) -> "ConditionEncoder":
+        """The encoder a model of ``config`` uses (`from_config`, diffusers' own, takes the init arguments instead)."""
         c = config.conditioning
         return cls(max_inputs=config.max_inputs, num_modalities=len(config.modalities),
                    embed_dim=config.unet.time_embed_dim, token_dim=config.unet.cross_attention_dim,
