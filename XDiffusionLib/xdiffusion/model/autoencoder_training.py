@@ -15,8 +15,6 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 from .. import __version__
-from ..evaluate import dice as dice_overlap
-from ..evaluate import psnr
 from .checkpoint_files import replace_dir
 from .networks import build_autoencoder
 
@@ -38,6 +36,8 @@ def autoencoder_metrics(autoencoder: AutoencoderKL, target: torch.Tensor) -> dic
     data. A label absent from the truth has no Dice (``None``, not a free 1.0), and ``dice`` is the mean over the
     labels present (``None`` if none is).
     """
+    from ..evaluate import dice as dice_overlap, psnr  # scikit-image: not on the GPU pack's training path
+
     with torch.no_grad():  # in chunks: thousands of held-out 128^2 slices at once took 23 GB (an OOM kill)
         recon = torch.cat([autoencoder.decode(autoencoder.encode(target[i:i + METRIC_CHUNK]).latent_dist.mode()).sample
                            .clamp(-1, 1).float().cpu() for i in range(0, target.shape[0], METRIC_CHUNK)])
