@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "XDiffusionLib" / "xdiffusion"
 def _imported_modules(path: Path) -> set[str]:
     """Every module name an import statement in ``path`` names, with ``from . import x`` read as x."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
