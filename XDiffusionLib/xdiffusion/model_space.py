@@ -69,14 +69,13 @@ def tumour_channels(labels: np.ndarray) -> np.ndarray:
 
 
 
-def label_maps(labels: np.ndarray) -> np.ndarray:
-    """(3, ...) maps in {-1, 1}, one per BraTS label: the conditioning form of known labels."""
-    return tumour_channels(labels)
-
-
-
-def extruded_label_maps(slices: Sequence[geometry.CubeSlice], label_images: Sequence[np.ndarray], side: int) -> np.ndarray:
-    """(3, S, S, S): each voxel takes its nearest input slice's label maps, as the extrude prior does the image."""
+def extruded_label_maps(slices: Sequence[geometry.CubeSlice], label_images: Optional[Sequence[np.ndarray]],
+                        side: int) -> Optional[np.ndarray]:
+    """(3, S, S, S): each voxel takes its nearest input slice's label maps ((3, S, S) in {-1, 1}, `tumour_channels`),
+    as the extrude prior does the image; None when no input slice shows a tumour (or none are given): every view's
+    maps are then -1, and training and inference both skip the extrusion."""
+    if label_images is None or max(float(m.max()) for m in label_images) <= -1.0:
+        return None
     return np.stack([geometry.extrude_in_cube([geometry.CubeSlice(maps[channel], s.axis, s.position)
                                                for s, maps in zip(slices, label_images)], side)[0]
                      for channel in range(len(TUMOUR_LABELS))])
@@ -134,20 +133,19 @@ def view_conditioning(slices: Sequence[geometry.CubeSlice], rotations: np.ndarra
     thin slice, 2 / S)."""
     side = config.cube_size
     extruded, distance = geometry.extrude_in_cube(slices, side)
-    labels = None
-    if config.label_conditioning:
-        maps = input_label_maps if input_label_maps is not None else [-np.ones((3, side, side), np.float32)] * len(slices)
-        labels = extruded_label_maps(slices, maps, side)
+    labels = extruded_label_maps(slices, input_label_maps, side) if config.label_conditioning else None
     guesses, knowns, label_guesses = [], [], []
     for rotation in rotations:
         guesses.append(np.moveaxis(cube_in_view(extruded, rotation), -1, 0))
         knowns.append(np.moveaxis(geometry.resample_view(distance, rotation, order=1, mode="nearest").astype(np.float32), -1, 0))
         if labels is not None:
             label_guesses.append(np.stack([np.moveaxis(cube_in_view(m, rotation), -1, 0) for m in labels], axis=1))
+        elif config.label_conditioning:
+            label_guesses.append(-np.ones((side, 3, side, side), np.float32))
     thickness = (slab_thickness if slab_thickness is not None else 2.0 / side) if config.slab_conditioning else None
     depth = (np.arange(side) - (side - 1) / 2.0) / (side / 2.0)
     batch = {
-        **({"label_guess": np.concatenate(label_guesses)} if labels is not None else {}),
+        **({"label_guess": np.concatenate(label_guesses)} if config.label_conditioning else {}),
         "guess": np.concatenate(guesses)[:, None],
         "known_distance": np.concatenate(knowns)[:, None],
         "rotation": np.repeat(rotations, side, axis=0),

@@ -209,9 +209,9 @@ def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str,
         guess = Volume(_paste_inputs(guess, inputs).astype(np.float32), inputs.geometry)
         prior_cube = scale.normalise(geometry.volume_to_cube(guess, frame))
     if input_labels is not None:  # on the cube planes of `slices`: one (3, S, S) map in {-1, 1} per input slice
-        from .model_space import label_maps
+        from .model_space import tumour_channels
 
-        sampling["input_label_maps"] = [label_maps(placed) for placed in labels_in_cube(inputs, input_labels, frame)]
+        sampling["input_label_maps"] = [tumour_channels(placed) for placed in labels_in_cube(inputs, input_labels, frame)]
     result = pipeline(slices, modality, progress=progress, prior=prior_cube, **sampling)
     image = geometry.cube_to_grid(scale.restore(result.image), frame, inputs.geometry)
     spread = geometry.cube_to_grid(result.uncertainty * scale.scale / 2.0, frame, inputs.geometry)

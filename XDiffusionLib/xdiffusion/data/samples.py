@@ -19,7 +19,7 @@ from .. import geometry
 from ..errors import InputError
 from ..io import Volume
 from ..model_space import (TUMOUR_LABELS, IntensityScale, conditioning_slots, extruded_label_maps, image_in_view,  # noqa: F401
-                           label_maps, sample_in_view, tumour_channels, view_plane_points)
+                           sample_in_view, tumour_channels, view_plane_points)
 
 AXIS_VIEW_SHARE, PRESET_VIEW_SHARE = 0.6, 0.3  # the rest are uniformly random rotations
 PRESET_VIEWS = 9
@@ -153,7 +153,7 @@ class SampleGenerator(torch.utils.data.Dataset):
             raise InputError(f"{MAX_DRAWS} draws in a row gave only empty input slices: are the training cubes blank?")
         scale = IntensityScale.from_slices(raw_slices)
         slices = [geometry.CubeSlice(scale.normalise(s), axis, float((p - (side - 1) / 2) / (side / 2))) for s, p in zip(raw_slices, positions)]
-        labels = [label_maps(np.take(cube.tumour, p, axis=axis)) for p in positions] if options.label_conditioning else None
+        labels = [tumour_channels(np.take(cube.tumour, p, axis=axis)) for p in positions] if options.label_conditioning else None
         return build_sample(cube, scale, slices, self.choose_rotation(rng), int(rng.integers(0, side)),
                             self.modalities.index(cube.modality), options, labels, thickness / (side / 2.0))
 
@@ -189,11 +189,9 @@ def build_sample(
         target = np.concatenate([target, tumour_channels(labels)])
     extra: dict[str, np.ndarray] = {}
     if options.label_conditioning:
-        maps = input_label_maps if input_label_maps is not None else [-np.ones((3, side, side), np.float32)] * len(slices)
-        if max(float(m.max()) for m in maps) <= -1.0:  # no tumour on any input: the extruded maps are -1 everywhere
-            extra["label_guess"] = -np.ones((3, side, side), np.float32)
-        else:
-            extra["label_guess"] = np.stack([image_in_view(m, points) for m in extruded_label_maps(slices, maps, side)])
+        label_cube = extruded_label_maps(slices, input_label_maps, side)
+        extra["label_guess"] = (-np.ones((3, side, side), np.float32) if label_cube is None
+                                else np.stack([image_in_view(m, points) for m in label_cube]))
     thickness = (slab_thickness if slab_thickness is not None else 2.0 / side) if options.slab_conditioning else None
     return {
         "target": target.astype(np.float32),
