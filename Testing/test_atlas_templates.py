@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from head_phantom import synthetic_head
-from xdiffusion.atlas import SKULL_RING_SCORE, TEMPLATES, choose_template, load_template, skull_ring_score
+from xdiffusion.atlas_templates import SKULL_RING_SCORE, TEMPLATES, choose_template, load_template, skull_ring_score
 from xdiffusion.cli import main
 from xdiffusion.errors import InputError
 from xdiffusion.geometry import plane_axis

@@ -13,6 +13,7 @@ from xdiffusion import geometry
 from xdiffusion.errors import Cancelled, InputError
 from xdiffusion.coherent import ViewFusion, known_cube_planes, view_slices, view_volumes
 from xdiffusion.pipeline import XDiffusionPipeline, sample_seed
+from xdiffusion.solvers import clean_estimate, model_output_for
 
 
 def final_views(pipeline: XDiffusionPipeline, views: int, fuse: bool, seed: int = 0, solver: str = "dpmsolver++"):
@@ -31,14 +32,9 @@ def test_the_model_output_is_rebuilt_exactly_from_its_clean_estimate(pipeline, p
     scheduler = pipeline.make_scheduler("dpmsolver++")
     scheduler.set_timesteps(12)
     latents, output = torch.randn(3, 4, 16, 16), torch.randn(3, 4, 16, 16)
-    saved = pipeline.config.prediction_type
-    try:
-        pipeline.config.prediction_type = prediction_type
-        for timestep in scheduler.timesteps:
-            x0 = pipeline._x0(scheduler, latents, output, timestep)
-            torch.testing.assert_close(pipeline._model_output(scheduler, latents, x0, timestep), output, rtol=1e-4, atol=2e-3)
-    finally:
-        pipeline.config.prediction_type = saved
+    for timestep in scheduler.timesteps:
+        x0 = clean_estimate(scheduler, latents, output, timestep, prediction_type)
+        torch.testing.assert_close(model_output_for(scheduler, latents, x0, timestep, prediction_type), output, rtol=1e-4, atol=2e-3)
 
 
 @pytest.mark.parametrize("solver", ["dpmsolver++", "unipc", "ddim"])
@@ -136,6 +132,6 @@ def test_coherent_sampling_through_the_latent_path():
     scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type)
     model = XDiffusionModel(config, build_unet(config).eval(), ConditionEncoder.for_model(config).eval(),
                             build_autoencoder(config).eval(), dict(scheduler.config))
-    latent = XDiffusionPipeline(model)
+    latent = XDiffusionPipeline.from_model(model)
     result = latent(cube_slices(1), "t1", views=2, steps=2, coherent=True, samples=2)
     assert result.image.shape == (16, 16, 16) and np.isfinite(result.image).all() and result.uncertainty_across == "samples"

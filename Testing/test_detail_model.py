@@ -74,13 +74,13 @@ def test_legacy_samples_are_unchanged():
 
 def test_slab_and_labels_change_the_prediction(detail_model_dir):
     pipeline = XDiffusionPipeline.from_pretrained(detail_model_dir)
-    assert pipeline.model.label_net is not None
+    assert pipeline.label_net is not None
     rng = np.random.default_rng(2)
     slices = [geometry.CubeSlice(rng.uniform(-1, 1, (16, 16)).astype(np.float32), 2, 0.0)]
     maps = -np.ones((3, 16, 16), np.float32)
     maps[1, 4:10, 4:10] = 1.0
     with torch.no_grad():
-        for parameter in pipeline.model.unet.conv_in.parameters():  # a fresh conv_in is random: keep it, but nonzero
+        for parameter in pipeline.unet.conv_in.parameters():  # a fresh conv_in is random: keep it, but nonzero
             parameter.add_(0.01)
     plain = pipeline(slices, "t1", views=1, steps=2, seed=0)
     labelled = pipeline(slices, "t1", views=1, steps=2, seed=0, input_label_maps=[maps])

@@ -108,15 +108,15 @@ class LabelConditionedStub:
     """A pipeline standing in for a label-conditioned model: it records what it is given and draws nothing."""
 
     def __init__(self, conditioned: bool = True):
-        self.config = SimpleNamespace(cube_size=16, label_conditioning=conditioned)
+        self.model_config = SimpleNamespace(cube_size=16, label_conditioning=conditioned)
         self.modalities = ["t1"]
-        self.model = SimpleNamespace(model_card={"id": "stub"})
+        self.model_card = {"id": "stub"}
         self.received: dict = {}
 
     def __call__(self, slices, modality, progress=None, prior=None, views=1, steps=1, guidance=1.0, solver="ddim",
                  strength=1.0, seed=0, samples=1, coherent=False, **extra):
         self.received = {"slices": slices, **extra}
-        side = self.config.cube_size
+        side = self.model_config.cube_size
         return SimpleNamespace(image=np.zeros((side,) * 3, np.float32), uncertainty=np.zeros((side,) * 3, np.float32),
                                tumour_probability=np.zeros((3,) + (side,) * 3, np.float32), unet_evaluations=1,
                                uncertainty_across="views")

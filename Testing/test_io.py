@@ -9,6 +9,7 @@ Round-trip precision, measured and enforced here:
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import subprocess
@@ -216,6 +217,57 @@ def test_trailing_length_one_axis_is_squeezed_real_4d_refused(tmp_path):
     assert_clear_error(error, tmp_path / "three.nii.gz")
 
 
+
+@pytest.mark.parametrize("dtype", ["u1", "i1", "<i2", ">i2", "<u2", "i4", ">u4", "i8", "<f4", ">f4", "f8"])
+@pytest.mark.parametrize("slope_intercept", [(np.nan, np.nan), (1.0, 0.0), (2.5, -3.0), (1.0, 7.0), (0.0, 4.0), (np.nan, 2.0), (0.1, 0.0),
+                                             (-1.0, 0.0), (np.inf, 1.0)])
+def test_nifti_voxels_are_what_simpleitk_reads(tmp_path, dtype, slope_intercept):
+    """`nifti.py` reads the voxels itself (ITK's reader hides damage): they must be ITK's, type and value, whatever
+    the stored type, byte order and scaling, compressed or not."""
+    rng = np.random.default_rng(3)
+    stored = np.dtype(dtype)
+    info = np.iinfo(stored) if stored.kind in "iu" else None
+    array = (rng.integers(max(info.min, -(2**40)), min(info.max, 2**40), (5, 6, 4), endpoint=True) if info else
+             rng.normal(0.0, 500.0, (5, 6, 4))).astype(stored)
+    header = nibabel.Nifti1Header(endianness=stored.byteorder if stored.byteorder in "<>" else "=")
+    header.set_data_dtype(stored)
+    header.set_data_shape(array.shape)
+    header.set_sform(np.diag([0.9, 1.1, 2.0, 1.0]), code=1)
+    header.set_data_offset(352)
+    header["scl_slope"], header["scl_inter"] = slope_intercept
+    data = header.binaryblock + bytes(4) + array.astype(header.get_data_dtype()).tobytes(order="F")  # vox_offset 352
+    for suffix in (".nii.gz", ".nii"):
+        path = tmp_path / f"stored{suffix}"
+        path.write_bytes(gzip.compress(data) if suffix == ".nii.gz" else data)
+        expected = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).T
+        read = read_image(path).array
+        assert read.dtype == expected.dtype and read.dtype.isnative, (suffix, read.dtype, expected.dtype)
+        np.testing.assert_array_equal(read, expected)
+
+
+def test_one_reconstruct_reads_its_nifti_input_once(tmp_path, monkeypatch):
+    """The input's voxels are decompressed once: one Python-level open of the file (ITK reads its header only), no
+    `SimpleITK.ReadImage` of it."""
+    import builtins
+    import io as stdlib_io
+
+    from xdiffusion.cli import main
+
+    source = write_volume(make_volume(np.eye(3), np.int16), tmp_path / "input.nii.gz")
+    opened, read_by_itk = [], []
+    real_open, real_read_image = builtins.open, sitk.ReadImage
+
+    def counting_open(file, *args, **kwargs):
+        if str(file) == str(source):
+            opened.append(args[0] if args else kwargs.get("mode", "r"))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(stdlib_io, "open", counting_open)
+    monkeypatch.setattr(sitk, "ReadImage", lambda name, *args, **kwargs: read_by_itk.append(name) or real_read_image(name, *args, **kwargs))
+    assert main(["reconstruct", str(source), "-o", str(tmp_path / "out.nii.gz"), "--method", "extrude", "--quiet"]) == 0
+    assert opened == ["rb"] and str(source) not in read_by_itk
+
 # --- DICOM ----------------------------------------------------------------------------------------------------------
 
 
@@ -387,7 +439,7 @@ BAD_INPUTS = {
     "NaN .nii.gz": "no finite values",
     "NaN .nrrd": "no finite values",
     "NaN .mha": "no finite values",
-    "1D": "dimension of 1",
+    "1D": "1D image",
     "5D": "5D",
     "vector": "3 components",
     "unsupported suffix": "unsupported file type",

@@ -8,7 +8,7 @@ import pytest
 from xdiffusion.errors import InputError
 from xdiffusion.evaluate import dice
 from xdiffusion.io import Geometry, Volume
-from xdiffusion.label_baselines import copy_to_neighbours, ellipsoid_from_slices, input_labels
+from xdiffusion.label_baselines import copy_to_neighbours, ellipsoid_from_slices, ellipsoid_sections, input_labels
 
 SPACING = (1.0, 2.0, 1.5)
 
@@ -79,6 +79,21 @@ def test_ellipsoid_nests_the_regions_as_brats_labels():
     assert enhancing.any() and (core >= enhancing).all() and (whole >= core).all()
     assert whole.sum() > core.sum() > enhancing.sum()
     assert not ellipsoid_from_slices(geometry, 2, [18], np.zeros_like(slices)).any()  # nothing in: nothing out
+
+
+def test_ellipsoid_sections_are_the_one_slice_ellipsoid_on_the_planes_asked_for():
+    """The label net's shape guess is the baseline itself, plane by plane, at signed millimetre offsets."""
+    geometry = grid()
+    slices = np.zeros((1, 40, 30), dtype=np.uint8)
+    slices[0, 8:32, 6:24] = 2
+    slices[0, 14:26, 11:19] = 1
+    volume = ellipsoid_from_slices(geometry, 2, [18], slices)
+    spacing = np.asarray(geometry.spacing)
+    offsets = (np.array([0, 3, 7, -5]) * spacing[2]).tolist()
+    sections = ellipsoid_sections(slices[0], spacing[:2], float(spacing[2]), offsets)
+    for section, z in zip(sections[1:], (21, 25, 13)):
+        np.testing.assert_array_equal(section, volume[:, :, z])
+    assert not ellipsoid_sections(slices[0], spacing[:2], float(spacing[2]), [200.0]).any()  # far beyond: nothing
 
 
 def test_ellipsoid_of_several_slices_is_the_union_of_each_slice_s_ellipsoid():

@@ -10,38 +10,42 @@ from head_phantom import synthetic_head
 from xdiffusion.data.loaders import Subject
 from xdiffusion.data.samples import IntensityScale
 from xdiffusion.model.label_net import INPUT_CHANNELS, TumourLabelNet, label_net_inputs
-from xdiffusion.model.label_training import (CROP, LabelPairs, build_lesion_volumes, dice_scores, label_pair,
+from xdiffusion.model.label_training import (LabelPairs, build_lesion_volumes, dice_scores, label_pair,
                                              resume_point, train_label_net)
 from xdiffusion.tumour_labels import label_volume
 
 TINY = (4, 4, 8, 8, 16, 4)
+SIDE = 64
 
 
 @pytest.fixture(scope="module")
 def lesion_volumes():
     image, brain = synthetic_head()
-    return build_lesion_volumes([Subject("phantom", {"t1": image}, brain_mask=brain)], variants=2, work_side=48, seed=3)
+    return build_lesion_volumes([Subject("phantom", {"t1": image}, brain_mask=brain)], variants=2, work_sides=(40, 48), seed=3)
 
 
 def test_pairs_carry_the_input_labels_and_signed_distance(lesion_volumes):
     volume = lesion_volumes[0]
     seen_given = seen_segment = 0
     for seed in range(30):
-        inputs, target = label_pair(volume, np.random.default_rng(seed))
-        assert inputs.shape == (INPUT_CHANNELS, CROP, CROP) and target.shape == (CROP, CROP)
+        inputs, target = label_pair(volume, np.random.default_rng(seed), SIDE)
+        assert inputs.shape == (INPUT_CHANNELS, SIDE, SIDE) and target.shape == (SIDE, SIDE)
         assert set(np.unique(target)) <= {0, 1, 2, 3}
         flag, distance = inputs[5], inputs[6]
         assert np.ptp(flag) == 0 and np.ptp(distance) == 0  # constant maps, padding included
+        assert inputs[0, 0, 0] == -1 and inputs[1, 0, 0] == -1  # padded with background
         if flag[0, 0] == 0:  # segmentation of the input slice: no labels given, the target is the input slice
             seen_segment += 1
-            assert distance[0, 0] == 0 and not inputs[2:5].any()
+            assert distance[0, 0] == 0 and not inputs[2:5].any() and not inputs[7:].any()
         else:
             seen_given += 1
+            if distance[0, 0] == 0:  # on the input slice itself the guess is the given labels' ellipses
+                assert inputs[7:].any() == inputs[2:5].any()
     assert seen_given and seen_segment
 
 
 def test_pairs_are_deterministic(lesion_volumes):
-    pairs = LabelPairs(lesion_volumes, seed=4)
+    pairs = LabelPairs(lesion_volumes, seed=4, side=SIDE)
     a, b = pairs[7], pairs[7]
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(pairs[8][0], a[0])
@@ -56,15 +60,22 @@ def test_dice_scores_skip_absent_regions():
 
 
 def test_training_learns_and_resumes(lesion_volumes, tmp_path):
+    from monai.losses import DiceCELoss
+
     torch.manual_seed(0)
     net = TumourLabelNet(features=TINY)
+    fixed = [LabelPairs(lesion_volumes, seed=9, side=SIDE)[i] for i in range(16)]
+    inputs, targets = torch.stack([p[0] for p in fixed]), torch.stack([p[1] for p in fixed])[:, None]
+    loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    with torch.no_grad():
+        before = loss(net(inputs), targets).item()
     step = train_label_net(net, lesion_volumes, lesion_volumes, tmp_path, steps=60, batch_size=4, lr=3e-3,
-                           validate_every=30)
+                           validate_every=30, side=SIDE)
     assert step == 60
     rows = (tmp_path / "label_metrics.csv").read_text().splitlines()
     assert len(rows) == 3  # header + two validations
-    first, last = (float(row.split(",")[1]) for row in (rows[1], rows[2]))
-    assert last < first  # the Dice + cross-entropy loss falls
+    with torch.no_grad():
+        assert loss(net.eval()(inputs), targets).item() < before  # the Dice + cross-entropy loss falls
     resumed, start = resume_point(tmp_path)
     assert start == 60 and resumed is not None
     for a, b in zip(resumed.parameters(), net.parameters()):
@@ -81,7 +92,7 @@ def test_label_volume_keeps_given_labels_and_geometry_axis():
     known[5:9, 6:10] = 2
     known[6:8, 7:9] = 3
     images = [image[:, 11, :]]
-    labels = label_volume(net, image, axis=1, spacing_mm=1.0, indices=[11], input_images=images,
+    labels = label_volume(net, image, axis=1, spacing=(1.0, 1.0, 1.0), indices=[11], input_images=images,
                           scale=IntensityScale.from_slices(images), input_labels=[known])
     assert labels.shape == image.shape and labels.dtype == np.uint8
     np.testing.assert_array_equal(labels[:, 11, :], known)
@@ -94,6 +105,11 @@ def test_inputs_mark_unknown_labels_apart_from_no_tumour():
     healthy = label_net_inputs(image, image, np.zeros((8, 8), np.uint8), 3.0)
     assert unknown[5].max() == 0 and healthy[5].min() == 1
     assert healthy[6, 0, 0] == pytest.approx(3.0 / 16.0)
+    assert not unknown[7:].any() and not healthy[7:].any()  # no guess given: empty guess maps
+    guess = np.zeros((8, 8), np.uint8)
+    guess[2:4, 2:4] = 1
+    guessed = label_net_inputs(image, image, guess, 0.0, guess)
+    np.testing.assert_array_equal(guessed[7], guess == 1)
 
 
 def test_only_the_tumour_on_the_input_slice_is_kept():
@@ -107,3 +123,21 @@ def test_only_the_tumour_on_the_input_slice_is_kept():
     assert kept[3:7, 2:5, 2:5].all() and (kept[4:6, 3:4, 3:4] == 1).all()
     assert not kept[9:11].any()
     assert not keep_tumour_seen(labels, [1]).any()  # an input slice without tumour: no tumour comes back
+
+
+def test_an_untrained_net_answers_the_ellipsoid_guess_where_labels_are_given():
+    torch.manual_seed(0)
+    net = TumourLabelNet(features=TINY, guess_logit=40.0)  # a scale beyond what untrained features reach
+    image = np.zeros((32, 32), np.float32)
+    given = np.zeros((32, 32), np.uint8)
+    given[8:20, 10:22] = 2
+    guess = np.zeros((32, 32), np.uint8)
+    guess[10:18, 12:20] = 2
+    guess[13:15, 15:17] = 1
+    from xdiffusion.model.label_net import predict_labels
+
+    labels = predict_labels(net, label_net_inputs(image, image, given, 4.0, guess)[None])[0]
+    np.testing.assert_array_equal(labels, guess)
+    unknown = net(torch.from_numpy(label_net_inputs(image, image, None, 0.0)[None]))
+    plain = net.network(torch.from_numpy(label_net_inputs(image, image, None, 0.0)[None]))
+    torch.testing.assert_close(unknown, plain)  # no labels given: no guess, no bias

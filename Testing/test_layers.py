@@ -28,5 +28,5 @@ def test_inference_never_imports_training_code():
 
 
 def test_io_and_geometry_know_no_model():
-    loaded = _loaded_after("import xdiffusion.io, xdiffusion.geometry, xdiffusion.atomic_files")
+    loaded = _loaded_after("import xdiffusion.io, xdiffusion.nifti, xdiffusion.geometry, xdiffusion.atomic_files")
     assert "torch" not in loaded and not any(name.startswith("xdiffusion.model") for name in loaded)

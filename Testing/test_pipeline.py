@@ -9,7 +9,7 @@ from diffusers import DDPMScheduler
 
 from conftest import oriented_volume, smooth_head
 from xdiffusion import geometry
-from xdiffusion.errors import Cancelled, InputError
+from xdiffusion.errors import Cancelled, InputError, ModelError
 from xdiffusion.model import ConditionEncoder, XDiffusionModel, build_unet, load_model, preset, save_model
 from xdiffusion.pipeline import XDiffusionPipeline, known_view_slices
 from xdiffusion.reconstruct import extrude, interpolate, reconstruct, select_slices, single_slice_input
@@ -35,7 +35,7 @@ def save_tiny_model(folder, views: int, steps: int):
 
 @pytest.fixture(scope="module")
 def pipeline() -> XDiffusionPipeline:
-    return XDiffusionPipeline(tiny_model())
+    return XDiffusionPipeline.from_model(tiny_model())
 
 
 def cube_slices(count: int, side: int = 16, axis: int = 2) -> list[geometry.CubeSlice]:
@@ -100,13 +100,39 @@ def test_unknown_modality_and_cancellation(pipeline):
 
 
 def test_saved_model_samples_like_the_original(tmp_path, pipeline):
-    model = pipeline.model
-    save_model(tmp_path / "model", model.unet, model.condition_encoder, None, model.scheduler_config, model.config, {"steps": 0})
+    save_model(tmp_path / "model", pipeline.unet, pipeline.condition_encoder, None, dict(pipeline.scheduler.config), pipeline.model_config, {"steps": 0})
     reloaded = XDiffusionPipeline.from_pretrained(tmp_path / "model")
     a = pipeline(cube_slices(2), "t1", views=2, steps=2, seed=3)
     b = reloaded(cube_slices(2), "t1", views=2, steps=2, seed=3)
     np.testing.assert_allclose(a.image, b.image, atol=1e-5)
 
+
+
+def test_a_diffusers_pipeline_with_registered_components():
+    from diffusers import DiffusionPipeline
+
+    pipeline = XDiffusionPipeline.from_model(tiny_model())
+    assert isinstance(pipeline, DiffusionPipeline)
+    assert set(pipeline.components) == {"unet", "condition_encoder", "scheduler", "vae", "label_net"}
+    assert pipeline.config["condition_encoder"] == ("xdiffusion.model.conditioning", "ConditionEncoder")
+    assert pipeline.device == torch.device("cpu") and pipeline.dtype == torch.float32
+    assert pipeline.to("cpu", torch.float64).dtype == pipeline.unet.dtype == pipeline.condition_encoder.dtype == torch.float64
+
+
+def test_a_tampered_weights_file_is_refused_before_any_weight_is_read(tmp_path, pipeline, monkeypatch):
+    import xdiffusion.model.checkpoint as checkpoint
+
+    save_model(tmp_path / "model", pipeline.unet, pipeline.condition_encoder, None, dict(pipeline.scheduler.config),
+               pipeline.model_config, {"steps": 0})
+    weights = tmp_path / "model" / checkpoint.UNET_WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01  # in the tensor bytes: the file still parses, only the hash can tell
+    weights.write_bytes(bytes(data))
+    parsed = []
+    monkeypatch.setattr(checkpoint, "load_safetensors", lambda data: parsed.append(len(data)))
+    with pytest.raises(ModelError, match="SHA-256"):
+        XDiffusionPipeline.from_pretrained(tmp_path / "model")
+    assert parsed == []
 
 # --- the volume-level call --------------------------------------------------------------------------------------
 
@@ -181,7 +207,7 @@ def test_strength_starts_from_the_noised_prior_and_runs_fewer_steps(pipeline):
 
 
 def test_a_whole_cube_prior_is_where_sdedit_starts(pipeline):
-    side = pipeline.config.cube_size
+    side = pipeline.model_config.cube_size
     bright, dark = np.full((side,) * 3, 0.8, dtype=np.float32), np.full((side,) * 3, -1.0, dtype=np.float32)
     from_bright = pipeline(cube_slices(1), "t1", views=2, steps=4, strength=0.25, prior=bright)
     from_dark = pipeline(cube_slices(1), "t1", views=2, steps=4, strength=0.25, prior=dark)

@@ -18,7 +18,7 @@ from xdiffusion.pipeline import XDiffusionPipeline
 
 @pytest.fixture(scope="module")
 def pipeline() -> XDiffusionPipeline:
-    return XDiffusionPipeline(tiny_model())
+    return XDiffusionPipeline.from_model(tiny_model())
 
 
 def fail_once(monkeypatch, error: BaseException, fail_above: int = 0):
@@ -89,8 +89,8 @@ def test_cpu_chunk_shrinks_to_fit_before_refusing(pipeline):
 
 
 def test_gpu_chunk_comes_from_free_memory(pipeline, monkeypatch):
-    gpu = XDiffusionPipeline(pipeline.model)
-    gpu.device = torch.device("cuda")  # only the chunk arithmetic is exercised: nothing runs on it
+    monkeypatch.setattr(XDiffusionPipeline, "device", property(lambda self: torch.device("cuda")))  # only the chunk
+    gpu = pipeline  # arithmetic is exercised: nothing runs on it
     estimate = gpu.estimate_memory(1000, 1.0, 4)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100 * estimate.per_slice(), 16 * 1024**3))
     assert gpu.choose_chunk_size(estimate, 1000) == int(100 * memory_module.GPU_MEMORY_SHARE)
@@ -99,7 +99,7 @@ def test_gpu_chunk_comes_from_free_memory(pipeline, monkeypatch):
 
 
 def test_estimate_grows_with_views_guidance_and_cube():
-    small = XDiffusionPipeline(tiny_model())
+    small = XDiffusionPipeline.from_model(tiny_model())
     one, four = small.estimate_memory(16, 1.0, 1), small.estimate_memory(64, 1.0, 4)
     assert four.fixed > one.fixed and small.estimate_memory(16, 7.5, 1).unet_per_slice == 2 * one.unet_per_slice
 
@@ -114,11 +114,11 @@ def test_cpu_threads_never_exceed_usable_cores(monkeypatch):
     try:
         torch.set_num_threads(2)
         monkeypatch.setattr(compute_module, "usable_cores", lambda: 1)
-        XDiffusionPipeline(tiny_model())
+        XDiffusionPipeline.from_model(tiny_model())
         assert torch.get_num_threads() == 1
         torch.set_num_threads(1)
         monkeypatch.setattr(compute_module, "usable_cores", lambda: 8)
-        XDiffusionPipeline(tiny_model())
+        XDiffusionPipeline.from_model(tiny_model())
         assert torch.get_num_threads() == 1  # lowered when oversubscribed, never raised over the user's choice
     finally:
         torch.set_num_threads(threads)

@@ -17,7 +17,8 @@ import torch
 from xdiffusion.demo import score_on_sample
 from xdiffusion.model_card import read_model_card, weight_problems
 from xdiffusion.model_location import PACKAGED_MODEL
-from xdiffusion.pipeline import SOLVERS, XDiffusionPipeline
+from xdiffusion.pipeline import XDiffusionPipeline
+from xdiffusion.solvers import SOLVERS
 
 REFERENCE = json.loads((Path(__file__).resolve().parent / "reference" / "shipped_model_reference.json").read_text(encoding="utf-8"))
 RE_RECORD = f"re-record with: {REFERENCE['re_record']}"
@@ -59,7 +60,7 @@ def test_latent_samples_are_never_clipped_and_pixel_models_keep_their_scheduler_
     for solver in SOLVERS:
         assert shipped_pipeline.make_scheduler(solver).config.get("clip_sample", False) is False, solver
     pixel = tiny_model()  # pixel space: [-1, 1] is the data's own range, so the config's clipping stays
-    assert XDiffusionPipeline(pixel).make_scheduler("ddim").config.clip_sample is pixel.scheduler_config["clip_sample"] is True
+    assert XDiffusionPipeline.from_model(pixel).make_scheduler("ddim").config.clip_sample is pixel.scheduler_config["clip_sample"] is True
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -11,6 +11,8 @@ from torch.utils.data import Dataset
 
 from xdiffusion.errors import InputError
 from xdiffusion.model import load_model
+from xdiffusion.model.networks import encode_target, min_snr_weights
+from xdiffusion.model.train_config import TrainConfig
 from xdiffusion.model.training import Trainer, checkpoints, resolve_config, train
 
 
@@ -150,3 +152,53 @@ def test_a_resume_at_the_last_step_still_validates_what_it_exports(tmp_path):
     resumed = Trainer(resolve_config(_config(tmp_path, steps=4, resume="latest")), CopyGuessSamples(), lambda model: {"score": 2.0})
     assert resumed.step == 4
     assert load_model(resumed.run()).model_card["validation"] == {"val/score": 2.0}
+
+
+def test_a_run_folder_as_a_killed_run_leaves_it_resumes_from_its_newest_complete_checkpoint(tmp_path):
+    """`checkpoints/step-N` (what runs in progress, runs/detail among them, have on disk), plus a save killed halfway
+    (its staging folder, and a renamed-looking `step-N` without its step file): the resume takes the newest complete
+    one, and the next saves rotate the old ones out without tripping over the leftovers."""
+    Trainer(resolve_config(_config(tmp_path, steps=4, checkpoint_every=2, validate_every=100, keep_checkpoints=3)),
+            CopyGuessSamples()).run()
+    folder = tmp_path / "run" / "checkpoints"
+    assert sorted(entry.name for entry in folder.iterdir()) == ["step-2", "step-4"]
+    (folder / ".step-6.tmp").mkdir()
+    (folder / "step-6").mkdir()  # no train_step.json: incomplete
+    resumed = Trainer(resolve_config(_config(tmp_path, steps=8, checkpoint_every=2, validate_every=100, keep_checkpoints=2,
+                                             resume="latest")), CopyGuessSamples())
+    assert resumed.step == 4 and not resumed.accelerator.project_configuration.automatic_checkpoint_naming
+    resumed.run()
+    assert [step for step, _ in checkpoints(tmp_path / "run")] == [6, 8]
+    assert (folder / "step-6" / "train_step.json").is_file()
+
+
+def test_latent_targets_are_encoded_in_the_loader_worker_as_the_trainer_would(tmp_path):
+    config = _config(tmp_path, steps=2, autoencoder_steps=3, validate_every=100, num_workers=1)
+    config["model"]["latent"] = True
+    trainer = Trainer(resolve_config(config), CopyGuessSamples())
+    batch = next(iter(trainer.loader))
+    expected = encode_target(trainer.autoencoder, batch["target"], trainer.config.latent_scale)
+    torch.testing.assert_close(batch["target_latent"], expected)
+    assert torch.isfinite(trainer.loss(batch))
+    without_workers = Trainer(resolve_config(_config(tmp_path / "plain", steps=2, validate_every=100)), CopyGuessSamples())
+    assert "target_latent" not in next(iter(without_workers.loader))  # pixel models and in-process loading: as before
+
+
+def test_min_snr_weights_cap_the_low_noise_timesteps():
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import compute_snr
+
+    noise = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    timesteps = torch.tensor([0, 10, 500, 999])
+    snr = compute_snr(noise, timesteps)
+    weights = min_snr_weights(noise, timesteps, 5.0, "v_prediction")
+    torch.testing.assert_close(weights, torch.minimum(snr, torch.tensor(5.0)) / (snr + 1))
+    assert weights[0] < weights[2] and weights[0] == pytest.approx(5.0 / (snr[0] + 1).item())
+    torch.testing.assert_close(min_snr_weights(noise, timesteps, 5.0, "epsilon"), torch.minimum(snr, torch.tensor(5.0)) / snr)
+
+
+def test_training_with_min_snr_weighting_runs_and_refuses_a_negative_gamma(tmp_path):
+    Trainer(resolve_config(_config(tmp_path, steps=2, validate_every=100, snr_gamma=5.0)), CopyGuessSamples()).run()
+    assert len(_losses(tmp_path / "run")) == 2
+    with pytest.raises(InputError, match="snr_gamma"):
+        TrainConfig(**_config(tmp_path, snr_gamma=-1.0)["train"])

@@ -45,6 +45,17 @@ def test_cubes_are_cached_and_reproducible(tmp_path, volume_folder):
     assert any(cube.tumour.any() for cube in first)  # tumour_share=1 paints tumours
 
 
+def test_a_new_recipe_version_does_not_reuse_the_old_cache(tmp_path, volume_folder, monkeypatch):
+    from xdiffusion.data import training_set
+
+    training, _ = split_subjects(DataConfig(source=f"folder:{volume_folder}"))
+    config = TrainingSetConfig(cube_size=16, variants_per_subject=1, work_side=24)
+    build_training_cubes(training[:1], ["t1"], config, tmp_path / "cache")
+    monkeypatch.setattr(training_set, "RECIPE_VERSION", training_set.RECIPE_VERSION + 1)
+    build_training_cubes(training[:1], ["t1"], config, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # a second folder: the old cubes were not taken as new
+
+
 def test_train_command_writes_a_loadable_model_with_validation(tmp_path, volume_folder, capsys):
     config = tmp_path / "config.yaml"
     config.write_text(
@@ -59,7 +70,7 @@ def test_train_command_writes_a_loadable_model_with_validation(tmp_path, volume_
     assert card["steps"] == 6 and card["training_config"]["train"]["lr"] == 0.0005
     assert {"val/psnr", "val/psnr_extrude", "val/ssim"} <= set(card["validation"])
     assert card["training_data"]["source"].startswith("folder:")
-    assert pipeline.config.modalities == ["t1"]
+    assert pipeline.model_config.modalities == ["t1"]
 
 
 def test_validator_scores_the_extrude_prior_and_the_model(volume_folder):

@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from model_fixtures import single_thread  # noqa: F401 (autouse fixture)
 
-from xdiffusion.atlas import atlas_reconstruct, load_template
+from xdiffusion.atlas import atlas_reconstruct
+from xdiffusion.atlas_templates import load_template
 from xdiffusion.io import read_volume, write_volume
 from xdiffusion.progress import ProgressReporter
 from xdiffusion.reconstruct import MIN_TISSUE_PIXELS, is_informative, select_slices

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_results  # noqa: E402
 from held_out_individuals import PLANES, cases_from_scans, held_out_scans, input_indices, score  # noqa: E402
-from xdiffusion.atlas import TEMPLATES, choose_template, load_template  # noqa: E402
+from xdiffusion.atlas_templates import TEMPLATES, choose_template, load_template  # noqa: E402
 from xdiffusion.geometry import plane_axis  # noqa: E402
 from xdiffusion.reconstruct import reconstruct, select_slices  # noqa: E402
 

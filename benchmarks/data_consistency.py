@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     args = parser.parse_args()
     pipeline = XDiffusionPipeline.from_pretrained(model_dir(args.model))
-    defaults = {**DEFAULT_SAMPLING, **pipeline.model.model_card.get("default_sampling", {})}
+    defaults = {**DEFAULT_SAMPLING, **pipeline.model_card.get("default_sampling", {})}
     reference = read_volume(SAMPLE_IMAGE)
     inputs = select_slices(reference, "axial")
     index, axis = inputs.indices[0], inputs.axis

@@ -29,7 +29,7 @@ def stages(folder: Path) -> dict[str, float]:
     started = time.perf_counter()
     pipeline = XDiffusionPipeline.from_pretrained(folder)
     times["load model"] = time.perf_counter() - started
-    sampling = {**DEFAULT_SAMPLING, **pipeline.model.model_card.get("default_sampling", {})}
+    sampling = {**DEFAULT_SAMPLING, **pipeline.model_card.get("default_sampling", {})}
     t = time.perf_counter()
     inputs = select_slices(read_image(SAMPLE_IMAGE), "axial")
     times["read input"] = time.perf_counter() - t

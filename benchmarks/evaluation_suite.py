@@ -368,7 +368,7 @@ def _json_safe(value):
 
 
 def model_identity(pipeline, folder: Optional[Path]) -> str:
-    card = getattr(pipeline.model, "model_card", None) or {}
+    card = getattr(pipeline, "model_card", None) or {}
     text = json.dumps(card.get("sha256") or str(folder), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -492,14 +492,14 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
     else:
         folder = resolve_model_dir(args.model)
         pipeline = XDiffusionPipeline.from_pretrained(folder)
-        defaults = {**DEFAULT_SAMPLING, **pipeline.model.model_card.get("default_sampling", {}), "solver": "dpmsolver++"}
+        defaults = {**DEFAULT_SAMPLING, **pipeline.model_card.get("default_sampling", {}), "solver": "dpmsolver++"}
     cases = sri24_cases(Path(args.cache) if args.cache else default_cache_dir(), grid)
     print(f"cases ready in {time.perf_counter() - started:.0f} s: {', '.join(cases)}; sampling defaults {defaults}")
     summary = run_suite(grid, cases, pipeline, defaults, model_identity(pipeline, folder) if pipeline is not None else BASELINE_OWNER,
                         limit_s=None if args.limit_minutes is None else 60 * args.limit_minutes)
     summary["model_dir"] = str(folder)
     # the card's word on tumour labels: a model that does not segment writes empty maps, which are not results
-    summary["segments_tumours"] = pipeline.model.model_card.get("segments_tumours") if pipeline is not None else None
+    summary["segments_tumours"] = pipeline.model_card.get("segments_tumours") if pipeline is not None else None
     summary["wall_seconds_total"] = round(time.perf_counter() - started, 1)
     from common import machine
 

@@ -404,7 +404,7 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
         raise SystemExit(f"no blur sigma chosen yet: run `python benchmarks/atlas_blur.py` first (writes {atlas_blur.CHOICE_FILE})")
     folder = None if args.baselines_only else resolve_model_dir(args.model)
     pipeline = None if folder is None else XDiffusionPipeline.from_pretrained(folder)
-    card = pipeline.model.model_card if pipeline is not None else {}
+    card = pipeline.model_card if pipeline is not None else {}
     defaults = {**DEFAULT_SAMPLING, **card.get("default_sampling", {}), "solver": "dpmsolver++"}
     cases = cases_from_scans(held_out_scans(Path(args.cache) if args.cache else default_cache_dir()), shifted=grid.shifted)
     plan = plan_runs(grid, cases, defaults, sigma)

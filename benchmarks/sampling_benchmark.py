@@ -41,14 +41,14 @@ def main() -> None:
     args = parser.parse_args()
 
     pipeline = XDiffusionPipeline.from_pretrained(resolve_model_dir(args.model))
-    side = pipeline.config.cube_size
+    side = pipeline.model_config.cube_size
     inputs = select_slices(read_volume(SAMPLE_IMAGE), "axial")
     slices, _, _ = place_in_cube(inputs, side)
     pipeline(slices, "t1", views=1, steps=1)  # warm-up: first calls allocate
 
     ours, ours_seconds = timed(lambda: pipeline(slices, "t1", views=args.views, steps=args.steps))
     rotations = geometry.view_rotations(args.views)
-    conditioning = pipeline._conditioning(slices, rotations, pipeline.config.modalities.index("t1"))
+    conditioning = pipeline._conditioning(slices, rotations, pipeline.model_config.modalities.index("t1"))
     rows = np.linspace(0, args.views * side - 1, args.naive_slices).round().astype(int)
     naive_evaluations = 0
     started = time.perf_counter()

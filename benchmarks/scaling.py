@@ -26,7 +26,7 @@ def worker(cube: int, views: int, inputs: int, steps: int) -> None:
     from xdiffusion.pipeline import XDiffusionPipeline
 
     torch.set_grad_enabled(False)
-    pipeline = XDiffusionPipeline(random_model(cube))
+    pipeline = XDiffusionPipeline.from_model(random_model(cube))
     rng = np.random.default_rng(0)
     coordinates = np.linspace(cube * 0.3, cube * 0.7, inputs).round()
     slices = [geometry.CubeSlice(rng.uniform(-1, 1, (cube, cube)).astype(np.float32), 2, float((c - (cube - 1) / 2) / (cube / 2)))

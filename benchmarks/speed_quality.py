@@ -55,10 +55,10 @@ def main() -> None:
     pipeline = XDiffusionPipeline.from_pretrained(folder)
     from xdiffusion.cli import DEFAULT_SAMPLING
 
-    defaults = {**DEFAULT_SAMPLING, **pipeline.model.model_card.get("default_sampling", {})}
+    defaults = {**DEFAULT_SAMPLING, **pipeline.model_card.get("default_sampling", {})}
     args.views = args.views or int(defaults["views"])
     args.steps = args.steps or int(defaults["steps"])
-    side = pipeline.config.cube_size
+    side = pipeline.model_config.cube_size
     modality = "t1"
     truth = read_volume(SAMPLE_IMAGE)
     inputs = select_slices(truth, "axial")
@@ -84,7 +84,7 @@ def main() -> None:
     # official-style timing: batch-2 (guided) calls, one slice at a time
     slices, _, _ = place_in_cube(inputs, side)
     rotations = geometry.view_rotations(args.views)
-    conditioning = pipeline._conditioning(slices, rotations, pipeline.config.modalities.index(modality))
+    conditioning = pipeline._conditioning(slices, rotations, pipeline.model_config.modalities.index(modality))
     rows = np.linspace(0, args.views * side - 1, args.naive_slices).round().astype(int)
     single = {key: value[rows[0]:rows[0] + 1] for key, value in conditioning.items()}
     pipeline.generate_slices(single, 2, args.naive_guidance, solver="ddim", chunk_size=1)  # warm-up of batch-2 shapes

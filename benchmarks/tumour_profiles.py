@@ -168,7 +168,7 @@ def label_net_rows(case: LesionCase, plane: str, axis: int, index: int, given: n
     scale = IntensityScale.from_slices(list(inputs.images))
     rows = []
     for method in LABEL_NET_METHODS:
-        labels = label_volume(label_net, image, axis, float(case.image.geometry.spacing[axis]), [index], list(inputs.images),
+        labels = label_volume(label_net, image, axis, case.image.geometry.spacing, [index], list(inputs.images),
                               scale, [given[0]] if method == "label net+labels" else None)
         rows.append({**common, "method": method, "seconds": round(time.perf_counter() - started, 1),
                      "metrics": score(np.asarray(case.truth.array), labels, case.truth)})

@@ -279,7 +279,7 @@ def main() -> None:
         from xdiffusion.pipeline import XDiffusionPipeline
 
         pipeline = XDiffusionPipeline.from_pretrained(args.model_dir)
-        card = pipeline.model.model_card.get("default_sampling", {})
+        card = pipeline.model_card.get("default_sampling", {})
         sampling = {key: card.get(key, DEFAULT_SAMPLING.get(key)) for key in ("views", "steps", "guidance", "strength")}
         sampling.update(solver="dpmsolver++", seed=0)
     cases = []

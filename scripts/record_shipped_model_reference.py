@@ -23,7 +23,8 @@ from xdiffusion.cli import DEFAULT_SAMPLING
 from xdiffusion.demo import DEMO_PLANE, SAMPLE_IMAGE, score_on_sample
 from xdiffusion.model_card import read_model_card
 from xdiffusion.model_location import PACKAGED_MODEL
-from xdiffusion.pipeline import SOLVERS, XDiffusionPipeline
+from xdiffusion.pipeline import XDiffusionPipeline
+from xdiffusion.solvers import SOLVERS
 
 REFERENCE = Path(__file__).resolve().parents[1] / "Testing" / "reference" / "shipped_model_reference.json"
 COMMAND = "python scripts/record_shipped_model_reference.py"

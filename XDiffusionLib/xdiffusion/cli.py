@@ -71,7 +71,7 @@ def _load_model(args: argparse.Namespace):
     device, dtype = choose_device(args.device)
     pipeline = XDiffusionPipeline.from_pretrained(folder, device=device, dtype=dtype)
     sampling["seed"] = getattr(args, "seed", 0)
-    modality = getattr(args, "modality", None) or pipeline.model.model_card.get("default_modality", pipeline.modalities[0])
+    modality = getattr(args, "modality", None) or pipeline.model_card.get("default_modality", pipeline.modalities[0])
     return pipeline, sampling, modality, folder
 
 

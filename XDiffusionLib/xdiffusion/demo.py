@@ -42,7 +42,7 @@ def run_demo(output_dir: Path, pipeline: XDiffusionPipeline, sampling: dict, pro
     the volumes with their provenance sidecars (``model_dir`` recorded there), the metrics, the figure. Each fallback
     the reconstruction took goes to ``warn``."""
     started = time.monotonic()
-    segments = segments_tumours(pipeline.model.model_card) is not False  # a card older than the field: labels as before
+    segments = segments_tumours(pipeline.model_card) is not False  # a card older than the field: labels as before
     output_dir.mkdir(parents=True, exist_ok=True)
     reference = read_volume(SAMPLE_IMAGE)
     reference_segmentation = read_volume(SAMPLE_SEGMENTATION)

@@ -151,8 +151,9 @@ class CubeSlice:
     position: float
 
 
-def slice_to_cube(slice_2d: np.ndarray, geometry: Geometry, grid_axis: int, index: int, frame: CubeFrame) -> CubeSlice:
-    """Bring an input slice onto the cube plane it lies in (in-plane linear resampling, position kept exact)."""
+def slice_to_cube(slice_2d: np.ndarray, geometry: Geometry, grid_axis: int, index: float, frame: CubeFrame) -> CubeSlice:
+    """Bring an input slice onto the cube plane it lies in (in-plane linear resampling, position kept exact); a
+    continuous ``index`` places any plane parallel to the grid's slices."""
     cube_axis = frame.grid_axis.index(grid_axis)
     in_plane = [c for c in range(3) if c != cube_axis]
     slice_center = np.array([(n - 1) / 2.0 for n in geometry.shape], dtype=np.float64)

@@ -2,7 +2,8 @@
 
 Arrays are kept in ITK index order: ``array[i, j, k]`` is the voxel at ITK index (i, j, k), so column ``a`` of
 ``Geometry.direction`` is the physical (LPS) direction of array axis ``a``. SimpleITK's own arrays are (k, j, i);
-we transpose once, here, and nowhere else.
+we transpose once, here, and nowhere else. Every grid is ITK's reading of the header; NIfTI voxels come from
+`nifti.py` (read once, in one pass that also checks the file is whole), every other format's from SimpleITK.
 
 Non-finite voxels: every reader refuses a NaN or infinite voxel anywhere in the image, in every format, with one
 line that counts them. (ITK's NIfTI reader silently turns NaN/Inf into 0, NRRD/MetaImage/DICOM keep them: refusing
@@ -114,8 +115,8 @@ def _dicom_series_files(folder: Path) -> list[str]:
     return list(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
 
 
-def _check_header_size(path: Path) -> None:
-    """Refuse absurd header dimensions before SimpleITK tries to allocate them."""
+def _read_header(path: Path) -> sitk.ImageFileReader:
+    """ITK's read of the header alone; absurd dimensions refused before anything tries to allocate them."""
     import SimpleITK as sitk  # here, not at import: training from packed cubes runs without it
     header = sitk.ImageFileReader()
     header.SetFileName(str(path))
@@ -126,6 +127,17 @@ def _check_header_size(path: Path) -> None:
         raise InputError(f"{path}: image has an empty axis (size {list(size)})")
     if voxels > MAX_VOXELS:
         raise InputError(f"{path}: header declares {list(size)} voxels, too large to load")
+    return header
+
+
+def _check_pixels(components: int, size: Sequence[int], path: Path) -> None:
+    """One scalar 2D slice or 3D volume (a 4D image with one time point counts as 3D)."""
+    if components != 1:
+        raise InputError(f"{path}: image has {components} components per voxel; need a scalar image")
+    if len(size) == 4 and size[3] != 1:
+        raise InputError(f"{path}: 4D image with {size[3]} time points; give one 3D volume")
+    if len(size) not in (2, 3, 4):
+        raise InputError(f"{path}: {len(size)}D image; need a 2D slice or a 3D volume")
 
 
 def _check_finite_voxels(array: np.ndarray, path: Path) -> None:
@@ -141,27 +153,6 @@ def _check_finite_voxels(array: np.ndarray, path: Path) -> None:
     if bad:
         raise InputError(f"{path}: image holds {bad} NaN or infinite voxel{'s' if bad > 1 else ''}; "
                          "replace them with finite values first (XDiffusion reads no non-finite data)")
-
-
-def _check_nifti_data(path: Path) -> None:
-    """Refuse damaged NIfTI data: ITK's NIfTI reader zero-fills a truncated file and turns NaN/Inf into 0, so the
-    raw voxels are checked here, before ITK can hide them."""
-    import gzip
-
-    import nibabel
-
-    if _suffix(path) == ".nii.gz":  # nibabel and ITK stop at the data's end: a cut gzip trailer would go unseen
-        try:
-            with gzip.open(path, "rb") as stream:
-                while stream.read(1 << 22):
-                    pass
-        except (OSError, EOFError, zlib.error) as error:
-            raise InputError(f"{path}: NIfTI data is truncated or corrupt ({_first_line(error)})") from None
-    try:
-        raw = nibabel.load(str(path)).dataobj.get_unscaled()
-    except Exception as error:  # nibabel reports damage with many exception types
-        raise InputError(f"{path}: NIfTI data is truncated or corrupt ({_first_line(error)})") from None
-    _check_finite_voxels(raw, path)
 
 
 def _first_line(error: Exception) -> str:
@@ -231,7 +222,9 @@ def _native_stderr_hidden() -> Iterator[None]:
         os.close(saved)
 
 
-def _read_sitk(path: Path) -> sitk.Image:
+def _read_voxels(path: Path) -> tuple[np.ndarray, sitk.Image | sitk.ImageFileReader]:
+    """The voxels in ITK index order, and what describes their grid: the SimpleITK image or, for NIfTI (whose voxels
+    `nifti.py` reads), ITK's read of the header."""
     import SimpleITK as sitk  # here, not at import: training from packed cubes runs without it
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
@@ -240,50 +233,47 @@ def _read_sitk(path: Path) -> sitk.Image:
             if path.is_dir():  # DICOM: only voxels and geometry are read; no tag dictionary (patient data) is kept
                 series = sitk.ImageSeriesReader()
                 series.SetFileNames(_dicom_series_files(path))
-                return series.Execute()
-            if _suffix(path) not in VOLUME_SUFFIXES:
+                image = series.Execute()
+            elif _suffix(path) not in VOLUME_SUFFIXES:
                 raise InputError(f"{path}: unsupported file type; use one of {', '.join(VOLUME_SUFFIXES)} or a DICOM folder")
-            _check_header_size(path)
-            if _suffix(path) in (".nii", ".nii.gz"):
-                _check_nifti_data(path)
-            if _suffix(path) in (".nrrd", ".nhdr"):
-                _check_nrrd_compression(path)
-            return sitk.ReadImage(str(path))
+            else:
+                header = _read_header(path)
+                if _suffix(path) in (".nii", ".nii.gz"):
+                    from .nifti import read_nifti_voxels
+
+                    _check_pixels(header.GetNumberOfComponents(), header.GetSize(), path)
+                    return read_nifti_voxels(path, header), header
+                if _suffix(path) in (".nrrd", ".nhdr"):
+                    _check_nrrd_compression(path)
+                image = sitk.ReadImage(str(path))
     except InputError:
         raise
     except RuntimeError as error:
         raise InputError(f"{path}: cannot read image ({_itk_reason(error)})") from None
-
-
-def _to_volume(image: sitk.Image, path: Path) -> Volume:
-    import SimpleITK as sitk  # here, not at import: training from packed cubes runs without it
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{path}: image has {image.GetNumberOfComponentsPerPixel()} components per voxel; need a scalar image")
-    dimension = image.GetDimension()
-    if dimension == 4:
-        if image.GetSize()[3] != 1:
-            raise InputError(f"{path}: 4D image with {image.GetSize()[3]} time points; give one 3D volume")
+    _check_pixels(image.GetNumberOfComponentsPerPixel(), image.GetSize(), path)
+    if image.GetDimension() == 4:
         image = image[:, :, :, 0]
-        dimension = 3
-    if dimension not in (2, 3):
-        raise InputError(f"{path}: {dimension}D image; need a 2D slice or a 3D volume")
-    array = sitk.GetArrayFromImage(image).T  # (k, j, i) -> (i, j, k)
+    return sitk.GetArrayFromImage(image).T, image  # (k, j, i) -> (i, j, k)
+
+
+def _to_volume(array: np.ndarray, grid: sitk.Image | sitk.ImageFileReader, path: Path) -> Volume:
+    dimension = grid.GetDimension()
     if dimension == 2:
-        spacing = [*image.GetSpacing(), image.GetSpacing()[0]]
-        origin = [*image.GetOrigin(), 0.0]
-        d2 = np.asarray(image.GetDirection(), dtype=np.float64).reshape(2, 2)
+        spacing = [*grid.GetSpacing(), grid.GetSpacing()[0]]
+        origin = [*grid.GetOrigin(), 0.0]
+        d2 = np.asarray(grid.GetDirection(), dtype=np.float64).reshape(2, 2)
         direction = np.eye(3)
         direction[:2, :2] = d2
         array = array[:, :, None]
     else:
-        spacing, origin = image.GetSpacing(), image.GetOrigin()
-        direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+        spacing, origin = grid.GetSpacing(), grid.GetOrigin()
+        direction = np.asarray(grid.GetDirection(), dtype=np.float64).reshape(3, 3)
     if array.size == 0:
         raise InputError(f"{path}: image is empty")
     _check_finite_voxels(array, path)
     if np.any(np.asarray(spacing) <= 0) or abs(np.linalg.det(direction)) < 1e-6:
         raise InputError(f"{path}: image geometry is degenerate (spacing {list(spacing)})")
-    description = image.GetMetaData(DESCRIPTION_KEY) if image.HasMetaDataKey(DESCRIPTION_KEY) else ""
+    description = grid.GetMetaData(DESCRIPTION_KEY) if grid.HasMetaDataKey(DESCRIPTION_KEY) else ""
     metadata = {"description": description} if description else {}
     if dimension == 2:
         metadata["source_dimension"] = "2"  # its third direction is made up: a caller must be told the plane
@@ -294,7 +284,7 @@ def _to_volume(image: sitk.Image, path: Path) -> Volume:
 def read_image(path: str | os.PathLike) -> Volume:
     """Read a 3D volume or a single 2D slice (NIfTI, NRRD/NHDR, MetaImage, DICOM file or series folder)."""
     path = Path(path)
-    return _to_volume(_read_sitk(path), path)
+    return _to_volume(*_read_voxels(path), path)
 
 
 def read_volume(path: str | os.PathLike) -> Volume:

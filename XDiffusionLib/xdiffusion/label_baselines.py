@@ -94,27 +94,44 @@ def _ellipse(mask: np.ndarray, spacing_2d: np.ndarray) -> Optional[tuple[np.ndar
     return centre, axes, 2.0 * np.sqrt(np.maximum(variances, 0.0))
 
 
+def _region_inside(slice_labels: np.ndarray, region: Sequence[int], spacing_2d: np.ndarray, depth_spacing_mm: float,
+                   offsets_mm: np.ndarray) -> np.ndarray:
+    """(D, H, W): inside the ellipsoid fitted to ``region`` of one input slice, on planes ``offsets_mm`` from it."""
+    fitted = _ellipse(np.isin(slice_labels, region), spacing_2d)
+    if fitted is None:
+        return np.zeros((len(offsets_mm), *slice_labels.shape), dtype=bool)
+    centre, axes, semi = fitted
+    grid_2d = np.stack(np.meshgrid(*(np.arange(n) * s for n, s in zip(slice_labels.shape, spacing_2d)), indexing="ij"), axis=-1)
+    local = (grid_2d - centre) @ axes / np.maximum(semi, 1e-6)  # in-plane, in semi-axis units
+    depth_semi = max(float(np.sqrt(semi[0] * semi[1])), depth_spacing_mm / 2.0)
+    through = (np.asarray(offsets_mm, dtype=np.float64) / depth_semi) ** 2
+    return (local**2).sum(axis=-1)[None, :, :] + through[:, None, None] <= 1.0
+
+
+def ellipsoid_sections(slice_labels: np.ndarray, spacing_2d: Sequence[float], depth_spacing_mm: float,
+                       offsets_mm: Sequence[float]) -> np.ndarray:
+    """(D, H, W) labels of the ellipsoids fitted to one input slice (``ellipsoid_from_slices`` with that slice alone), on
+    the planes ``offsets_mm`` away from it: the shape guess the label net reads beside the image."""
+    offsets = np.asarray(offsets_mm, dtype=np.float64).reshape(-1)
+    output = np.zeros((len(offsets), *np.shape(slice_labels)), dtype=np.uint8)
+    for region, label in REGION_PAINT:
+        output[_region_inside(np.asarray(slice_labels), region, np.asarray(spacing_2d, np.float64), depth_spacing_mm, offsets)] = label
+    return output
+
+
 def ellipsoid_from_slices(geometry: Geometry, axis: int, indices: Sequence[int], slices: np.ndarray) -> np.ndarray:
     """Labels on ``geometry``: per BraTS region, the union of the ellipsoids fitted to the region in each input slice
     (module docstring), painted whole tumour 2, tumour core 1, enhancing 3; the input slices keep their labels."""
     chosen, slices = _check(geometry, axis, indices, slices)
     spacing = np.asarray(geometry.spacing, dtype=np.float64)
     spacing_2d = np.delete(spacing, axis)
-    in_plane = [n for a, n in enumerate(geometry.shape) if a != axis]
-    grid_2d = np.stack(np.meshgrid(*(np.arange(n) * s for n, s in zip(in_plane, spacing_2d)), indexing="ij"), axis=-1)
     depth_mm = np.arange(geometry.shape[axis]) * spacing[axis]
+    in_plane = [n for a, n in enumerate(geometry.shape) if a != axis]
     output = np.zeros((geometry.shape[axis], *in_plane), dtype=np.uint8)
     for region, label in REGION_PAINT:
         inside = np.zeros(output.shape, dtype=bool)
         for image, index in zip(slices, chosen):
-            fitted = _ellipse(np.isin(image, region), spacing_2d)
-            if fitted is None:
-                continue
-            centre, axes, semi = fitted
-            local = (grid_2d - centre) @ axes / np.maximum(semi, 1e-6)  # in-plane, in semi-axis units
-            depth_semi = max(float(np.sqrt(semi[0] * semi[1])), spacing[axis] / 2.0)
-            through = ((depth_mm - index * spacing[axis]) / depth_semi) ** 2
-            inside |= (local**2).sum(axis=-1)[None, :, :] + through[:, None, None] <= 1.0
+            inside |= _region_inside(image, region, spacing_2d, float(spacing[axis]), depth_mm - index * spacing[axis])
         output[inside] = label
     output[chosen] = slices  # the given slices, as given
     return np.moveaxis(output, 0, axis)

@@ -34,15 +34,15 @@ class MemoryEstimate:
         return self.fixed + chunk_size * self.per_slice()
 
 
-def estimate_memory(model, dtype: torch.dtype, count: int, guidance: float = 1.0, views: int = 0) -> MemoryEstimate:
-    """Peak bytes of sampling ``count`` slices (``views`` whole views when averaged afterwards) with ``model`` (an
-    `XDiffusionModel`), from its config.
+def estimate_memory(config, unet: torch.nn.Module, condition_encoder: torch.nn.Module, autoencoder: Optional[torch.nn.Module],
+                    dtype: torch.dtype, count: int, guidance: float = 1.0, views: int = 0) -> MemoryEstimate:
+    """Peak bytes of sampling ``count`` slices (``views`` whole views when averaged afterwards) with a model's networks,
+    from its config (an `XDiffusionConfig`).
 
     U-Net activations per slice: its skip connections plus a working set of a dozen feature maps of the widest
     level and the attention matrices (materialised by the CPU's attention); the decoder's likewise at full
     resolution. Calibrated against measured peaks in benchmarks/scaling.py (docs/performance.md).
     """
-    config = model.config
     item = torch.finfo(dtype).bits // 8
     u, s, side = config.unet, config.unet_size, config.cube_size
     levels = len(u.block_out_channels)
@@ -55,19 +55,19 @@ def estimate_memory(model, dtype: torch.dtype, count: int, guidance: float = 1.0
             heads = max(1, channels // u.attention_head_dim)
             attention = max(attention, heads * (r * r) ** 2 + 8 * channels * r * r)  # scores + GEGLU inner
     inputs = config.unet_in_channels * s * s
-    unet = (skips + 12 * widest + attention + inputs) * item * (2 if guidance != 1.0 else 1)
+    unet_bytes = (skips + 12 * widest + attention + inputs) * item * (2 if guidance != 1.0 else 1)
     decode = 0
-    if model.autoencoder is not None:
-        blocks = model.autoencoder.config.block_out_channels
+    if autoencoder is not None:
+        blocks = autoencoder.config.block_out_channels
         decode_widest = max(c * (side >> level) ** 2 for level, c in enumerate(blocks))
         decode = (8 * decode_widest + (s * s) ** 2 + 4 * side * side) * item
-    weights = sum(p.numel() * p.element_size() for part in (model.unet, model.condition_encoder, model.autoencoder)
+    weights = sum(p.numel() * p.element_size() for part in (unet, condition_encoder, autoencoder)
                   if part is not None for p in part.parameters())
     cube = side**3
     latents = count * config.target_channels * s * s * 4 * 4  # latents, model output, scheduler history
     conditioning = count * 2 * side * side * 4 + 40 * cube  # guess + known distance; sample points, extruded cube
     volumes = views * 3 * 16 * cube + 130 * cube if views else count * 4 * side * side * 4  # decoded, per-view copies, averaging
-    return MemoryEstimate(int(unet), int(decode), int(weights + latents + conditioning + volumes))
+    return MemoryEstimate(int(unet_bytes), int(decode), int(weights + latents + conditioning + volumes))
 
 
 def choose_chunk_size(device: torch.device, estimate: MemoryEstimate, count: int, requested: Optional[int] = None) -> int:

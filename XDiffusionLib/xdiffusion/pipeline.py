@@ -19,24 +19,20 @@ import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
 
 from . import compute, geometry, memory
 from .coherent import ViewFusion, known_cube_planes, view_slices, view_volumes
 from .model_space import known_view_slices, view_conditioning
 from .errors import Cancelled, InputError
 from .memory import MemoryEstimate
-from .model import XDiffusionModel, decode_latent, denoiser_forward, encode_target, load_model
+from .solvers import clean_estimate, make_solver, model_output_for
+from .model import ConditionEncoder, XDiffusionConfig, XDiffusionModel, decode_latent, denoiser_forward, encode_target, load_model
 
-SOLVERS = {
-    "dpmsolver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "unipc": (UniPCMultistepScheduler, {}),
-    "ddim": (DDIMScheduler, {}),
-}
 ProgressCallback = Callable[[float, str], Optional[bool]]
 
 
@@ -67,51 +63,75 @@ def check_strength(strength: float) -> None:
         raise InputError(f"strength must be in (0, 1], got {strength}")
 
 
-class XDiffusionPipeline:
-    """One object, one `__call__`, loadable with `from_pretrained(local_dir)` (diffusers style).
+class XDiffusionPipeline(DiffusionPipeline):
+    """A diffusers pipeline with one `__call__`: the U-Net, condition encoder, scheduler (the training schedule; each run
+    builds its solver from its config, `make_scheduler`), the autoencoder (`vae`, latent models) and the tumour label
+    net (`label_net`, where the model has one) are registered components, so `device`, `dtype`, `to()` and
+    `components` are diffusers' own; `to()` also sets up the device the components land on (CUDA: autotuning, TF32,
+    channels-last weights; CPU: the thread limit).
 
-    Not a `diffusers.DiffusionPipeline` subclass: that class owns `config` (its registered components, a frozen dict)
-    and a read-only `device` (the components' device), while here `config` is the model's `XDiffusionConfig` and
-    `device` the chosen one (with its dtype and CUDA set-up), both used throughout; and its `from_pretrained` loads
-    a component per folder without our SHA-256 check of every weights file (model/checkpoint.py)."""
+    The model's `XDiffusionConfig` is `model_config` and its card `model_card`: `config` is diffusers' frozen record of
+    the components. `from_pretrained(local_dir)` is ours, not diffusers': it loads through `model.load_model`, which
+    checks every weights file against the SHA-256 in the card before any weight is read."""
 
-    def __init__(self, model: XDiffusionModel, device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
+    _optional_components = ["vae", "label_net"]
+
+    def __init__(self, unet: UNet2DConditionModel, condition_encoder: ConditionEncoder, scheduler: SchedulerMixin,
+                 vae: Optional[AutoencoderKL] = None, label_net: Optional[torch.nn.Module] = None,
+                 model_config: Optional[XDiffusionConfig] = None, model_card: Optional[dict[str, Any]] = None,
                  compile: Optional[bool] = None):
-        self.model = model
-        self.config = model.config
-        self.device = torch.device(device)
-        self.dtype = dtype
+        super().__init__()
+        if model_config is None:  # a keyword only because diffusers takes every required argument for a component
+            raise ValueError("XDiffusionPipeline needs the model's XDiffusionConfig (model_config)")
+        self.register_modules(unet=unet, condition_encoder=condition_encoder, scheduler=scheduler, vae=vae, label_net=label_net)
+        self.model_config = model_config
+        self.model_card = dict(model_card or {})
+        self._compile = os.environ.get("XDIFFUSION_COMPILE", "") == "1" if compile is None else compile
         self._calls = memory.ChunkedCalls(memory.CPU_CHUNK)
         self._fraction = 0.0
-        self._unet_call = None
-        if self.device.type == "cuda":
-            self._prepare_cuda(os.environ.get("XDIFFUSION_COMPILE", "") == "1" if compile is None else compile)
-        else:
-            compute.limit_threads()
+        self._prepare_device()
+
+    @classmethod
+    def from_model(cls, model: XDiffusionModel, compile: Optional[bool] = None) -> "XDiffusionPipeline":
+        """The pipeline over a loaded (or training) model's parts, on the device they are on."""
+        return cls(model.unet, model.condition_encoder, DDPMScheduler.from_config(model.scheduler_config), model.autoencoder,
+                   model.label_net, model_config=model.config, model_card=model.model_card, compile=compile)
 
     @classmethod
     def from_pretrained(cls, folder: Union[str, Path], device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32,
                         compile: Optional[bool] = None) -> "XDiffusionPipeline":
-        return cls(load_model(folder, device=device, dtype=dtype), device, dtype, compile)
+        """A saved model folder (`model.save_model`), every weights file checked against its card before it is read."""
+        return cls.from_model(load_model(folder, device=device, dtype=dtype), compile)
 
-    def _prepare_cuda(self, compile_unet: bool) -> None:
-        """GPU only (unmeasured here, no GPU on the build machine): cuDNN autotuning, TF32, channels-last weights
+    def to(self, *args, **kwargs) -> "XDiffusionPipeline":
+        """diffusers' move of every component, then the set-up of the device they are now on."""
+        super().to(*args, **kwargs)
+        self._prepare_device()
+        return self
+
+    def _prepare_device(self) -> None:
+        """GPU (unmeasured here, no GPU on the build machine): cuDNN autotuning, TF32, channels-last weights
         (convolutions in NHWC run on tensor cores without transposes), and optionally `torch.compile` of the U-Net
-        (worth its minute of compilation only for cohorts: set XDIFFUSION_COMPILE=1 or `compile=True`)."""
+        (worth its minute of compilation only for cohorts: set XDIFFUSION_COMPILE=1 or `compile=True`). CPU: torch's
+        threads limited to the usable cores."""
+        self._unet_call = None
+        if self.device.type != "cuda":
+            compute.limit_threads()
+            return
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        self.model.unet.to(memory_format=torch.channels_last)
-        if self.model.autoencoder is not None:
-            self.model.autoencoder.to(memory_format=torch.channels_last)
-        if compile_unet:
-            self._unet_call = torch.compile(self.model.unet, dynamic=True)
+        self.unet.to(memory_format=torch.channels_last)
+        if self.vae is not None:
+            self.vae.to(memory_format=torch.channels_last)
+        if self._compile:
+            self._unet_call = torch.compile(self.unet, dynamic=True)
 
     # --- memory (memory.py) ------------------------------------------------------------------------------------
 
     def estimate_memory(self, count: int, guidance: float = 1.0, views: int = 0) -> MemoryEstimate:
         """Peak bytes of sampling ``count`` slices (``views`` whole views when averaged afterwards)."""
-        return memory.estimate_memory(self.model, self.dtype, count, guidance, views)
+        return memory.estimate_memory(self.model_config, self.unet, self.condition_encoder, self.vae, self.dtype, count, guidance, views)
 
     def choose_chunk_size(self, estimate: MemoryEstimate, count: int, requested: Optional[int] = None) -> int:
         """Slices per network call: ``requested`` if given, else what fits the free GPU memory, else CPU_CHUNK."""
@@ -128,30 +148,25 @@ class XDiffusionPipeline:
 
     @property
     def modalities(self) -> list[str]:
-        return list(self.config.modalities)
+        return list(self.model_config.modalities)
 
-    def make_scheduler(self, solver: str):
-        if solver not in SOLVERS:
-            raise InputError(f"unknown solver {solver!r}; use one of {', '.join(SOLVERS)}")
-        scheduler_class, options = SOLVERS[solver]
-        if self.config.latent:  # latents are not bounded to ±1: clipping them (diffusers' DDIM default) ruins the sample
-            options = {**options, "clip_sample": False}
-        return scheduler_class.from_config(self.model.scheduler_config, **options)
+    def make_scheduler(self, solver: str) -> SchedulerMixin:
+        return make_solver(self.scheduler, solver, self.model_config.latent)
 
     def _conditioning(self, slices: Sequence[geometry.CubeSlice], rotations: np.ndarray, modality: int,
                       input_label_maps: Optional[Sequence[np.ndarray]] = None,
                       slab_thickness: Optional[float] = None) -> dict[str, torch.Tensor]:
         """Per-slice conditioning for every view × depth, in the order (view, depth) (`model_space.view_conditioning`);
         the input slots are one copy, viewed per slice."""
-        shared, batch = view_conditioning(slices, rotations, modality, self.config, input_label_maps, slab_thickness)
-        count = len(rotations) * self.config.cube_size
+        shared, batch = view_conditioning(slices, rotations, modality, self.model_config, input_label_maps, slab_thickness)
+        count = len(rotations) * self.model_config.cube_size
         shared = {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))[None] for key, value in shared.items()}
         tensors = {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for key, value in batch.items()}
         return {**{key: value.expand(count, *value.shape[1:]) for key, value in shared.items()}, **tensors}
 
     def _predict(self, latents: torch.Tensor, timestep: torch.Tensor, conditioning: dict[str, torch.Tensor], guidance: float,
                  progress: Optional[ProgressCallback] = None) -> torch.Tensor:
-        unet = self._unet_call or self.model.unet
+        unet = self._unet_call or self.unet
         channels_last = self.device.type == "cuda"
         timestep = timestep.to(self.device)  # diffusers embeds a 1-D timestep on the device it is on
 
@@ -162,10 +177,10 @@ class XDiffusionPipeline:
                 noisy = noisy.contiguous(memory_format=torch.channels_last)
             size = noisy.shape[0]
             if guidance == 1.0:
-                return denoiser_forward(unet, self.model.condition_encoder, noisy, timestep.expand(size), chunk).float().cpu()
+                return denoiser_forward(unet, self.condition_encoder, noisy, timestep.expand(size), chunk).float().cpu()
             doubled = {key: torch.cat([value, value]) for key, value in chunk.items()}
             drop = torch.cat([torch.zeros(size, dtype=torch.bool), torch.ones(size, dtype=torch.bool)]).to(self.device)
-            both = denoiser_forward(unet, self.model.condition_encoder, torch.cat([noisy, noisy]), timestep.expand(2 * size), doubled, drop).float()
+            both = denoiser_forward(unet, self.condition_encoder, torch.cat([noisy, noisy]), timestep.expand(2 * size), doubled, drop).float()
             conditional, unconditional = both[:size], both[size:]
             return (unconditional + guidance * (conditional - unconditional)).cpu()
 
@@ -173,34 +188,17 @@ class XDiffusionPipeline:
 
     def _encode_known(self, known_images: torch.Tensor, predicted_x0: torch.Tensor, progress: Optional[ProgressCallback] = None) -> torch.Tensor:
         """Known image channel + the model's own current tumour estimate, in the space the U-Net denoises."""
-        if self.model.autoencoder is None:
+        if self.vae is None:
             target = predicted_x0.clone()
             target[:, 0] = known_images
             return target
 
         def run(start: int, stop: int) -> torch.Tensor:
-            decoded = decode_latent(self.model.autoencoder, self._to_device(predicted_x0[start:stop]), self.config.latent_scale).float().cpu()
+            decoded = decode_latent(self.vae, self._to_device(predicted_x0[start:stop]), self.model_config.latent_scale).float().cpu()
             decoded[:, 0] = known_images[start:stop]
-            return encode_target(self.model.autoencoder, self._to_device(decoded), self.config.latent_scale).float().cpu()
+            return encode_target(self.vae, self._to_device(decoded), self.model_config.latent_scale).float().cpu()
 
         return self._chunked(predicted_x0.shape[0], run, progress)
-
-    def _x0(self, scheduler, latents: torch.Tensor, output: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        """The clean estimate x0 the solver derives from the model output at ``timestep`` (x_t = a x0 + s eps)."""
-        alpha = scheduler.alphas_cumprod[int(timestep)].to(torch.float32)
-        a, s = alpha.sqrt(), (1 - alpha).sqrt()
-        if self.config.prediction_type == "v_prediction":
-            return a * latents - s * output
-        return (latents - s * output) / a
-
-    def _model_output(self, scheduler, latents: torch.Tensor, x0: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        """Inverse of `_x0`: the model output whose clean estimate at ``timestep`` is ``x0``. With x_t = a x0 + s eps
-        and a² + s² = 1: eps = (x_t - a x0) / s, and v = a eps - s x0 = (a x_t - x0) / s."""
-        alpha = scheduler.alphas_cumprod[int(timestep)].to(torch.float32)
-        a, s = alpha.sqrt(), (1 - alpha).sqrt()
-        if self.config.prediction_type == "v_prediction":
-            return (a * latents - x0) / s
-        return (latents - a * x0) / s
 
     @torch.inference_mode()
     def __call__(
@@ -234,15 +232,15 @@ class XDiffusionPipeline:
         ``input_label_maps`` and ``slab_thickness`` reach label- and slab-conditioned models (`_conditioning`)."""
         if not slices:
             raise InputError("at least one input slice is needed")
-        if modality not in self.config.modalities:
-            raise InputError(f"modality {modality!r} is not known to this model (it knows {', '.join(self.config.modalities)})")
+        if modality not in self.model_config.modalities:
+            raise InputError(f"modality {modality!r} is not known to this model (it knows {', '.join(self.model_config.modalities)})")
         if steps < 1 or views < 1 or samples < 1 or (chunk_size is not None and chunk_size < 1):
             raise InputError("steps, views, samples and chunk size must be at least 1")
-        side = self.config.cube_size
+        side = self.model_config.cube_size
         estimate = self.estimate_memory(views * side, guidance, views)
         chunk_size = self.check_host_memory(estimate, self.choose_chunk_size(estimate, views * side, chunk_size))
         rotations = geometry.view_rotations(views)
-        conditioning = self._conditioning(slices, rotations, self.config.modalities.index(modality), input_label_maps, slab_thickness)
+        conditioning = self._conditioning(slices, rotations, self.model_config.modalities.index(modality), input_label_maps, slab_thickness)
         known = [known_view_slices(slices, rotation, side) if data_consistency else {} for rotation in rotations]
         known_rows = [v * side + depth for v, view_known in enumerate(known) for depth in view_known]
         known_images = torch.from_numpy(np.stack([view_known[d] for view_known in known for d in view_known])) if known_rows else None
@@ -273,7 +271,7 @@ class XDiffusionPipeline:
         mean = (total / samples).astype(np.float32)
         if samples > 1:
             spread = np.sqrt(np.maximum(total_squares / samples - mean[0].astype(np.float64) ** 2, 0.0)).astype(np.float32)[None]
-        probability = np.clip((mean[1:] + 1.0) / 2.0, 0.0, 1.0) if self.config.tumour_in_target else None
+        probability = np.clip((mean[1:] + 1.0) / 2.0, 0.0, 1.0) if self.model_config.tumour_in_target else None
         return CubeReconstruction(mean[0], probability, spread[0], coverage, evaluations, "samples" if samples > 1 else "views")
 
     @staticmethod
@@ -307,21 +305,21 @@ class XDiffusionPipeline:
         closer to the prior.
 
         ``fuse`` (e.g. `ViewFusion`) maps every step's predicted clean batch to the one the solver continues from: it
-        is turned back into the model output the scheduler expects (`_model_output`), so any solver uses it. Without
+        is turned back into the model output the scheduler expects (`solvers.model_output_for`), so any solver uses it. Without
         it the slices are independent samples.
 
         Returns (B, 4, S, S) in model units (image, then tumour channels), or the final latents when not ``decode``,
         and the number of U-Net evaluations.
         ``chunk_size`` (slices per network call) defaults to what fits (see ``choose_chunk_size``).
         """
-        count, size = conditioning["depth"].shape[0], self.config.unet_size
+        count, size = conditioning["depth"].shape[0], self.model_config.unet_size
         if chunk_size is None:
             chunk_size = self.choose_chunk_size(self.estimate_memory(count, guidance), count)
         self._calls, self._fraction = memory.ChunkedCalls(chunk_size), 0.0
         scheduler = self.make_scheduler(solver)
         scheduler.set_timesteps(steps)
         generator = torch.Generator().manual_seed(int(seed))
-        latents = torch.randn((count, self.config.target_channels, size, size), generator=generator) * scheduler.init_noise_sigma
+        latents = torch.randn((count, self.model_config.target_channels, size, size), generator=generator) * scheduler.init_noise_sigma
         check_strength(strength)
         timesteps = scheduler.timesteps
         if strength < 1.0:
@@ -332,16 +330,16 @@ class XDiffusionPipeline:
             start_image = prior_images if prior_images is not None else conditioning["guess"]
             latents = scheduler.add_noise(self._encode_prior(start_image, chunk_size), latents, timesteps[:1])
         steps = len(timesteps)
-        known_rows = list(known_rows)
+        known_rows, kind = list(known_rows), self.model_config.prediction_type
         evaluations = 0
         for number, timestep in enumerate(timesteps):
             model_input = scheduler.scale_model_input(latents, timestep)
             output = self._predict(model_input, timestep.reshape(1), conditioning, guidance, progress)
             evaluations += count * (1 if guidance == 1.0 else 2)
             if fuse is not None:
-                output = self._model_output(scheduler, latents, fuse(self._x0(scheduler, latents, output, timestep)), timestep)
+                output = model_output_for(scheduler, latents, fuse(clean_estimate(scheduler, latents, output, timestep, kind)), timestep, kind)
             if known_rows:
-                clean = self._encode_known(known_images, self._x0(scheduler, latents, output, timestep)[known_rows], progress)
+                clean = self._encode_known(known_images, clean_estimate(scheduler, latents, output, timestep, kind)[known_rows], progress)
             latents = scheduler.step(output, timestep, latents).prev_sample
             if known_rows:
                 following = timesteps[number + 1] if number + 1 < len(timesteps) else None
@@ -353,30 +351,30 @@ class XDiffusionPipeline:
 
     def _encode_prior(self, guess: torch.Tensor, chunk_size: int) -> torch.Tensor:
         """A prior image as a clean target (no tumour), in the space the U-Net denoises."""
-        no_tumour = -torch.ones(guess.shape[0], self.config.image_channels - 1, *guess.shape[2:])
+        no_tumour = -torch.ones(guess.shape[0], self.model_config.image_channels - 1, *guess.shape[2:])
         target = torch.cat([guess, no_tumour], dim=1).float()
-        if self.model.autoencoder is None:
+        if self.vae is None:
             return target
         with torch.no_grad():
-            return torch.cat([encode_target(self.model.autoencoder, target[i:i + chunk_size].to(self.device, self.dtype), self.config.latent_scale).float().cpu()
+            return torch.cat([encode_target(self.vae, target[i:i + chunk_size].to(self.device, self.dtype), self.model_config.latent_scale).float().cpu()
                               for i in range(0, target.shape[0], chunk_size)])
 
     def _encode(self, targets: torch.Tensor, progress: Optional[ProgressCallback] = None) -> torch.Tensor:
         """(B, 4, S, S) images in model units → the space the U-Net denoises (the inverse of `_decode`)."""
-        if self.model.autoencoder is None:
+        if self.vae is None:
             return targets.float()
 
         def run(start: int, stop: int) -> torch.Tensor:
-            return encode_target(self.model.autoencoder, self._to_device(targets[start:stop]), self.config.latent_scale).float().cpu()
+            return encode_target(self.vae, self._to_device(targets[start:stop]), self.model_config.latent_scale).float().cpu()
 
         return self._chunked(targets.shape[0], run, progress)
 
     def _decode(self, latents: torch.Tensor, progress: Optional[ProgressCallback] = None) -> torch.Tensor:
-        if self.model.autoencoder is None:
+        if self.vae is None:
             return latents.clamp(-1.0, 2.0)
 
         def run(start: int, stop: int) -> torch.Tensor:
-            return decode_latent(self.model.autoencoder, self._to_device(latents[start:stop]), self.config.latent_scale).float().cpu()
+            return decode_latent(self.vae, self._to_device(latents[start:stop]), self.model_config.latent_scale).float().cpu()
 
         return self._chunked(latents.shape[0], run, progress).clamp(-1.0, 2.0)
 

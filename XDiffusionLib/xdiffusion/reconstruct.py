@@ -179,7 +179,7 @@ def _check_input_labels(inputs: InputSlices, labels: Sequence[np.ndarray], metho
     """Refuse input labels a method would silently ignore, and labels that do not match the input slices."""
     from .input_labels import check_labels_used
 
-    check_labels_used(method, pipeline is None or pipeline.config.label_conditioning)  # no model: refused below
+    check_labels_used(method, pipeline is None or pipeline.model_config.label_conditioning)  # no model: refused below
     shapes = [np.shape(image) for image in labels]
     if len(labels) != len(inputs.indices) or any(shape != inputs.images.shape[1:] for shape in shapes):
         raise InputError(f"--input-segmentation: {len(labels)} label slice(s) of shape(s) {shapes} do not match the "
@@ -198,16 +198,15 @@ def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str,
     if prior == "none" and sampling.get("strength", 1.0) < 1.0:
         raise InputError(f"prior none samples from pure noise (strength 1); strength {sampling['strength']:g} needs a prior "
                          f"to start from (extrude or atlas)")
-    slices, frame, scale = place_in_cube(inputs, pipeline.config.cube_size)
+    slices, frame, scale = place_in_cube(inputs, pipeline.model_config.cube_size)
     prior_cube = None
     if prior == "atlas" and sampling.get("strength", 1.0) < 1.0:
-        from .atlas import atlas_reconstruct, choose_template, load_template
+        from .atlas import atlas_in_cube
+        from .atlas_templates import choose_template, load_template
 
         if progress is not None:
             progress(0.0, "registering the atlas prior")
-        guess = atlas_reconstruct(inputs, load_template(choose_template(atlas, inputs).path), warnings=warnings)
-        guess = Volume(_paste_inputs(guess, inputs).astype(np.float32), inputs.geometry)
-        prior_cube = scale.normalise(geometry.volume_to_cube(guess, frame))
+        prior_cube = scale.normalise(atlas_in_cube(inputs, frame, load_template(choose_template(atlas, inputs).path), warnings))
     if input_labels is not None:  # on the cube planes of `slices`: one (3, S, S) map in {-1, 1} per input slice
         from .model_space import tumour_channels
 
@@ -219,13 +218,13 @@ def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str,
     if result.tumour_probability is not None:  # drawn by the denoiser in the cube (the shipped model)
         probability = np.stack([geometry.cube_to_grid(p, frame, inputs.geometry) for p in result.tumour_probability])
         labels = np.where(probability.max(axis=0) >= 0.5, probability.argmax(axis=0) + 1, 0).astype(np.uint8)
-    elif pipeline.model.label_net is not None:  # in pixel space, on the input's own grid
+    elif pipeline.label_net is not None:  # in pixel space, on the input's own grid
         from .tumour_labels import label_volume
 
         if progress is not None:
             progress(0.97, "tumour labels")
-        labels = label_volume(pipeline.model.label_net, _paste_inputs(image, inputs).astype(np.float32), inputs.axis,
-                              float(inputs.geometry.spacing[inputs.axis]), inputs.indices, list(inputs.images), scale,
+        labels = label_volume(pipeline.label_net, _paste_inputs(image, inputs).astype(np.float32), inputs.axis,
+                              inputs.geometry.spacing, inputs.indices, list(inputs.images), scale,
                               input_labels, device=pipeline.device)
     return image, labels, spread.astype(np.float32), result.unet_evaluations, result.uncertainty_across
 
@@ -271,7 +270,7 @@ def reconstruct(
     ``seed``, ``solver``, ``strength``, ``coherent``, ``samples`` go to the pipeline; ``prior="atlas"`` with
     ``strength`` < 1 starts sampling from the `atlas` guess; ``prior="none"`` is the model alone, from pure noise,
     and refuses a strength below 1; ``atlas`` is the template for both: ``auto`` (None), ``brain``, ``head`` or a
-    file, `atlas.choose_template`). The result lists the fallbacks the atlas registration took
+    file, `atlas_templates.choose_template`). The result lists the fallbacks the atlas registration took
     (`Reconstruction.warnings`). ``input_labels`` (one BraTS label image per input slice,
     `input_labels.read_input_labels`) condition a label-conditioned model; the baselines and other models refuse them
     rather than ignore them."""
@@ -298,7 +297,7 @@ def reconstruct(
             Volume(_paste_inputs(image, inputs), inputs.geometry, {"description": description}),
             Volume(labels, inputs.geometry, {"description": f"{description} tumour labels"}) if labels is not None else None,
             Volume(spread, inputs.geometry, {"description": f"{description} uncertainty (std across {spread_of})"}),
-            evaluations, method=method, sampling=used, model_card=pipeline.model.model_card,
+            evaluations, method=method, sampling=used, model_card=pipeline.model_card,
             template=_template_name(atlas, inputs) if used["prior"] == "atlas" else None, warnings=warnings, uncertainty_across=across,
         )
     if method == "extrude":
@@ -306,7 +305,8 @@ def reconstruct(
     elif method == "interpolate":
         image = interpolate(inputs)
     elif method == "atlas":
-        from .atlas import atlas_reconstruct, choose_template, load_template
+        from .atlas import atlas_reconstruct
+        from .atlas_templates import choose_template, load_template
 
         image = atlas_reconstruct(inputs, load_template(choose_template(atlas, inputs).path), warnings=warnings)
     else:
@@ -319,6 +319,6 @@ def reconstruct(
 
 def _template_name(atlas: Optional[str], inputs: InputSlices) -> str:
     """The template file the atlas used (`auto` resolved from the input slices, as the registration did)."""
-    from .atlas import choose_template
+    from .atlas_templates import choose_template
 
     return str(choose_template(atlas, inputs).path)

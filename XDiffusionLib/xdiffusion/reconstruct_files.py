@@ -76,7 +76,7 @@ def check_outputs(source: str | os.PathLike, output: str | os.PathLike, segmenta
     if atlas is not None and method in ("extrude", "interpolate"):
         raise InputError(f"--atlas applies to --method atlas and to the xdiffusion atlas prior, not to --method {method}")
     if atlas is not None:
-        from .atlas import check_template_choice
+        from .atlas_templates import check_template_choice
 
         check_template_choice(atlas)
     return checked

@@ -117,8 +117,7 @@ def make_validator(cubes, modalities: Sequence[str], options: SampleOptions | in
     guess = batch["guess"][:, 0].numpy()
 
     def validate(model: XDiffusionModel) -> dict[str, float]:
-        device = next(model.unet.parameters()).device
-        decoded, _ = XDiffusionPipeline(model, device=device).generate_slices(conditioning, steps, seed=seed)
+        decoded, _ = XDiffusionPipeline.from_model(model).generate_slices(conditioning, steps, seed=seed)
         ours = [_image_metrics(g, t) for g, t in zip(decoded[:, 0].numpy(), target)]
         prior = [_image_metrics(g, t) for g, t in zip(guess, target)]
         detail = [sharpness((t + 1.0) / 2.0, (g + 1.0) / 2.0, t > -0.9) for g, t in zip(decoded[:, 0].numpy(), target)]

@@ -1,7 +1,8 @@
 """Tumour labels of a reconstruction, on the output grid itself (the input's resolution, not the model's cube).
 
 Each output slice parallel to the input plane is labelled by the label net (`model.label_net`) from the reconstructed
-slice, its nearest input slice, that slice's labels and the signed distance between them. Labels on the input slices
+slice, its nearest input slice, that slice's labels, the signed distance between them and the ellipsoid baseline's
+guess on that plane. Labels on the input slices
 come from the user (`--input-segmentation`) and are kept exactly; without them the same network first segments the
 input slices themselves. Only the tumour components that reach an input slice's labels are kept.
 """
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from .label_baselines import ellipsoid_sections
 from .model_space import IntensityScale
 from .model.label_net import TumourLabelNet, label_net_inputs, predict_labels
 
@@ -27,21 +29,25 @@ def segment_input_slices(net: TumourLabelNet, images: Sequence[np.ndarray], scal
     return list(predict_labels(net, inputs, BATCH, device))
 
 
-def label_volume(net: TumourLabelNet, image: np.ndarray, axis: int, spacing_mm: float, indices: Sequence[int],
+def label_volume(net: TumourLabelNet, image: np.ndarray, axis: int, spacing: Sequence[float], indices: Sequence[int],
                  input_images: Sequence[np.ndarray], scale: IntensityScale,
                  input_labels: Optional[Sequence[np.ndarray]] = None,
                  device: str | torch.device = "cpu") -> np.ndarray:
-    """BraTS labels (uint8) for the reconstructed ``image`` (input units, on the input grid), slice by slice along the
-    input ``axis``; ``input_labels`` (one 2D map per input slice) are pasted back exactly."""
+    """BraTS labels (uint8) for the reconstructed ``image`` (input units, on the input grid of voxel ``spacing`` in mm),
+    slice by slice along the input ``axis``; ``input_labels`` (one 2D map per input slice) are pasted back exactly."""
     given = list(input_labels) if input_labels is not None else segment_input_slices(net, input_images, scale, device)
     stacked = np.moveaxis(image, axis, 0)
     positions = np.asarray(indices)
-    nearest = np.abs(np.arange(stacked.shape[0])[:, None] - positions[None, :]).argmin(axis=1)
+    depth_mm, in_plane_mm = float(spacing[axis]), np.delete(np.asarray(spacing, np.float64), axis)
+    offsets_mm = (np.arange(stacked.shape[0])[:, None] - positions[None, :]) * depth_mm
+    nearest = np.abs(offsets_mm).argmin(axis=1)
+    guesses = [ellipsoid_sections(known, in_plane_mm, depth_mm, offsets_mm[:, k]) for k, known in enumerate(given)]
     labels = np.zeros(stacked.shape, dtype=np.uint8)
     for start in range(0, stacked.shape[0], BATCH):
         rows = range(start, min(start + BATCH, stacked.shape[0]))
         batch = np.stack([label_net_inputs(scale.normalise(stacked[z]), scale.normalise(input_images[nearest[z]]),
-                                           given[nearest[z]], float((z - positions[nearest[z]]) * spacing_mm)) for z in rows])
+                                           given[nearest[z]], float(offsets_mm[z, nearest[z]]), guesses[nearest[z]][z])
+                          for z in rows])
         labels[start:start + len(rows)] = predict_labels(net, batch, BATCH, device)
     for index, known in zip(indices, given):
         labels[index] = known

@@ -27,6 +27,9 @@ from .tumour import TUMOUR_CONTRAST, paint_tumour
 ANY_MODALITY = "any"  # label-synthesised contrasts: teaches contrast-agnostic reconstruction
 Progress = Callable[[str], None]
 
+RECIPE_VERSION = 2  # in the cube cache's key: bump when what a variant draws changes (`subject_variant`, the augmentation,
+# the lesion or synthesis recipe), or a cache built by the old recipe would be reused as if it were the new one
+
 
 @dataclass(frozen=True)
 class TrainingSetConfig:
@@ -81,7 +84,8 @@ def subject_variant(subject: Subject, modalities: Sequence[str], config: Trainin
 
 
 def _cache_key(subject: Subject, modalities: Sequence[str], config: TrainingSetConfig) -> str:
-    text = json.dumps({"subject": subject.id, "modalities": list(modalities), **asdict(config)}, sort_keys=True)
+    text = json.dumps({"subject": subject.id, "modalities": list(modalities), "recipe": RECIPE_VERSION, **asdict(config)},
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
+from accelerate.utils import ProjectConfiguration
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -23,6 +24,16 @@ CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 EMA_WEIGHTS = "ema.safetensors"  # the EMA in a checkpoint: safetensors, not accelerate's pickled custom state
 STEP_FILE = "train_step.json"  # written last: a checkpoint without it is incomplete
 METRICS_LOG = "metrics.csv"
+
+
+def project_configuration(output_dir: Path) -> ProjectConfiguration:
+    """The run folder as accelerate's project (its trackers log there), with accelerate's automatic checkpoint naming
+    off: it writes `checkpoints/checkpoint_<i>` in place, so a kill leaves a half-written newest folder that its
+    resume would pick; its `total_limit` rotation exists only with that naming, deletes the oldest before the new
+    checkpoint is complete, and orders every entry of `checkpoints/` by the first number in its name (our staging
+    folders and the `step-N` folders of runs in progress included). So the name (`step-N`, the training step), the
+    staging and rename (`train_step.json` last) and the rotation after it stay ours."""
+    return ProjectConfiguration(project_dir=str(output_dir), automatic_checkpoint_naming=False)
 
 
 def replace_dir(staging: Path, final: Path) -> None:

@@ -9,6 +9,10 @@ early one that does not), so the target image it sees in training is the healthy
 by a random weight and blurred: it learns to use the image where it shows the tumour and the input labels' shape where
 it does not. A share of samples are segmentations of the input slice itself (no labels given), and a share of the
 given input labels are eroded or dilated, as labels found by the network or drawn by hand are.
+
+Samples are whole slices (not crops: the network's instance normalisation then sees what it sees at inference), of
+volumes brought to several work grids (1-1.5 mm: pixel sizes vary, millimetres stay the unit of the distance and of
+the ellipsoid guess), and a share of the targets lie anywhere along the axis, as every output slice is labelled.
 """
 
 from __future__ import annotations
@@ -29,15 +33,18 @@ from ..data.synthesis import augment_subject, downsample
 from ..data.tumour import paint_tumour
 from ..errors import InputError
 from ..evaluate import dice
+from ..label_baselines import ellipsoid_sections
 from ..model_space import IntensityScale
 from .label_net import TumourLabelNet, label_net_inputs
 
-SEGMENT_SHARE = 0.3  # samples that segment the input slice (no labels given)
+SEGMENT_SHARE = 0.25  # samples that segment the input slice (no labels given)
 PERTURB_SHARE = 0.3  # given labels eroded or dilated by 1-2 pixels
 LARGEST_SHARE = 0.5  # input slices at the tumour's largest cross-section (the evaluation's and a user's choice)
-CROP = 128
+ANYWHERE_SHARE = 0.2  # targets anywhere along the axis; the rest within the tumour's extent + MARGIN_MM
 MARGIN_MM = 12.0
-LAST_WEIGHTS = "label_net_last"  # targets reach this far beyond the tumour's extent, where the answer is "no tumour"
+SIDE = 224  # slices are padded with background to SIDE x SIDE to batch them (the largest work grid)
+WORK_SIDES = (160, 192, 224)
+LAST_WEIGHTS = "label_net_last"
 
 
 @dataclass(frozen=True)
@@ -50,9 +57,10 @@ class LesionVolume:
     spacing: tuple[float, float, float]
 
 
-def build_lesion_volumes(subjects: Sequence[Subject], variants: int, work_side: int = 160, seed: int = 0,
+def build_lesion_volumes(subjects: Sequence[Subject], variants: int, work_sides: Sequence[int] = WORK_SIDES, seed: int = 0,
                          skull_strip_share: float = 0.4, progress: Optional[Callable[[str], None]] = None) -> list[LesionVolume]:
-    """``variants`` lesion volumes per subject with a real image and a brain mask, deterministic in ``seed``."""
+    """``variants`` lesion volumes per subject with a real image and a brain mask, deterministic in ``seed``, each on
+    a work grid of one of ``work_sides`` voxels."""
     volumes = []
     for number, subject in enumerate(subjects):
         if subject.brain_mask is None or not subject.modalities:
@@ -60,6 +68,7 @@ def build_lesion_volumes(subjects: Sequence[Subject], variants: int, work_side: 
         for variant in range(variants):
             rng = np.random.default_rng([seed, number, variant, 14])
             modality = str(rng.choice(sorted(subject.modalities)))
+            work_side = int(rng.choice(work_sides))
             image = downsample(subject.modalities[modality], work_side)
             mask = downsample(subject.brain_mask, work_side, labels=True).array > 0
             array = image.array.astype(np.float32) * (mask if rng.random() < skull_strip_share else 1.0)
@@ -91,59 +100,64 @@ def _perturb(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def _crop_box(shape: tuple[int, int], centre: np.ndarray, rng: np.random.Generator) -> tuple[slice, slice]:
-    starts = [int(np.clip(c - CROP // 2 + rng.integers(-CROP // 4, CROP // 4 + 1), 0, max(0, n - CROP)))
-              for c, n in zip(centre, shape)]
-    return tuple(slice(s, s + CROP) for s in starts)  # type: ignore[return-value]
+def _pad(array: np.ndarray, value: float, side: int) -> np.ndarray:
+    """The last two axes centre-padded (or cropped) to ``side``."""
+    for axis in (-2, -1):
+        size = array.shape[axis]
+        if size > side:
+            array = np.take(array, range((size - side) // 2, (size - side) // 2 + side), axis=axis)
+        elif size < side:
+            pads = [(0, 0)] * array.ndim
+            pads[axis] = ((side - size) // 2, side - size - (side - size) // 2)
+            array = np.pad(array, pads, constant_values=value)
+    return array
 
 
-def _pad(array: np.ndarray, value: float) -> np.ndarray:
-    pads = [(0, max(0, CROP - n)) for n in array.shape[-2:]]
-    return np.pad(array, [(0, 0)] * (array.ndim - 2) + pads, constant_values=value)
-
-
-def label_pair(volume: LesionVolume, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One training pair: network input (7, CROP, CROP) and target labels (CROP, CROP) int64."""
+def label_pair(volume: LesionVolume, rng: np.random.Generator, side: int = SIDE) -> tuple[np.ndarray, np.ndarray]:
+    """One training pair: network input (10, side, side) and target labels (side, side) int64."""
     axis = int(rng.integers(0, 3))
     labels = np.moveaxis(volume.labels, axis, 0)
     areas = (labels > 0).reshape(labels.shape[0], -1).sum(axis=1)
     through = np.flatnonzero(areas)
     source = int(np.argmax(areas)) if rng.random() < LARGEST_SHARE else int(rng.choice(through))
-    healthy, painted = (np.moveaxis(v, axis, 0).astype(np.float32) for v in (volume.healthy, volume.painted))
-    scale = IntensityScale.from_slices([painted[source]]) if painted[source].max() > 0 else IntensityScale(1.0)
+    healthy, painted = (np.moveaxis(v, axis, 0) for v in (volume.healthy, volume.painted))  # float16 views
+    input_image = painted[source].astype(np.float32)
+    scale = IntensityScale.from_slices([input_image]) if input_image.max() > 0 else IntensityScale(1.0)
     spacing = volume.spacing[axis]
+    guess = None
     if rng.random() < SEGMENT_SHARE:
         target, given = source, None
     else:
         reach = int(np.ceil(MARGIN_MM / spacing))
-        low, high = max(0, through[0] - reach), min(labels.shape[0] - 1, through[-1] + reach)
+        low, high = (0, labels.shape[0] - 1) if rng.random() < ANYWHERE_SHARE else \
+            (max(0, through[0] - reach), min(labels.shape[0] - 1, through[-1] + reach))
         target = int(rng.integers(low, high + 1))
         given = _perturb(labels[source], rng) if rng.random() < PERTURB_SHARE else labels[source]
+        in_plane = np.delete(np.asarray(volume.spacing, np.float64), axis)
+        guess = ellipsoid_sections(given, in_plane, spacing, [(target - source) * spacing])[0]
     weight = 1.0 if given is None else float(rng.choice([0.0, rng.uniform(0, 1), 1.0]))
-    shown = healthy[target] + weight * (painted[target] - healthy[target])
+    shown = healthy[target].astype(np.float32) + weight * (painted[target].astype(np.float32) - healthy[target])
     if given is not None:
         shown = ndimage.gaussian_filter(shown, float(rng.uniform(0.0, 2.0)))
-    inputs = label_net_inputs(scale.normalise(shown), scale.normalise(painted[source]), given, (target - source) * spacing)
-    tumour_pixels = np.argwhere(labels[source] > 0)
-    box = _crop_box(inputs.shape[-2:], tumour_pixels.mean(axis=0), rng)
-    cropped = inputs[(slice(None), *box)]
-    fill = (-1.0, -1.0, 0.0, 0.0, 0.0, float(cropped[5, 0, 0]), float(cropped[6, 0, 0]))  # background, no labels, constants
-    padded = np.stack([_pad(channel[None], value)[0] for channel, value in zip(cropped, fill)])
-    return padded.astype(np.float32), _pad(labels[target][box][None], 0)[0].astype(np.int64)
+    inputs = label_net_inputs(scale.normalise(shown), scale.normalise(input_image), given, (target - source) * spacing,
+                              guess)
+    fill = [-1.0, -1.0, 0.0, 0.0, 0.0, float(inputs[5, 0, 0]), float(inputs[6, 0, 0]), 0.0, 0.0, 0.0]
+    padded = np.stack([_pad(channel, value, side) for channel, value in zip(inputs, fill)])  # background, constants, no labels
+    return padded.astype(np.float32), _pad(labels[target], 0, side).astype(np.int64)
 
 
 class LabelPairs(torch.utils.data.Dataset):
     """A seed-deterministic stream of pairs over lesion volumes (item i is always the same pair)."""
 
-    def __init__(self, volumes: Sequence[LesionVolume], seed: int = 0, length: int = 10**9) -> None:
-        self.volumes, self.seed, self.length = list(volumes), seed, length
+    def __init__(self, volumes: Sequence[LesionVolume], seed: int = 0, length: int = 10**9, side: int = SIDE) -> None:
+        self.volumes, self.seed, self.length, self.side = list(volumes), seed, length, side
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(index)])
-        inputs, target = label_pair(self.volumes[int(rng.integers(0, len(self.volumes)))], rng)
+        inputs, target = label_pair(self.volumes[int(rng.integers(0, len(self.volumes)))], rng, self.side)
         return torch.from_numpy(inputs), torch.from_numpy(target)
 
 
@@ -158,8 +172,8 @@ def dice_scores(prediction: np.ndarray, truth: np.ndarray) -> dict[str, Optional
 
 
 def train_label_net(net: TumourLabelNet, train_volumes: Sequence[LesionVolume], validation_volumes: Sequence[LesionVolume],
-                    output_dir: Path, steps: int, batch_size: int = 12, lr: float = 1e-3, validate_every: int = 250,
-                    max_minutes: Optional[float] = None, start_step: int = 0, seed: int = 0,
+                    output_dir: Path, steps: int, batch_size: int = 8, lr: float = 1e-3, validate_every: int = 250,
+                    max_minutes: Optional[float] = None, start_step: int = 0, seed: int = 0, side: int = SIDE,
                     progress: Optional[Callable[[str], None]] = None) -> int:
     """Dice + cross-entropy (rare tumour pixels count), AdamW; the best-validating weights are saved to
     ``output_dir/label_net`` (diffusers layout) and every validation appended to ``output_dir/label_metrics.csv``.
@@ -169,9 +183,9 @@ def train_label_net(net: TumourLabelNet, train_volumes: Sequence[LesionVolume], 
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, steps), eta_min=lr * 0.05)
     for _ in range(start_step):
         schedule.step()
-    loader = iter(torch.utils.data.DataLoader(LabelPairs(train_volumes, seed, length=10**9), batch_size=batch_size,
+    loader = iter(torch.utils.data.DataLoader(LabelPairs(train_volumes, seed, length=10**9, side=side), batch_size=batch_size,
                                               sampler=range(start_step * batch_size, 10**9)))
-    validation = [LabelPairs(validation_volumes, seed + 1)[i] for i in range(64)]
+    validation = [LabelPairs(validation_volumes, seed + 1, side=side)[i] for i in range(64)]
     output_dir.mkdir(parents=True, exist_ok=True)
     log = output_dir / "label_metrics.csv"
     best = _best_logged(log)

@@ -9,8 +9,9 @@ from typing import Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import nn
+from torch.utils.data import default_collate
 
 from ..errors import ModelError
 from .conditioning import ConditionEncoder
@@ -146,3 +147,26 @@ def encode_target(autoencoder: AutoencoderKL, target: torch.Tensor, latent_scale
 def decode_latent(autoencoder: AutoencoderKL, latents: torch.Tensor, latent_scale: float) -> torch.Tensor:
     """Inverse of `encode_target`: scaled latents -> [B, 4, S, S] in [-1, 1]-ish units."""
     return autoencoder.decode(latents / latent_scale).sample
+
+
+class LatentTargets:
+    """A DataLoader collate that also encodes the batch's targets with the frozen autoencoder (posterior mode, as
+    `Trainer.loss` would), as ``target_latent``; it runs in the loader's worker process."""
+
+    def __init__(self, autoencoder: AutoencoderKL, latent_scale: float) -> None:
+        self.autoencoder, self.latent_scale = autoencoder, latent_scale
+
+    def __call__(self, samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        batch = default_collate(samples)
+        with torch.no_grad():
+            batch["target_latent"] = encode_target(self.autoencoder, batch["target"], self.latent_scale)
+        return batch
+
+
+def min_snr_weights(noise: DDPMScheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights per sample (Hang et al. 2023): min(SNR, gamma) on the clean-sample error, put in
+    terms of what the network predicts (divided by SNR for noise, by SNR + 1 for v), as diffusers' examples do."""
+    from diffusers.training_utils import compute_snr  # training only: inference never imports training utilities
+
+    snr = compute_snr(noise, timesteps)
+    return snr.clamp(max=gamma) / (snr + 1 if prediction_type == "v_prediction" else snr)

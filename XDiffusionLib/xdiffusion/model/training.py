@@ -32,12 +32,12 @@ from ..errors import InputError
 from ..io import atomic_output
 from .checkpoint import XDiffusionModel, save_model
 from .checkpoint_files import (checkpoint_to_resume, checkpoints, forget_metrics_after_step, load_accelerate_state,
-                               read_ema_state, read_step, write_ema_and_step)
+                               project_configuration, read_ema_state, read_step, write_ema_and_step)
 from .checkpoint_files import CHECKPOINT_NAME, EMA_WEIGHTS, replace_dir as _replace_dir  # noqa: F401 (re-exported)
 from .conditioning import ConditionEncoder
 from .config import XDiffusionConfig
 from .autoencoder_training import AUTOENCODER_RECORD, UNRECORDED_AUTOENCODER, autoencoder_metrics, save_run_autoencoder
-from .networks import Denoiser, build_unet, encode_target, init_unet_from_pretrained
+from .networks import Denoiser, LatentTargets, build_unet, encode_target, init_unet_from_pretrained, min_snr_weights
 from .train_config import TrainConfig, card_config, config_changes, record_config, resolve_config
 from .train_config import AUTOENCODER_KEYS, CONFIG_HISTORY, _deep_merge, apply_overrides  # noqa: F401 (re-exported)
 
@@ -62,7 +62,7 @@ class Trainer:
         self.output_dir = Path(self.train.output_dir)
         self.accelerator = Accelerator(
             mixed_precision=self.train.mixed_precision, gradient_accumulation_steps=self.train.grad_accum,
-            log_with="tensorboard" if is_tensorboard_available() else None, project_dir=str(self.output_dir))
+            log_with="tensorboard" if is_tensorboard_available() else None, project_config=project_configuration(self.output_dir))
         set_seed(self.train.seed, device_specific=True)
         self.held_out = held_out
         self.autoencoder_metrics: dict[str, Any] = {}
@@ -81,13 +81,16 @@ class Trainer:
         else:
             unet = build_unet(self.config)
         model = Denoiser(unet, ConditionEncoder.for_model(self.config))
+        # on the CPU with a loader worker, the frozen autoencoder encodes the targets there (`LatentTargets`): a quarter
+        # of a detail-model step, run beside the denoiser's step instead of before it
+        self._encode_in_workers = self.autoencoder is not None and self.train.num_workers > 0 and self.accelerator.device.type == "cpu"
         self.noise = DDPMScheduler(num_train_timesteps=self.config.num_train_timesteps,
                                    beta_schedule="squaredcos_cap_v2", prediction_type=self.config.prediction_type)
         self.data_order = torch.Generator()  # reseeded per epoch in `_batches`: the order never depends on history
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.train.lr, weight_decay=self.train.weight_decay)
         schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=self.train.warmup_steps)
         self.model, self.optimizer, self.loader, self.schedule = self.accelerator.prepare(
-            model, optimizer, self._loader(self.data_order), schedule)
+            model, optimizer, self._loader(self.data_order, encode=self._encode_in_workers), schedule)
         # EMA decay ramps up from 0, so short runs still export trained (not initial) weights
         self.ema = EMAModel(self._denoiser().parameters(), decay=self.train.ema_decay, use_ema_warmup=True,
                             power=2 / 3)
@@ -144,10 +147,11 @@ class Trainer:
     def _denoiser(self) -> Denoiser:
         return self.accelerator.unwrap_model(self.model)
 
-    def _loader(self, generator: Optional[torch.Generator] = None) -> DataLoader:
+    def _loader(self, generator: Optional[torch.Generator] = None, encode: bool = False) -> DataLoader:
         shuffle = not isinstance(self.samples, IterableDataset)
+        collate = LatentTargets(self.autoencoder, self.config.latent_scale) if encode else None
         return DataLoader(self.samples, batch_size=self.train.batch_size, shuffle=shuffle, drop_last=True,
-                          num_workers=self.train.num_workers, generator=generator)
+                          num_workers=self.train.num_workers, generator=generator, collate_fn=collate)
 
     def _batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """Training batches whose order depends on the seed and the epoch alone, started where `self.step` left off:
@@ -213,7 +217,7 @@ class Trainer:
             forget_metrics_after_step(self.output_dir, self.step)
 
     def save_checkpoint(self) -> Path:
-        """accelerate state (model, optimiser, schedule, EMA, RNG) in a temp folder, renamed when complete."""
+        """accelerate state (model, optimiser, schedule, RNG) + EMA in a temp folder, renamed when complete (`project_configuration`)."""
         folder = self.output_dir / "checkpoints"
         final, staging = folder / f"step-{self.step}", folder / f".step-{self.step}.tmp"
         if self.accelerator.is_main_process:
@@ -233,7 +237,9 @@ class Trainer:
     def loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Diffusion loss on one batch: noise the target (or its latent), predict v or epsilon, with CFG dropout."""
         target = batch["target"]
-        if self.autoencoder is not None:
+        if "target_latent" in batch:  # encoded by the loader's worker
+            target = batch["target_latent"]
+        elif self.autoencoder is not None:
             with torch.no_grad():
                 target = encode_target(self.autoencoder, target, self.config.latent_scale)
         noise = torch.randn_like(target)
@@ -243,7 +249,11 @@ class Trainer:
             else noise
         drop = torch.rand(target.shape[0], device=target.device) < self.config.cfg_dropout
         prediction = self.model(noisy, timesteps, batch, drop)
-        return F.mse_loss(prediction.float(), goal.float())
+        if not self.train.snr_gamma:
+            return F.mse_loss(prediction.float(), goal.float())
+        weight = min_snr_weights(self.noise, timesteps, self.train.snr_gamma, self.config.prediction_type)
+        per_sample = F.mse_loss(prediction.float(), goal.float(), reduction="none").flatten(1).mean(dim=1)
+        return (per_sample * weight).mean()
 
     def ema_model(self) -> XDiffusionModel:
         """The parts with EMA weights copied in (call `restore_training_weights` afterwards to keep training)."""

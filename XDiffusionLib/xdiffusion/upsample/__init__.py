@@ -99,7 +99,7 @@ def upsample(stack: ThickStack, method: str = DEFAULT_METHOD, spacing_mm: Option
                              "try --device cpu); nothing was written")
         used = {key: sampling.get(key) for key in SAMPLING_RECORD}
         used.update(prior="bspline" if sampling.get("strength", 1.0) < 1.0 else None, modality=modality, **windows)
-        card = pipeline.model.model_card
+        card = pipeline.model_card
     else:
         array = resample(stack.volume, grid, method)
     if slab_projection:

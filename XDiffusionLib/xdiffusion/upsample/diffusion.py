@@ -60,7 +60,7 @@ def diffusion_upsample(stack: ThickStack, grid: Geometry, prior: np.ndarray, pip
     U-Net evaluations and the number of windows."""
     from ..model_space import IntensityScale
 
-    side, size = pipeline.config.cube_size, int(pipeline.config.max_inputs)
+    side, size = pipeline.model_config.cube_size, int(pipeline.model_config.max_inputs)
     frame = geometry.cube_frame_for_grid(grid, side)
     images = stack.slices()
     scale = IntensityScale.from_slices(list(images))
@@ -70,7 +70,7 @@ def diffusion_upsample(stack: ThickStack, grid: Geometry, prior: np.ndarray, pip
     prior_cube = scale.normalise(prior_cube_units)
 
     # a slab-conditioned model is told each input is a slab mean of this thickness (cube half-widths), not a sample
-    slab = {"slab_thickness": stack.thickness_mm / (frame.size_mm / 2.0)} if pipeline.config.slab_conditioning else {}
+    slab = {"slab_thickness": stack.thickness_mm / (frame.size_mm / 2.0)} if pipeline.model_config.slab_conditioning else {}
     starts = window_starts(stack.count, size)
     cube_axis = placed[0].axis
     centres, cubes, evaluations = [], [], 0
