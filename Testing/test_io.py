@@ -519,3 +519,15 @@ def test_sigkill_while_writing_leaves_old_file(tmp_path):
     assert target.read_bytes() == old
     leftovers = [p.name for p in tmp_path.iterdir() if p != target]
     assert len(leftovers) == 1 and leftovers[0].startswith(".big.nii.gz.")  # the partial write, hidden
+
+
+def test_a_read_grid_has_no_negative_zeros(tmp_path):
+    """ITK's header-only read gives -0.0 where its full read gave 0.0: equal numbers, but a different JSON record
+    and fingerprint of the same grid (the held-out benchmark's run reuse keys on it)."""
+    image = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16))
+    image.SetDirection((1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    image.SetOrigin((0.0, 0.0, 0.0))
+    path = tmp_path / "flip.nii.gz"
+    sitk.WriteImage(image, str(path))
+    geometry = read_volume(path).geometry
+    assert not np.signbit(geometry.origin).any() and not np.signbit(geometry.direction[geometry.direction == 0]).any()

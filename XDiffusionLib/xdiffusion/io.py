@@ -48,8 +48,9 @@ class Geometry:
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
         object.__setattr__(self, "spacing", np.asarray(self.spacing, dtype=np.float64).reshape(3))
-        object.__setattr__(self, "origin", np.asarray(self.origin, dtype=np.float64).reshape(3))
-        object.__setattr__(self, "direction", np.asarray(self.direction, dtype=np.float64).reshape(3, 3))
+        # + 0.0 turns -0.0 into 0.0: ITK's header-only read gives -0.0 where its full read gave 0.0
+        object.__setattr__(self, "origin", np.asarray(self.origin, dtype=np.float64).reshape(3) + 0.0)
+        object.__setattr__(self, "direction", np.asarray(self.direction, dtype=np.float64).reshape(3, 3) + 0.0)
 
     @property
     def index_to_physical_matrix(self) -> np.ndarray:
