@@ -30,14 +30,15 @@ GIVEN_CHANNEL, GUESS_CHANNELS = 5, slice(7, 10)
 class TumourLabelNet(ModelMixin, ConfigMixin):
     """MONAI's BasicUNet in 2D behind diffusers' save/load (`save_pretrained` / `from_pretrained(local_dir)`).
 
-    Where labels are given, the ellipsoid guess is added to the logits (one-hot, times a learnt scale that starts at
-    ``guess_logit``): from the first step the network answers at least what the baseline answers, and learns only
-    where to differ from it."""
+    Where labels are given, the ellipsoid guess is also added to the logits (one-hot, times a learnt scale that starts
+    at ``guess_logit``). Started at 4 (the baseline's answer from the first step) it scored below weights trained
+    without that term on the held-out lesions (Dice WT 0.41 against 0.47 on the first four case-planes, 1250 steps
+    against 1500), so it starts at 0 and the network learns whether to use it."""
 
     config_name = "config.json"
 
     @register_to_config
-    def __init__(self, features: Sequence[int] = (16, 16, 32, 64, 128, 16), guess_logit: float = 4.0) -> None:
+    def __init__(self, features: Sequence[int] = (16, 16, 32, 64, 128, 16), guess_logit: float = 0.0) -> None:
         super().__init__()
         self.network = BasicUNet(spatial_dims=2, in_channels=INPUT_CHANNELS, out_channels=LABEL_CLASSES,
                                  features=tuple(int(f) for f in features))
