@@ -25,9 +25,8 @@ It sees exactly what the model sees (``InputSlices``: the chosen slices and the 
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -36,7 +35,7 @@ from . import geometry
 from .atlas_templates import choose_template, load_template
 from .errors import InputError
 from .geometry import CubeFrame
-from .io import Geometry, Volume, _itk_reason, to_sitk
+from .io import Geometry, Volume, _itk_reason, itk_single_threaded, to_sitk
 from .reconstruct import MIN_TISSUE_PIXELS, background_value, is_informative
 
 OFFSETS_MM = tuple(np.arange(-20.0, 20.1, 4.0))  # through-plane positions of the template tried against the input
@@ -203,18 +202,6 @@ def _best_offset(plane: Callable[[int], np.ndarray], length: int, inputs, useful
     return best if np.isfinite(scores[best]) else None
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """SimpleITK single-threaded meanwhile (its global default, restored after): multi-threaded metric sums make the
-    optimiser's path, and so the result, differ from run to run; one thread makes a rerun give the same volume."""
-    threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
-
-
 def atlas_reconstruct(inputs, template: Optional[Volume] = None, register: bool = True, deformable: bool = True,
                       warnings: Optional[list[str]] = None) -> np.ndarray:
     """The atlas guess on ``inputs.geometry`` (float32, the input's units); ``template`` defaults to the default choice
@@ -226,7 +213,7 @@ def atlas_reconstruct(inputs, template: Optional[Volume] = None, register: bool 
     informative one. Every fallback (a slice left out, an initialiser or a registration stage that failed, offset 0
     when no template position fits) is appended to ``warnings`` as one line, when a list is given.
     """
-    with _one_thread():
+    with itk_single_threaded():
         template = template if template is not None else load_template(choose_template(None, inputs).path)
         grid, axis = inputs.geometry, inputs.axis
         stack = np.moveaxis(template_on_grid(template, grid), axis, 0)  # (n, a, b)
@@ -247,7 +234,7 @@ def atlas_in_cube(inputs, frame: CubeFrame, template: Optional[Volume] = None, w
     them), then the template is warped straight onto the cube's planes across the input axis, never onto the whole
     input grid; outside the input grid the cube holds 0 (as a resampled volume would), and the input slices lie on
     their nearest cube planes."""
-    with _one_thread():
+    with itk_single_threaded():
         template = template if template is not None else load_template(choose_template(None, inputs).path)
         grid, axis, side = inputs.geometry, inputs.axis, frame.side
         length, offsets = grid.shape[axis], _offsets(float(grid.spacing[axis]))

@@ -4,10 +4,9 @@ Arrays are kept in ITK index order: ``array[i, j, k]`` is the voxel at ITK index
 ``Geometry.direction`` is the physical (LPS) direction of array axis ``a``. SimpleITK's own arrays are (k, j, i);
 we transpose once, here, and nowhere else. Every grid is ITK's reading of the header; NIfTI voxels come from
 `nifti.py` (read once, in one pass that also checks the file is whole), every other format's from SimpleITK.
-
 Non-finite voxels: every reader refuses a NaN or infinite voxel anywhere in the image, in every format, with one
-line that counts them. (ITK's NIfTI reader silently turns NaN/Inf into 0, NRRD/MetaImage/DICOM keep them: refusing
-is the only behaviour that is the same for all formats, and no method, metric or training step can use NaN.)
+line that counts them (ITK's NIfTI reader turns NaN/Inf into 0, the other formats keep them: refusing is the one
+behaviour alike for all formats, and nothing can use NaN).
 """
 
 from __future__ import annotations
@@ -48,8 +47,7 @@ class Geometry:
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
         object.__setattr__(self, "spacing", np.asarray(self.spacing, dtype=np.float64).reshape(3))
-        # + 0.0 turns -0.0 into 0.0: ITK's header-only read gives -0.0 where its full read gave 0.0
-        object.__setattr__(self, "origin", np.asarray(self.origin, dtype=np.float64).reshape(3) + 0.0)
+        object.__setattr__(self, "origin", np.asarray(self.origin, dtype=np.float64).reshape(3) + 0.0)  # + 0.0: no -0.0
         object.__setattr__(self, "direction", np.asarray(self.direction, dtype=np.float64).reshape(3, 3) + 0.0)
 
     @property
@@ -388,3 +386,15 @@ def write_volumes(items: Sequence[tuple[Volume, str | os.PathLike]],
             for target in [target for _, target in prepared] + [target for _, target in texts]:
                 remove_own_parts(target)
     return [target for _, target in written]
+
+
+@contextlib.contextmanager
+def itk_single_threaded() -> Iterator[None]:
+    """ITK on one thread meanwhile (restored after): multi-threaded sums make reruns of a registration differ."""
+    import SimpleITK as sitk
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)

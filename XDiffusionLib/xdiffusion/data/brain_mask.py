@@ -14,32 +14,19 @@ a label map that follows the individual's own anatomy, for label-driven synthesi
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..io import Volume, to_sitk
+from ..io import Volume, itk_single_threaded, to_sitk
 
 LEVELS_MM = (8.0, 4.0, 2.0)  # coarse-to-fine working resolutions of the similarity and the affine stage
 HISTOGRAM_BINS = 32
 SAMPLING_SHARE = 0.2
 ITERATIONS = 200
 TISSUE_CLASSES = 3
-
-
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run ITK filters on one thread (reproducible sums), restoring the caller's setting afterwards."""
-    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 
 
 @dataclass(frozen=True)
@@ -83,7 +70,7 @@ def register_template(subject: Volume, template: Volume, seed: int = 0) -> Regis
         raise InputError(f"template registration: seed must be 0 or more, got {seed}")
     fixed = sitk.Cast(to_sitk(subject), sitk.sitkFloat32)
     moving = sitk.Cast(to_sitk(template), sitk.sitkFloat32)
-    with single_threaded():
+    with itk_single_threaded():
         start = sitk.CenteredTransformInitializer(fixed, moving, sitk.Similarity3DTransform(),
                                                   sitk.CenteredTransformInitializerFilter.MOMENTS)
         similarity, _ = _stage(fixed, moving, start, LEVELS_MM[:2], seed)
@@ -103,7 +90,7 @@ def template_mask_on_subject(subject: Volume, template: Volume, template_mask: V
     registration = register_template(subject, template, seed)
     moving = to_sitk(template_mask.with_array((template_mask.array > 0.5).astype(np.float32)))
     reference = to_sitk(subject.with_array(np.zeros(subject.geometry.shape, np.float32)))  # only its grid is used
-    with single_threaded():
+    with itk_single_threaded():
         # linear interpolation of the 0/1 mask then a 0.5 threshold: a smoother edge than nearest neighbour
         resampled = sitk.Resample(moving, reference, registration.transform, sitk.sitkLinear, 0.0)
     mask = sitk.GetArrayFromImage(resampled).T >= 0.5
