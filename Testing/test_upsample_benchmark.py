@@ -50,19 +50,24 @@ def test_scores_see_the_projection_and_a_capped_eclare_is_reported_not_scored(tm
     assert bench.run_eclare(case, tmp_path / "other", tmp_path / "missing", 1.0)["status"] == "not installed"
 
 
-def test_the_verdict_needs_two_db_on_every_case_at_6_mm_and_the_table_says_so():
-    def case(subject_id, gain):
+def test_the_verdict_needs_every_criterion_on_every_case_at_6_mm_and_the_table_says_so():
+    def case(subject_id, gain, ssim=0.91, sharpness=1.0, slab_rms_pct=0.0):
         methods = {"bspline": {"psnr": 30.0, "psnr_brain": 20.0, "ssim": 0.9, "sharpness": 0.8, "slab_rms_pct": 0.0, "seconds": 1.0},
-                   "xdiffusion": {"psnr": 30.0, "psnr_brain": 20.0 + gain, "ssim": 0.9, "sharpness": 0.9, "slab_rms_pct": 0.0, "seconds": 9.0},
+                   "learned": {"psnr": 30.0, "psnr_brain": 20.0 + gain, "ssim": ssim, "sharpness": sharpness,
+                               "slab_rms_pct": slab_rms_pct, "seconds": 9.0},
+                   "xdiffusion": {"status": "not run", "detail": "only at --xdiffusion-thickness (CPU cost)"},
                    "eclare": {"status": "capped", "seconds": 1800.0, "detail": "1% of patches"}}
         return {"subject": subject_id, "plane": "axial", "thickness_nominal_mm": 6, "slab_thickness_mm": 6.0, "slabs": 25, "methods": methods}
 
-    assert bench.verdict([case("a", 2.5), case("b", 2.1)])["met"] is True
+    assert bench.verdict([case("a", 2.5), case("b", 2.1)])["met"] == {"learned": True}
     failing = bench.verdict([case("a", 2.5), case("b", 1.9)])
-    assert failing["met"] is False and failing["gain_db"] == {"a axial": 2.5, "b axial": 1.9}
-    assert bench.verdict([])["met"] is False
+    assert failing["met"] == {"learned": False} and failing["cases"]["learned"]["b axial"]["gain_db"] == 1.9
+    for spoiler in ({"ssim": 0.9}, {"sharpness": 1.3}, {"sharpness": 0.85}, {"slab_rms_pct": 2.0}):  # 2 % RMS: 34 dB
+        assert bench.verdict([case("a", 2.5, **spoiler)])["met"] == {"learned": False}, spoiler
+    assert bench.slab_psnr_db({"slab_rms_pct": 1.0}) == 40.0
+    assert bench.verdict([])["met"] == {}
     record = {"when": "now", "wall_s": 60.0, "cases": [case("a", -0.5)], "verdict": bench.verdict([case("a", -0.5)]),
               "machine": {"cpu": "cpu", "cores": 2, "torch_threads": 1, "gpu": None}}
     table = bench.markdown(record)
-    assert "| a | axial | 6.00 (25) | xdiffusion | 30.00 | 19.50 |" in table
-    assert "| eclare | capped: 1% of patches |" in table and "not met" in table and "a axial -0.50 dB" in table
+    assert "| a | axial | 6.00 (25) | learned | 30.00 | 19.50 |" in table and "| xdiffusion |" not in table
+    assert "| eclare | capped: 1% of patches |" in table and "- learned: not met" in table and "a axial -0.50 dB" in table

@@ -135,6 +135,8 @@ def run_upsample(args: argparse.Namespace) -> int:
     model_options = [flag for flag, value in (("--model", args.model), ("--modality", args.modality), ("--preset", args.preset),
                                               ("--views", args.views), ("--steps", args.steps), ("--strength", args.strength),
                                               ("--prior", args.prior)) if value is not None]
+    if args.method == "learned":
+        model_options = [flag for flag in model_options if flag != "--model"]  # --model: a through-plane network folder
     if args.method != "xdiffusion" and model_options:
         raise InputError(f"{', '.join(model_options)}: model options apply to --method xdiffusion, not to --method {args.method}")
     if args.prior == "none" and args.strength is not None and args.strength < 1.0:
@@ -147,6 +149,12 @@ def run_upsample(args: argparse.Namespace) -> int:
     grid = isotropic_grid(stack, args.output_spacing)  # refuses a bad spacing before the model loads
     reporter = ProgressReporter(None if args.quiet else args.progress)
     pipeline, sampling, modality, model_dir = None, {}, args.modality, None
+    if args.method == "learned":
+        from .compute import choose_device
+        from .upsample.through_plane import PACKAGED_WEIGHTS, load_through_plane_net
+
+        model_dir = Path(args.model) if args.model else PACKAGED_WEIGHTS
+        sampling["through_plane_net"] = load_through_plane_net(model_dir, str(choose_device(args.device)[0]))
     if args.method == "xdiffusion":
         pipeline, sampling, modality, model_dir = _load_model(args)
         if sampling.pop("prior", None) == "none":  # the B-spline upsampling is the prior, unless none is asked for
@@ -284,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("input", help="3D volume of thick slices (NIfTI/NRRD/MHA/DICOM folder): its largest spacing is the slab thickness")
     up.add_argument("-o", "--output", required=True, help="output volume (.nii.gz, .nii, .nrrd, .mha), on a new isotropic grid")
     up.add_argument("--output-spacing", type=_finite, default=None, metavar="MM", help="isotropic voxel size (default: the finer in-plane spacing)")
-    up.add_argument("--method", choices=("bspline", "linear", "xdiffusion"), default="bspline",
-                    help="bspline (default, best measured), linear, or xdiffusion (experimental with today's model: docs/upsample.md)")
+    up.add_argument("--method", choices=("bspline", "linear", "learned", "xdiffusion"), default="bspline",
+                    help="bspline (default), linear, learned (B-spline + a through-plane network), or xdiffusion "
+                         "(experimental with today's cube model); measured in docs/upsample.md")
     up.add_argument("--no-slab-projection", action="store_true",
                     help="skip the final projection that makes each slab's mean equal its input slice (for measurement)")
     up.add_argument("--modality", default=None, help="xdiffusion: the input's contrast (default: the model card's)")
@@ -298,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="xdiffusion: bspline (the B-spline upsampling, noised to --strength) or none (pure noise, strength 1)")
     up.add_argument("--seed", type=_seed, default=0)
     up.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    up.add_argument("--model", default=None, metavar="DIR")
+    up.add_argument("--model", default=None, metavar="DIR",
+                    help="xdiffusion: a model folder; learned: a through-plane network folder (default: the packaged one)")
     up.add_argument("--quiet", action="store_true")
     up.add_argument("--progress", choices=("text", "json"), default="text")
     up.set_defaults(func=run_upsample)

@@ -3,6 +3,8 @@
 - `stack`: what a thick-slice stack is (`thick_stack`, with the refusals) and the output grid (`isotropic_grid`).
 - `slabs`: the slab model (a thick slice is its slab's mean), the slab-consistency projection, and slab averaging.
 - `resampling`: `linear` and `bspline` (SimpleITK, slab centres as samples).
+- `through_plane`: `learned`, the B-spline plus a 2D network's correction along the slice axis at the output's own
+  resolution (`through_plane_training` trains it).
 - `diffusion`: `xdiffusion` with today's cube model (experimental; docs/upsample.md has its measured numbers).
 
 `upsample` runs a method onto the grid and ends with the slab projection; `write_upsampling` writes the volume and its
@@ -23,18 +25,20 @@ from .. import __version__
 from ..errors import InputError, ModelError
 from ..io import GENERATED_DESCRIPTION, Geometry, Volume, write_volumes
 from .resampling import resample
-from .slabs import project_onto_slabs, slab_consistency_error, slab_weights
+from .slabs import project_onto_slabs, slab_consistency_error, slab_positions, slab_weights
 from .stack import ThickStack, isotropic_grid, slab_grid, thick_stack
 
 if TYPE_CHECKING:
     from ..pipeline import ProgressCallback, XDiffusionPipeline
+    from .through_plane import ThroughPlaneNet
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "Upsampling", "ThickStack", "thick_stack", "isotropic_grid", "upsample",
            "write_upsampling"]
 
-METHODS = ("bspline", "linear", "xdiffusion")
+METHODS = ("bspline", "linear", "learned", "xdiffusion")
 DEFAULT_METHOD = "bspline"  # the best measured method that works today (docs/upsample.md, benchmarks/upsample_benchmark.py)
-HEADER_LABELS = {"bspline": "B-spline upsample", "linear": "linear upsample", "xdiffusion": "diffusion upsample"}
+HEADER_LABELS = {"bspline": "B-spline upsample", "linear": "linear upsample", "learned": "learned upsample",
+                 "xdiffusion": "diffusion upsample"}
 SAMPLING_RECORD = ("views", "steps", "guidance", "solver", "strength", "samples", "coherent", "seed")
 
 
@@ -72,11 +76,13 @@ def _slabs_on(stack: ThickStack, grid: Geometry) -> np.ndarray:
 
 def upsample(stack: ThickStack, method: str = DEFAULT_METHOD, spacing_mm: Optional[float] = None, slab_projection: bool = True,
              pipeline: Optional[XDiffusionPipeline] = None, modality: Optional[str] = None,
-             progress: Optional[ProgressCallback] = None, grid: Optional[Geometry] = None, **sampling: Any) -> Upsampling:
+             progress: Optional[ProgressCallback] = None, grid: Optional[Geometry] = None,
+             through_plane_net: Optional[ThroughPlaneNet] = None, **sampling: Any) -> Upsampling:
     """``stack`` on the isotropic grid (``spacing_mm``, default the in-plane spacing; or an explicit ``grid`` with the
     input's direction, as the benchmark uses to land on the truth's grid) by ``method``, then projected onto the slabs
-    unless ``slab_projection`` is False. ``sampling`` (views, steps, guidance, solver, strength, samples, coherent,
-    seed) goes to the model for ``xdiffusion``; the B-spline upsampling is its prior (used when strength < 1)."""
+    unless ``slab_projection`` is False. ``learned`` uses ``through_plane_net`` (default: the packaged weights).
+    ``sampling`` (views, steps, guidance, solver, strength, samples, coherent, seed) goes to the model for
+    ``xdiffusion``; the B-spline upsampling is its prior (used when strength < 1)."""
     if method not in METHODS:
         raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     grid = grid if grid is not None else isotropic_grid(stack, spacing_mm)
@@ -100,6 +106,18 @@ def upsample(stack: ThickStack, method: str = DEFAULT_METHOD, spacing_mm: Option
         used = {key: sampling.get(key) for key in SAMPLING_RECORD}
         used.update(prior="bspline" if sampling.get("strength", 1.0) < 1.0 else None, modality=modality, **windows)
         card = pipeline.model_card
+    elif method == "learned":
+        from .through_plane import load_through_plane_net, refine, weights_sha256
+
+        net = through_plane_net if through_plane_net is not None else load_through_plane_net()
+        prior = project_onto_slabs(resample(stack.volume, grid, "bspline"), slabs, weights, stack.axis)
+        step = float(grid.spacing[stack.axis])
+        report = (lambda share: progress(share, "through-plane network")) if progress is not None else None
+        array = refine(prior, stack.axis, slab_positions(grid, slab_grid(stack, grid), stack.axis),
+                       stack.thickness_mm / step, net, report)
+        digest = weights_sha256(net)
+        used = {"network": type(net).__name__, "features": list(net.config.features)}
+        card = {"id": f"{type(net).__name__} {digest[:12]}", "sha256": {"parameters_float16": digest}}
     else:
         array = resample(stack.volume, grid, method)
     if slab_projection:

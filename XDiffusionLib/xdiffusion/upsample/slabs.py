@@ -1,5 +1,6 @@
 """The slab model: a thick slice is the mean of the fine volume over its slab, not a sample at the slab's centre.
 
+- `slab_positions`: where each output slice lies in the slabs (slab-index units).
 - `slab_weights`: how much of each output slice lies in each slab (rows sum to 1: a slab's mean over the output).
 - `slab_means`: an output averaged over each slab (the forward model, on the output's in-plane grid).
 - `project_onto_slabs`: the slab-consistency projection every method ends with (unless turned off): for each slab,
@@ -17,17 +18,22 @@ import numpy as np
 from ..io import Geometry, Volume
 
 
+def slab_positions(output: Geometry, slabs: Geometry, axis: int) -> np.ndarray:
+    """Each output slice's centre along ``axis`` in slab-index units (slab ``i`` spans [i - 1/2, i + 1/2]): where in
+    its slab an output slice lies, which the learned method is told."""
+    step = np.zeros(3)
+    step[axis] = 1.0
+    first = slabs.physical_to_index(output.index_to_physical(np.zeros(3)))[axis]
+    stride = slabs.physical_to_index(output.index_to_physical(step))[axis] - first
+    return first + stride * np.arange(output.shape[axis])
+
+
 def slab_weights(output: Geometry, slabs: Geometry, axis: int) -> np.ndarray:
     """(N slabs, M output slices): the fraction of slab ``i`` covered by output slice ``j``, each row normalised to sum
     to 1 (an end slab the output covers only partly is averaged over the part it covers). Both grids share their
     direction; ``slabs`` is the input's slabs (`stack.slab_grid`)."""
-    step = np.zeros(3)
-    step[axis] = 1.0
-    # output slice centres in slab-index units along the axis: slab i spans [i - 1/2, i + 1/2]
-    first = slabs.physical_to_index(output.index_to_physical(np.zeros(3)))[axis]
-    stride = slabs.physical_to_index(output.index_to_physical(step))[axis] - first
-    half = abs(stride) / 2.0
-    centres = first + stride * np.arange(output.shape[axis])
+    centres = slab_positions(output, slabs, axis)
+    half = float(output.spacing[axis] / slabs.spacing[axis]) / 2.0  # the grids share their direction
     lower, upper = centres - half, centres + half
     slab_lower = np.arange(slabs.shape[axis])[:, None] - 0.5
     overlap = np.clip(np.minimum(upper[None, :], slab_lower + 1.0) - np.maximum(lower[None, :], slab_lower), 0.0, None)
