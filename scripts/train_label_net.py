@@ -4,6 +4,8 @@ The weights are float32 (2 MB): small enough to commit as they are. Lesion volum
 same subjects drawn with another seed (the held-out brains are never seen). Weights go to
 `<train.output_dir>/label_net` (best validation Dice WT) and `label_net_last` (resume point), the log to
 `label_metrics.csv`. `--minutes` stops it at a wall-clock budget; rerunning continues from the last weights.
+`--init DIR` starts a fresh run from other weights (a `TumourLabelNet` folder) instead of random ones; a run with a
+resume point continues from that and ignores it.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=None,
                         help="where the weights and log go (default: train.output_dir; the campaign commits campaign/NAME)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="a TumourLabelNet folder to start a fresh run from (e.g. campaign/detail/label_net)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:
@@ -40,6 +44,10 @@ def main() -> int:
         subjects, _ = split_subjects(data)
         output = args.output or Path(resolved["train"]["output_dir"])
         net, start = resume_point(output)
+        if net is None and args.init is not None:
+            if not (args.init / "config.json").is_file():
+                raise InputError(f"--init {args.init}: no TumourLabelNet there (config.json missing)")
+            net = TumourLabelNet.from_pretrained(args.init, use_safetensors=True)
         train_volumes = build_lesion_volumes(subjects, args.variants, seed=data.seed, progress=print)
         validation_volumes = build_lesion_volumes(subjects, args.validation_variants, seed=data.seed + 1000)
         step = train_label_net(net or TumourLabelNet(), train_volumes, validation_volumes, output, args.steps,
