@@ -144,7 +144,8 @@ def psnr_gain(net: ThroughPlaneNet, pairs: Sequence[tuple[torch.Tensor, torch.Te
 def train_through_plane(net: ThroughPlaneNet, volumes: Sequence[FineVolume], output_dir: Path, steps: int,
                         batch_size: int = 8, lr: float = 1e-3, validate_every: int = 200, max_minutes: Optional[float] = None,
                         start_step: int = 0, seed: int = 0, progress: Optional[Callable[[str], None]] = None) -> int:
-    """L1 on the correction, AdamW with a cosine schedule; the best-validating weights go to
+    """Squared error on the correction (its minimiser is the conditional mean; under L1 it was the median, which for
+    detail of unpredictable sign is zero: 1,200 steps stayed at the B-spline's PSNR), AdamW with a cosine schedule; the best-validating weights go to
     ``output_dir/through_plane`` (diffusers layout), the last to ``through_plane_last``, every validation to
     ``output_dir/through_plane_metrics.csv``. Returns the step reached (``max_minutes`` may stop it early)."""
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -162,7 +163,7 @@ def train_through_plane(net: ThroughPlaneNet, volumes: Sequence[FineVolume], out
     while step < steps:
         net.train()
         inputs, target = next(loader)
-        loss = torch.nn.functional.l1_loss(net(inputs), target)
+        loss = torch.nn.functional.mse_loss(net(inputs), target)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
