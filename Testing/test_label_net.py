@@ -138,18 +138,18 @@ def test_validation_logs_the_guess_beside_the_net():
 
 
 def test_the_log_stays_readable_when_columns_are_added(tmp_path):
-    from xdiffusion.model.label_training import _append, _best_logged
+    from xdiffusion.side_training_log import append_row, best_logged
 
     log = tmp_path / "label_metrics.csv"
     log.write_text("step,loss,dice_wt,dice_tc,dice_et\n250,1.0,0.3,0.1,0.1\n500,0.9,0.55,0.5,0.2\n")
-    _append(log, {"step": 750, "loss": 0.8, "dice_wt": 0.5, "dice_tc": 0.6, "dice_et": 0.3, "dice_wt_given": 0.6,
+    append_row(log, {"step": 750, "loss": 0.8, "dice_wt": 0.5, "dice_tc": 0.6, "dice_et": 0.3, "dice_wt_given": 0.6,
                   "guess_dice_wt": 0.7})
-    _append(log, {"step": 1000, "loss": 0.7, "dice_wt": 0.6, "dice_tc": 0.6, "dice_et": 0.3, "dice_wt_given": 0.65,
+    append_row(log, {"step": 1000, "loss": 0.7, "dice_wt": 0.6, "dice_tc": 0.6, "dice_et": 0.3, "dice_wt_given": 0.65,
                   "guess_dice_wt": 0.7})
     rows = list(csv.DictReader(log.open()))
     assert [row["step"] for row in rows] == ["250", "500", "750", "1000"]
     assert rows[0]["guess_dice_wt"] == "" and rows[3]["guess_dice_wt"] == "0.7" and None not in rows[3]
-    assert _best_logged(log) == 0.6
+    assert best_logged(log, "dice_wt", -1.0) == 0.6
 
 
 def test_dice_scores_skip_absent_regions():

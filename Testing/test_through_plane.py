@@ -18,7 +18,7 @@ from xdiffusion.upsample import isotropic_grid, thick_stack, upsample
 from xdiffusion.upsample.slabs import slab_average, slab_consistency_error, slab_positions, slab_weights
 from xdiffusion.upsample.stack import slab_grid
 from xdiffusion.upsample.through_plane import (PACKAGED_WEIGHTS, ThroughPlaneNet, intensity_scale, load_through_plane_net,
-                                               refine, row_offsets)
+                                               refine, row_offsets, weights_sha256)
 from xdiffusion.upsample.through_plane_training import (FineVolume, PlanePairs, resume_point, thick_plane,
                                                         train_through_plane, training_pair)
 
@@ -128,7 +128,8 @@ def test_bad_learned_options_are_one_error_line(tmp_path, capsys, extra, message
     assert not (tmp_path / "out.nii.gz").exists()
 
 
-@pytest.mark.skipif(not (PACKAGED_WEIGHTS / "config.json").is_file(), reason="no packaged through-plane weights")
-def test_the_packaged_network_loads():
+def test_the_packaged_network_is_trained_and_matches_its_readme():
     net = load_through_plane_net()
     assert isinstance(net, ThroughPlaneNet) and next(net.parameters()).dtype == torch.float32
+    assert weights_sha256(net) in (PACKAGED_WEIGHTS / "README.md").read_text(encoding="utf-8")
+    assert float(net.network.final_conv.weight.detach().abs().max()) > 0  # a fresh network's last layer is all zeros

@@ -36,7 +36,7 @@ from typing import Optional
 
 import numpy as np
 
-from common import ROOT, machine, model_dir, write_results
+from common import RESULTS, ROOT, machine, model_dir, write_results
 from xdiffusion.evaluate import METRIC_KEYS, evaluate_volumes
 from xdiffusion.geometry import plane_axis
 from xdiffusion.io import Geometry, Volume, read_volume, write_volume
@@ -52,6 +52,7 @@ PLANES = ("axial", "coronal")
 THICKNESSES = (3, 5, 6, 7)
 WORK = ROOT / "out" / "upsample_benchmark"
 DOCS = ROOT / "docs" / "upsample.md"
+RESULTS_FILE = RESULTS / "upsample.json"
 MARKERS = ("<!-- upsample-benchmark:start -->", "<!-- upsample-benchmark:end -->")
 DEFAULT_ECLARE_PYTHON = Path.home() / ".cache" / "xdiffusion-eclare-venv" / "bin" / "python"
 METHODS = ("linear", "bspline", "bspline, no projection", "learned", "xdiffusion", "eclare")
@@ -119,9 +120,12 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def run_eclare(case: Case, folder: Path, python: Path, cap_s: float) -> dict:
+def run_eclare(case: Case, folder: Path, python: Path, cap_s: float, earlier: Optional[dict] = None,
+               earlier_when: Optional[str] = None) -> dict:
     """ECLARE (`run-eclare`, CPU) on the thick stack written as NIfTI, killed at ``cap_s``: its time, the cap, or its
-    own error. The output is resampled (linear) from ECLARE's grid onto the truth's."""
+    own error. The output is resampled (linear) from ECLARE's grid onto the truth's. Where ECLARE is not installed
+    (a fresh machine), the result ``earlier`` results/upsample.json recorded for the same stack is kept, marked with
+    when it was measured, rather than lost (its 30-minute run is not repeated for every table)."""
     thick = folder / "thick.nii.gz"
     if not thick.is_file():
         write_volume(case.stack.volume, thick)
@@ -131,6 +135,8 @@ def run_eclare(case: Case, folder: Path, python: Path, cap_s: float) -> dict:
         record = json.loads(record_path.read_text())["run"]
     else:
         if not Path(python).is_file():
+            if earlier is not None and earlier.get("status") in ("done", "capped", "error"):
+                return {**earlier, "carried_from": earlier.get("carried_from", earlier_when)}
             return {"status": "not installed", "detail": f"{python} missing (pip install eclare into a separate venv: "
                                                          "it pins scipy==1.11.4, hence numpy<2)"}
         out_dir = folder / "eclare"
@@ -209,10 +215,20 @@ def run_case(case: Case, args, pipeline, sampling: dict) -> dict:
     else:
         rows["xdiffusion"] = {"status": "not run", "detail": "only at --xdiffusion-thickness (CPU cost)"}
     if f"{case.subject}:{case.plane}:{case.thickness}" in args.eclare_case:
-        rows["eclare"] = run_eclare(case, folder, Path(args.eclare_python), args.eclare_cap_s)
+        rows["eclare"] = run_eclare(case, folder, Path(args.eclare_python), args.eclare_cap_s,
+                                    earlier_row(args.earlier, case, "eclare"), args.earlier.get("when"))
     else:
         rows["eclare"] = {"status": "not run", "detail": "one configuration per session (--eclare-case)"}
     return rows
+
+
+def earlier_row(earlier: dict, case: Case, method: str) -> Optional[dict]:
+    """``method``'s row for the same simulated stack in an earlier results/upsample.json, if it has one."""
+    for recorded in earlier.get("cases", []):
+        if {key: recorded.get(key) for key in ("subject", "plane", "thickness_nominal_mm", "slabs")} == \
+                {"subject": case.subject, "plane": case.plane, "thickness_nominal_mm": case.thickness, "slabs": case.stack.count}:
+            return recorded["methods"].get(method)
+    return None
 
 
 def slab_psnr_db(row: dict) -> float:
@@ -265,6 +281,8 @@ def markdown(record: dict) -> str:
                 if status == "not run":
                     continue
                 detail = str(row.get("detail", "")).replace("|", "/")
+                if row.get("carried_from"):
+                    detail += f" (recorded by the run of {row['carried_from']}; not installed on the machine of this one)"
                 lines.append(head + f"| {status}: {detail} | | | | | {_cell(row, 'seconds', 0)} |")
                 continue
             lines.append(head + f"| {_cell(row, 'psnr')} | {_cell(row, 'psnr_brain')} | {_cell(row, 'ssim', 3)} | "
@@ -301,6 +319,8 @@ def main() -> None:
     from xdiffusion.data.loaders import load_source_subject
 
     started = time.perf_counter()
+    previous = RESULTS_FILE
+    args.earlier = json.loads(previous.read_text()) if previous.is_file() else {}
     pipeline, sampling = None, {}
     args.model_dir = model_dir(args.model)
     args.learned_net, args.learned_id = None, None

@@ -17,7 +17,6 @@ the ellipsoid guess), and a share of the targets lie anywhere along the axis, as
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from ..errors import InputError
 from ..evaluate import dice
 from ..label_baselines import ellipsoid_sections
 from ..model_space import IntensityScale
+from ..side_training_log import append_row, best_logged, resume_from
 from .label_net import GIVEN_CHANNEL, GUESS_CHANNELS, TumourLabelNet, label_net_inputs
 
 SEGMENT_SHARE = 0.25  # samples that segment the input slice (no labels given)
@@ -303,7 +303,7 @@ def train_label_net(net: TumourLabelNet, train_volumes: Sequence[LesionVolume], 
     validation = [LabelPairs(validation_volumes, seed + 1, side=side)[i] for i in range(64)]
     output_dir.mkdir(parents=True, exist_ok=True)
     log = output_dir / "label_metrics.csv"
-    best = _best_logged(log)
+    best = best_logged(log, "dice_wt", -1.0)
     started = time.monotonic()
     step = start_step
     while step < steps:
@@ -321,7 +321,7 @@ def train_label_net(net: TumourLabelNet, train_volumes: Sequence[LesionVolume], 
             scores = evaluate_label_net(net, validation)
             row = {"step": step, "loss": loss.item(), "dice_wt": scores["wt"], "dice_tc": scores["tc"], "dice_et": scores["et"],
                    "dice_wt_given": scores["wt_given"], "guess_dice_wt": scores["guess_wt"]}
-            _append(log, row)
+            append_row(log, row)
             if progress is not None:
                 progress(f"label net step {step}: loss {loss.item():.3f}, Dice WT {scores['wt']}, with labels given "
                          f"{scores['wt_given']} (ellipsoid guess {scores['guess_wt']})")
@@ -350,41 +350,4 @@ def evaluate_label_net(net: TumourLabelNet, pairs: Sequence[tuple[torch.Tensor, 
 
 def resume_point(output_dir: Path) -> tuple[TumourLabelNet | None, int]:
     """The last saved weights and the step they were saved at, or (None, 0) for a fresh run."""
-    log, weights = output_dir / "label_metrics.csv", output_dir / LAST_WEIGHTS
-    if not (log.is_file() and (weights / "config.json").is_file()):
-        return None, 0
-    steps = [int(value) for value in _logged(log, "step") if value is not None]
-    return TumourLabelNet.from_pretrained(weights, use_safetensors=True), max(steps, default=0)
-
-
-def _best_logged(log: Path) -> float:
-    return max((value for value in _logged(log, "dice_wt") if value is not None), default=-1.0)
-
-
-def _logged(log: Path, column: str) -> list[Optional[float]]:
-    """One column of the log as numbers, None where a row lacks it (a log begun before the column existed)."""
-    if not log.is_file():
-        return []
-    with log.open(newline="") as handle:
-        cells = [row.get(column) for row in csv.DictReader(handle)]
-    return [float(cell) if cell not in (None, "", "None") else None for cell in cells]
-
-
-def _append(log: Path, row: dict) -> None:
-    """Append one row; a log with other columns is rewritten under their union first, so every row stays readable."""
-    rows: list[dict] = []
-    columns = list(row)
-    if log.is_file():
-        with log.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            rows = list(reader)
-            old = list(reader.fieldnames or [])
-        columns = old + [name for name in row if name not in old]
-        if columns == old:
-            with log.open("a", newline="") as handle:
-                csv.DictWriter(handle, fieldnames=columns).writerow(row)
-            return
-    with log.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows([*rows, row])
+    return resume_from(output_dir / "label_metrics.csv", output_dir / LAST_WEIGHTS, TumourLabelNet)

@@ -10,7 +10,6 @@ Only the training split is read (`data.source`); the held-out subjects are never
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 from ..data.loaders import Subject
 from ..errors import InputError
+from ..side_training_log import append_row, best_logged, resume_from
 from .through_plane import ThroughPlaneNet, intensity_scale, plane_inputs
 
 SLAB_VOXELS = (2, 8)  # slab thickness in fine voxels (2-8 mm on 1 mm scans: the clinical thick-slice range)
@@ -158,7 +158,7 @@ def train_through_plane(net: ThroughPlaneNet, volumes: Sequence[FineVolume], out
     validation = [PlanePairs(volumes, seed + 1)[i] for i in range(VALIDATION_PLANES)]
     output_dir.mkdir(parents=True, exist_ok=True)
     log = output_dir / "through_plane_metrics.csv"
-    best = _best_logged(log)
+    best = best_logged(log, "val_psnr_gain_db", -np.inf)
     started, step, losses = time.monotonic(), start_step, []
     while step < steps:
         net.train()
@@ -174,7 +174,7 @@ def train_through_plane(net: ThroughPlaneNet, volumes: Sequence[FineVolume], out
         out_of_time = max_minutes is not None and time.monotonic() - started > 60 * max_minutes
         if step % validate_every == 0 or step == steps or out_of_time:
             gain = psnr_gain(net, validation)
-            _append(log, {"step": step, "loss": float(np.mean(losses)), "val_psnr_gain_db": gain,
+            append_row(log, {"step": step, "loss": float(np.mean(losses)), "val_psnr_gain_db": gain,
                           "seconds": round(time.monotonic() - started, 1)})
             losses = []
             if progress is not None:
@@ -190,25 +190,4 @@ def train_through_plane(net: ThroughPlaneNet, volumes: Sequence[FineVolume], out
 
 def resume_point(output_dir: Path) -> tuple[Optional[ThroughPlaneNet], int]:
     """The last saved weights and their step, or (None, 0) for a fresh run."""
-    log, weights = output_dir / "through_plane_metrics.csv", output_dir / LAST_WEIGHTS
-    if not (log.is_file() and (weights / "config.json").is_file()):
-        return None, 0
-    with log.open() as handle:
-        steps = [int(row["step"]) for row in csv.DictReader(handle)]
-    return ThroughPlaneNet.from_pretrained(weights, use_safetensors=True), max(steps, default=0)
-
-
-def _best_logged(log: Path) -> float:
-    if not log.is_file():
-        return -np.inf
-    with log.open() as handle:
-        return max((float(row["val_psnr_gain_db"]) for row in csv.DictReader(handle)), default=-np.inf)
-
-
-def _append(log: Path, row: dict) -> None:
-    new = not log.is_file()
-    with log.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    return resume_from(output_dir / "through_plane_metrics.csv", output_dir / LAST_WEIGHTS, ThroughPlaneNet)
