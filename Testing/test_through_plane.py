@@ -17,8 +17,8 @@ from xdiffusion.io import GENERATED_DESCRIPTION, Geometry, Volume, read_volume, 
 from xdiffusion.upsample import isotropic_grid, thick_stack, upsample
 from xdiffusion.upsample.slabs import slab_average, slab_consistency_error, slab_positions, slab_weights
 from xdiffusion.upsample.stack import slab_grid
-from xdiffusion.upsample.through_plane import (PACKAGED_WEIGHTS, ThroughPlaneNet, intensity_scale, load_through_plane_net,
-                                               refine, row_offsets, weights_sha256)
+from xdiffusion.upsample.through_plane import (BACKGROUND_LEVEL, PACKAGED_WEIGHTS, ThroughPlaneNet, intensity_scale,
+                                               load_through_plane_net, refine, row_offsets, weights_sha256)
 from xdiffusion.upsample.through_plane_training import (FineVolume, PlanePairs, resume_point, thick_plane,
                                                         train_through_plane, training_pair)
 
@@ -57,9 +57,12 @@ def test_the_training_input_is_the_inference_input():
 
 def test_refine_adds_the_correction_over_both_families_of_planes_in_the_volume_units():
     prior = smooth_head((12, 10, 15), 2) * 300.0
+    prior[:, :, :2] = 0.0  # air around the head: the B-spline's background
     net = ConstantCorrection(0.1)
     out = refine(prior, 1, np.arange(10) / 3.0, 3.0, net, batch=4)
-    np.testing.assert_allclose(out, prior + 0.1 * intensity_scale(prior), rtol=1e-5)
+    background = np.abs(prior) < BACKGROUND_LEVEL * intensity_scale(prior)
+    assert background[:, :, :2].all() and not background.all()
+    np.testing.assert_allclose(out, np.where(background, prior, prior + 0.1 * intensity_scale(prior)), rtol=1e-5)
     # rows are always the slice axis (10 rows); one family stacks along axis 0 (12 planes of 10 x 15), one along 2
     assert {shape[2:] for shape in net.seen} == {(10, 15), (10, 12)}
     assert sum(shape[0] for shape in net.seen) == 12 + 15 and all(shape[1] == 3 for shape in net.seen)

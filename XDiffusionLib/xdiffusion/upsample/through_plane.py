@@ -28,6 +28,9 @@ INPUT_CHANNELS = 3  # the B-spline plane (volume-normalised), each row's offset 
 THICKNESS_SCALE = 8.0  # slab thickness in output voxels, divided by this: 2-8 voxel slabs map to 0.25-1
 PAD_MULTIPLE = 16  # BasicUNet halves the grid four times
 SCALE_PERCENTILE = 99.5  # a volume is divided by this percentile of its voxels: bright tissue near 1 in any units
+# Where the B-spline is already background (below this share of the scale) nothing is added: the network's faint
+# texture there only lowered SSIM (held-out SRI24 axial 5 mm: 0.952 with it, 0.979 without; B-spline 0.969).
+BACKGROUND_LEVEL = 0.01
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "through_plane_model"
 
 
@@ -108,7 +111,8 @@ def refine(prior: np.ndarray, axis: int, slab_positions: np.ndarray, thickness_v
            progress: Optional[Callable[[float], None]] = None, batch: int = 8) -> np.ndarray:
     """``prior`` (the slab-projected B-spline volume, slice axis ``axis``) plus the network's correction, averaged
     over the two families of planes containing the slice axis. ``slab_positions``: each output slice's centre in
-    slab-index units (`slabs.slab_positions`)."""
+    slab-index units (`slabs.slab_positions`). Voxels where the B-spline is background (`BACKGROUND_LEVEL`) are
+    left as they are."""
     scale = intensity_scale(prior)
     normalised = (prior / scale).astype(np.float32)
     offsets = row_offsets(np.asarray(slab_positions, dtype=np.float64))
@@ -123,4 +127,5 @@ def refine(prior: np.ndarray, axis: int, slab_positions: np.ndarray, thickness_v
             np.moveaxis(correction, (stacking, axis, columns), (0, 1, 2))[start:start + batch] += corrected
             if progress is not None:
                 progress((family + (start + len(chunk)) / planes.shape[0]) / 2.0)
+    correction[np.abs(normalised) < BACKGROUND_LEVEL] = 0.0
     return (prior + scale * correction / 2.0).astype(np.float32)
