@@ -125,7 +125,7 @@ def upsample(args) -> int:
     written.SetDirection(image.GetDirection())
     sitk.WriteImage(written, args.output)
     warnings = [env("WARNING")] if env("WARNING") else []
-    sidecar(Path(args.output), warnings, args.method or "bspline")
+    sidecar(Path(args.output), warnings, args.method or "learned")
     print(json.dumps({"progress": 1.0, "eta_s": 0, "stage": "done"}), file=sys.stderr, flush=True)
     return 0
 

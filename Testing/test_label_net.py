@@ -138,7 +138,7 @@ def test_validation_logs_the_guess_beside_the_net():
 
 
 def test_the_log_stays_readable_when_columns_are_added(tmp_path):
-    from xdiffusion.side_training_log import append_row, best_logged
+    from xdiffusion.side_training import append_row, best_logged
 
     log = tmp_path / "label_metrics.csv"
     log.write_text("step,loss,dice_wt,dice_tc,dice_et\n250,1.0,0.3,0.1,0.1\n500,0.9,0.55,0.5,0.2\n")

@@ -105,7 +105,7 @@ def test_an_upsampling_with_the_fake_cli_makes_a_generated_node_on_its_own_grid(
     output = run.outputs["image"]
     assert output.GetName() == "FLAIR 5 mm XDiffusion isotropic (generated)"
     assert output.GetAttribute(GENERATED_ATTRIBUTE) == "true" and GENERATED_NOTE in output.GetDescription()
-    assert output.GetAttribute("XDiffusion.Method") == "bspline" and run.warnings == ["a fallback"]
+    assert output.GetAttribute("XDiffusion.Method") == "learned" and run.warnings == ["a fallback"]
     assert grid.dimensions(output) == (20, 18, 30) and np.allclose(output.GetSpacing(), 1.0)
     assert not np.allclose(grid.ijk_to_ras(output), grid.ijk_to_ras(node))  # a new grid, not the input's
     np.testing.assert_allclose(ras_box(output), ras_box(node), atol=1e-5)
@@ -145,7 +145,7 @@ def test_a_real_upsampling_of_an_oblique_stack(scene, tmp_path):
     np.testing.assert_allclose(ras_box(output), ras_box(node), atol=1e-4)
     np.testing.assert_allclose(grid.ijk_to_ras(output)[:3, :3] / 1.2, grid.ijk_to_ras(node)[:3, :3] / [1.2, 1.2, 6.0], atol=1e-6)
     assert output.GetTransformNodeID() == transform.GetID()
-    assert output.GetAttribute("XDiffusion.Method") == "bspline" and "(generated)" in output.GetName()
+    assert output.GetAttribute("XDiffusion.Method") == "learned" and "(generated)" in output.GetName()
     fine = slicer.util.arrayFromVolume(output).astype(np.float64)  # (k, j, i): 5 slabs of 5 slices
     thick = slicer.util.arrayFromVolume(node).astype(np.float64)
     np.testing.assert_allclose(fine.reshape(5, 5, 14, 16).mean(axis=1), thick, atol=1e-3 * thick.max())

@@ -29,14 +29,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from common import RESULTS, ROOT, machine, model_dir, write_results
+from common import RESULTS, ROOT, model_dir, write_results
 from xdiffusion.evaluate import METRIC_KEYS, evaluate_volumes
 from xdiffusion.geometry import plane_axis
 from xdiffusion.io import Geometry, Volume, read_volume, write_volume

@@ -19,8 +19,7 @@ import torch
 from xdiffusion.errors import InputError
 from xdiffusion.model.label_net import TumourLabelNet
 from xdiffusion.model.label_training import build_lesion_volumes, resume_point, train_label_net
-from xdiffusion.model.training import resolve_config
-from xdiffusion.training_run import DataConfig, split_subjects
+from xdiffusion.side_training import campaign_setup
 
 
 def main() -> int:
@@ -39,19 +38,16 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:
-        resolved = resolve_config(args.config)
-        data = DataConfig(**(resolved.get("data") or {}))
-        subjects, _ = split_subjects(data)
-        output = args.output or Path(resolved["train"]["output_dir"])
+        seed, subjects, output = campaign_setup(args.config, args.output)
         net, start = resume_point(output)
         if net is None and args.init is not None:
             if not (args.init / "config.json").is_file():
                 raise InputError(f"--init {args.init}: no TumourLabelNet there (config.json missing)")
             net = TumourLabelNet.from_pretrained(args.init, use_safetensors=True)
-        train_volumes = build_lesion_volumes(subjects, args.variants, seed=data.seed, progress=print)
-        validation_volumes = build_lesion_volumes(subjects, args.validation_variants, seed=data.seed + 1000)
+        train_volumes = build_lesion_volumes(subjects, args.variants, seed=seed, progress=print)
+        validation_volumes = build_lesion_volumes(subjects, args.validation_variants, seed=seed + 1000)
         step = train_label_net(net or TumourLabelNet(), train_volumes, validation_volumes, output, args.steps,
-                               batch_size=args.batch_size, max_minutes=args.minutes, start_step=start, seed=data.seed, progress=print)
+                               batch_size=args.batch_size, max_minutes=args.minutes, start_step=start, seed=seed, progress=print)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

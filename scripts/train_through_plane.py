@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 
 from xdiffusion.errors import InputError
-from xdiffusion.model.training import resolve_config
-from xdiffusion.training_run import DataConfig, split_subjects
+from xdiffusion.side_training import campaign_setup
 from xdiffusion.upsample.through_plane import ThroughPlaneNet
 from xdiffusion.upsample.through_plane_training import fine_volumes, resume_point, train_through_plane
 
@@ -36,15 +35,12 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:
-        resolved = resolve_config(args.config)
-        data = DataConfig(**(resolved.get("data") or {}))
-        subjects, _ = split_subjects(data)
-        output = args.output or Path(resolved["train"]["output_dir"])
+        seed, subjects, output = campaign_setup(args.config, args.output)
         net, start = resume_point(output)
         volumes = fine_volumes(subjects)
         print(f"training scans: {', '.join(v.name for v in volumes)}")
         step = train_through_plane(net or ThroughPlaneNet(), volumes, output, args.steps, batch_size=args.batch_size,
-                                   lr=args.lr, max_minutes=args.minutes, start_step=start, seed=data.seed, progress=print)
+                                   lr=args.lr, max_minutes=args.minutes, start_step=start, seed=seed, progress=print)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

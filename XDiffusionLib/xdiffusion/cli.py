@@ -292,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("input", help="3D volume of thick slices (NIfTI/NRRD/MHA/DICOM folder): its largest spacing is the slab thickness")
     up.add_argument("-o", "--output", required=True, help="output volume (.nii.gz, .nii, .nrrd, .mha), on a new isotropic grid")
     up.add_argument("--output-spacing", type=_finite, default=None, metavar="MM", help="isotropic voxel size (default: the finer in-plane spacing)")
-    up.add_argument("--method", choices=("bspline", "linear", "learned", "xdiffusion"), default="bspline",
-                    help="bspline (default), linear, learned (B-spline + a through-plane network), or xdiffusion "
+    up.add_argument("--method", choices=("bspline", "linear", "learned", "xdiffusion"), default="learned",
+                    help="learned (default: B-spline + a through-plane network), bspline, linear, or xdiffusion "
                          "(experimental with today's cube model); measured in docs/upsample.md")
     up.add_argument("--no-slab-projection", action="store_true",
                     help="skip the final projection that makes each slab's mean equal its input slice (for measurement)")

@@ -34,7 +34,7 @@ from ..errors import InputError
 from ..evaluate import dice
 from ..label_baselines import ellipsoid_sections
 from ..model_space import IntensityScale
-from ..side_training_log import append_row, best_logged, resume_from
+from ..side_training import append_row, best_logged, optimiser_step, resume_from
 from .label_net import GIVEN_CHANNEL, GUESS_CHANNELS, TumourLabelNet, label_net_inputs
 
 SEGMENT_SHARE = 0.25  # samples that segment the input slice (no labels given)
@@ -309,21 +309,16 @@ def train_label_net(net: TumourLabelNet, train_volumes: Sequence[LesionVolume], 
     while step < steps:
         net.train()
         inputs, target = next(loader)
-        loss = loss_function(net(inputs), target[:, None])
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimiser.step()
-        schedule.step()
+        loss = optimiser_step(net, loss_function(net(inputs), target[:, None]), optimiser, schedule)
         step += 1
         out_of_time = max_minutes is not None and time.monotonic() - started > 60 * max_minutes
         if step % validate_every == 0 or step == steps or out_of_time:
             scores = evaluate_label_net(net, validation)
-            row = {"step": step, "loss": loss.item(), "dice_wt": scores["wt"], "dice_tc": scores["tc"], "dice_et": scores["et"],
+            row = {"step": step, "loss": loss, "dice_wt": scores["wt"], "dice_tc": scores["tc"], "dice_et": scores["et"],
                    "dice_wt_given": scores["wt_given"], "guess_dice_wt": scores["guess_wt"]}
             append_row(log, row)
             if progress is not None:
-                progress(f"label net step {step}: loss {loss.item():.3f}, Dice WT {scores['wt']}, with labels given "
+                progress(f"label net step {step}: loss {loss:.3f}, Dice WT {scores['wt']}, with labels given "
                          f"{scores['wt_given']} (ellipsoid guess {scores['guess_wt']})")
             if scores["wt"] is not None and scores["wt"] > best:
                 best = scores["wt"]

@@ -21,7 +21,7 @@ import torch
 
 from ..data.loaders import Subject
 from ..errors import InputError
-from ..side_training_log import append_row, best_logged, resume_from
+from ..side_training import append_row, best_logged, optimiser_step, resume_from
 from .through_plane import ThroughPlaneNet, intensity_scale, plane_inputs
 
 SLAB_VOXELS = (2, 8)  # slab thickness in fine voxels (2-8 mm on 1 mm scans: the clinical thick-slice range)
@@ -163,14 +163,8 @@ def train_through_plane(net: ThroughPlaneNet, volumes: Sequence[FineVolume], out
     while step < steps:
         net.train()
         inputs, target = next(loader)
-        loss = torch.nn.functional.mse_loss(net(inputs), target)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimiser.step()
-        schedule.step()
+        losses.append(optimiser_step(net, torch.nn.functional.mse_loss(net(inputs), target), optimiser, schedule))
         step += 1
-        losses.append(loss.item())
         out_of_time = max_minutes is not None and time.monotonic() - started > 60 * max_minutes
         if step % validate_every == 0 or step == steps or out_of_time:
             gain = psnr_gain(net, validation)

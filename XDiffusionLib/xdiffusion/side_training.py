@@ -1,4 +1,5 @@
-"""The validation log and resume point shared by the small side networks' trainings (label net, through-plane net).
+"""What the small side networks' trainings (label net, through-plane net) share: their set-up from a campaign
+config, the optimiser step, the validation log and the resume point.
 
 Each run appends one CSV row per validation, keeps its best weights in one folder and its last in another; a rerun
 continues from the last weights at the largest logged step. Columns may be added between runs, so a row is read by
@@ -11,9 +12,32 @@ import csv
 from pathlib import Path
 from typing import Optional, Type, TypeVar
 
+import torch
 from diffusers import ModelMixin
 
 Net = TypeVar("Net", bound=ModelMixin)
+
+
+def campaign_setup(config: str | Path, output: Optional[Path] = None) -> tuple[int, list, Path]:
+    """(seed, training subjects, output folder) of a campaign config: only its training split is ever read."""
+    from .model.training import resolve_config
+    from .training_run import DataConfig, split_subjects
+
+    resolved = resolve_config(config)
+    data = DataConfig(**(resolved.get("data") or {}))
+    subjects, _ = split_subjects(data)
+    return data.seed, subjects, output or Path(resolved["train"]["output_dir"])
+
+
+def optimiser_step(net: torch.nn.Module, loss: torch.Tensor, optimiser: torch.optim.Optimizer,
+                   schedule: torch.optim.lr_scheduler.LRScheduler) -> float:
+    """One update with the gradient norm clipped to 1 (a rare bad crop cannot throw the small net off); the loss."""
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    optimiser.step()
+    schedule.step()
+    return loss.item()
 
 
 def logged(log: Path, column: str) -> list[Optional[float]]:
