@@ -109,7 +109,7 @@ def test_an_upsampling_with_the_fake_cli_makes_a_generated_node_on_its_own_grid(
     assert grid.dimensions(output) == (20, 18, 30) and np.allclose(output.GetSpacing(), 1.0)
     assert not np.allclose(grid.ijk_to_ras(output), grid.ijk_to_ras(node))  # a new grid, not the input's
     np.testing.assert_allclose(ras_box(output), ras_box(node), atol=1e-5)
-    assert "upsampled by bspline to 1 mm isotropic" in run.status and not run.workdir.exists()
+    assert "upsampled by learned to 1 mm isotropic" in run.status and not run.workdir.exists()
     assert scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 2
 
 

@@ -15,6 +15,7 @@ from xdiffusion.cli import main
 from xdiffusion.errors import InputError
 from xdiffusion.io import GENERATED_DESCRIPTION, Geometry, Volume, read_image, read_volume, write_volume
 from xdiffusion.upsample import DEFAULT_METHOD, isotropic_grid, thick_stack, upsample
+from xdiffusion.upsample.through_plane import load_through_plane_net, weights_sha256
 from xdiffusion.upsample.diffusion import hat_weights, window_starts
 from xdiffusion.upsample.resampling import resample
 from xdiffusion.upsample.slabs import (project_onto_slabs, slab_average, slab_consistency_error, slab_means,
@@ -220,13 +221,14 @@ def test_the_command_writes_the_volume_and_its_sidecar_on_the_new_grid(tmp_path,
     output = tmp_path / "iso.nii.gz"
     assert main(["upsample", str(stack_path), "-o", str(output), "--output-spacing", "1.5"]) == 0
     err = capsys.readouterr().err
-    assert "wrote" in err and "upsampled by bspline" in err
+    assert "wrote" in err and "upsampled by learned" in err  # the default method
     result, source = read_volume(output), read_volume(stack_path)
     expected = isotropic_grid(thick_stack(source), 1.5)
     assert result.geometry.same_as(expected, atol=1e-5) and result.array.dtype == np.float32
     np.testing.assert_allclose(box_corners(result.geometry), box_corners(source.geometry), atol=0.75 + 1e-5)
     record = json.loads((tmp_path / "iso.json").read_text())
-    assert record["GeneratedNotMeasured"] is True and record["Method"] == "bspline" and record["Model"] is None
+    assert record["GeneratedNotMeasured"] is True and record["Method"] == "learned"
+    assert record["Model"]["id"] == f"ThroughPlaneNet {weights_sha256(load_through_plane_net())[:12]}"  # the packaged net
     assert record["Input"]["slab_thickness_mm"] == 5.0 and record["Input"]["plane"] == "axial"
     assert record["Output"]["spacing_mm"] == [1.5, 1.5, 1.5] and record["SlabProjection"] is True
     assert record["SlabConsistencyRMS"] < 1e-2
@@ -267,7 +269,8 @@ def test_bad_input_is_one_error_line_and_exit_2(tmp_path, case, message, capsys)
         _write_4d(path, 2)
     else:
         write_volume(thick_volume(), path)
-        extra = ["--output-spacing", "5"] if case == "spacing" else ["--model", str(tmp_path), "--preset", "best"]
+        extra = (["--output-spacing", "5"] if case == "spacing"
+                 else ["--method", "bspline", "--model", str(tmp_path), "--preset", "best"])
     assert main(["upsample", str(path), "-o", str(tmp_path / "out.nii.gz"), *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
