@@ -217,6 +217,8 @@ def build(results: Path, docs: Path) -> Document:
                   caption="one case and one sampling seed per cell: no spread")
 
     gallery = plot_gallery(results, suite, images / "results_gallery.png")
+    if gallery is None and (images / "results_gallery.png").is_file():
+        gallery = images / "results_gallery.png"  # drawn from these runs' volumes, which are not committed (too large)
     if gallery is not None:
         doc.heading("Gallery")
         doc.image(gallery, "Reference and every method side by side (tumour overlays where a method segments), with absolute error maps.")
@@ -227,9 +229,41 @@ def build(results: Path, docs: Path) -> Document:
                  "sharpness, brain PSNR, the blurred-atlas baseline and paired differences with bootstrap intervals: "
                  "`docs/results_individuals.md` (made by `benchmarks/held_out_individuals.py`).")
 
+    upsampling = results.parent / "upsample.json"
+    if upsampling.is_file():
+        _upsample_section(doc, json.loads(upsampling.read_text(encoding="utf-8")), images)
+
     doc.heading("Which claims of the paper we reproduce")
     doc.bullets(_claims(records, suite.get("segments_tumours")))
     return doc
+
+
+def _upsample_section(doc: Document, record: dict, images: Path, thickness: int = 6) -> None:
+    """Issue 17's cases at the done-when's slab thickness, from results/upsample.json, with each subject's picture."""
+    doc.heading("Thick-slice stacks to isotropic volumes (`xdiffusion upsample`)")
+    doc.text(f"Thick stacks simulated from the held-out 1 mm subjects by slab averaging, at {thickness} mm, scored on the "
+             f"truth's own grid; measured {record['when']} on {record['machine']['cpu']} by `benchmarks/upsample_benchmark.py`. "
+             "Every thickness (3, 5, 6, 7 mm), the methods and ECLARE's set-up: `docs/upsample.md`.")
+    rows = []
+    for case in record["cases"]:
+        if case["thickness_nominal_mm"] != thickness:
+            continue
+        for method, row in case["methods"].items():
+            where = [case["subject"], case["plane"], f"{case['slab_thickness_mm']:.2f}", method]
+            if "psnr" in row:
+                rows.append(where + [f"{row[key]:.{digits}f}" if row.get(key) is not None else "–" for key, digits in
+                                     (("psnr", 2), ("psnr_brain", 2), ("ssim", 3), ("sharpness", 3), ("slab_rms_pct", 4), ("seconds", 1))])
+            elif row.get("status", "not run") != "not run":
+                rows.append(where + [str(row["status"]), "", "", "", "", f"{row.get('seconds') or 0:.0f}"])
+    doc.table(["subject", "plane", "slab mm", "method", "PSNR dB", "brain PSNR dB", "SSIM", "sharpness", "slab RMS %", "s"], rows,
+              caption="one stack per row and method: no spread")
+    verdict = record.get("verdict", {})
+    doc.bullets([f"Done-when for `{method}` ({verdict['criterion']}): " + ("met" if verdict["met"][method] else "not met") + "; "
+                 + ", ".join(f"{name} {checks['gain_db']:+.2f} dB" for name, checks in cases.items())
+                 for method, cases in verdict.get("cases", {}).items()])
+    for picture in sorted(images.glob("upsample_*.png")):
+        doc.image(picture, f"{picture.stem.removeprefix('upsample_')}: the {thickness} mm stacks seen across the slabs, "
+                           "every method beside the 1 mm truth (`benchmarks/upsample_figures.py`; rendered volumes, not screenshots).")
 
 
 def main(argv: Optional[list[str]] = None) -> None:
