@@ -200,7 +200,8 @@ def run_case(case: Case, args, pipeline, sampling: dict) -> dict:
             result = upsample(case.stack, "learned", grid=case.truth.geometry, through_plane_net=args.learned_net)
             return {**score(case, result.image, time.perf_counter() - started), "network": result.model_card["id"]}
 
-        rows["learned"] = cached(folder / "learned.json", {**CACHE_VERSION, "network": args.learned_id, "background_level": BACKGROUND_LEVEL}, compute_learned)
+        key = {**CACHE_VERSION, "network": args.learned_id, "background_level": BACKGROUND_LEVEL}
+        rows["learned"] = cached(folder / "learned.json", key, compute_learned)
     else:
         rows["learned"] = {"status": "not run", "detail": "no network, or not at --learned-thickness"}
     if pipeline is not None and case.thickness in args.xdiffusion_thickness:
@@ -223,9 +224,9 @@ def run_case(case: Case, args, pipeline, sampling: dict) -> dict:
 
 def earlier_row(earlier: dict, case: Case, method: str) -> Optional[dict]:
     """``method``'s row for the same simulated stack in an earlier results/upsample.json, if it has one."""
+    wanted = (case.subject, case.plane, case.thickness, case.stack.count)
     for recorded in earlier.get("cases", []):
-        if {key: recorded.get(key) for key in ("subject", "plane", "thickness_nominal_mm", "slabs")} == \
-                {"subject": case.subject, "plane": case.plane, "thickness_nominal_mm": case.thickness, "slabs": case.stack.count}:
+        if (recorded["subject"], recorded["plane"], recorded["thickness_nominal_mm"], recorded["slabs"]) == wanted:
             return recorded["methods"].get(method)
     return None
 
@@ -318,8 +319,7 @@ def main() -> None:
     from xdiffusion.data.loaders import load_source_subject
 
     started = time.perf_counter()
-    previous = RESULTS_FILE
-    args.earlier = json.loads(previous.read_text()) if previous.is_file() else {}
+    args.earlier = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.is_file() else {}
     pipeline, sampling = None, {}
     args.model_dir = model_dir(args.model)
     args.learned_net, args.learned_id = None, None
