@@ -18,9 +18,10 @@ from xdiffusion.upsample import isotropic_grid, thick_stack, upsample
 from xdiffusion.upsample.slabs import slab_average, slab_consistency_error, slab_positions, slab_weights
 from xdiffusion.upsample.stack import slab_grid
 from xdiffusion.upsample.through_plane import (BACKGROUND_LEVEL, PACKAGED_WEIGHTS, ThroughPlaneNet, intensity_scale,
-                                               load_through_plane_net, refine, row_offsets, weights_sha256)
+                                               load_through_plane_net, neighbour_planes, refine, row_offsets,
+                                               weights_sha256)
 from xdiffusion.upsample.through_plane_training import (FineVolume, PlanePairs, resume_point, thick_plane,
-                                                        train_through_plane, training_pair)
+                                                        train_through_plane, training_pair, widened)
 
 TINY = (4, 4, 8, 8, 8, 4)
 
@@ -68,6 +69,39 @@ def test_refine_adds_the_correction_over_both_families_of_planes_in_the_volume_u
     assert sum(shape[0] for shape in net.seen) == 12 + 15 and all(shape[1] == 3 for shape in net.seen)
 
 
+def test_context_planes_are_the_family_neighbours_with_the_ends_repeated():
+    planes = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 2, 3), np.float32)
+    neighbours = neighbour_planes(planes, np.array([0, 3]), 2)
+    assert neighbours.shape == (2, 4, 2, 3)
+    np.testing.assert_array_equal(neighbours[:, :, 0, 0], [[0, 1, 0, 2], [2, 4, 1, 4]])  # -1, +1, -2, +2
+
+
+def test_a_widened_network_starts_as_the_one_it_came_from_and_reads_its_neighbours():
+    torch.manual_seed(0)
+    net = ThroughPlaneNet(features=TINY).eval()
+    torch.nn.init.normal_(net.network.final_conv.weight, std=0.5)
+    wider = widened(net, 1).eval()
+    assert wider.config.context_planes == 1
+    prior = smooth_head((18, 32, 20), 2) * 300.0  # 32 rows: four halvings leave the instance norm 2 x 2
+    positions = np.arange(32) / 3.0
+    np.testing.assert_allclose(refine(prior, 1, positions, 3.0, wider), refine(prior, 1, positions, 3.0, net), rtol=1e-5)
+    recorder = ConstantCorrection(0.0)
+    recorder.config = {"context_planes": 1}
+    refine(prior, 1, positions, 3.0, recorder, batch=4)
+    assert all(shape[1] == 5 for shape in recorder.seen)
+
+
+def test_training_pairs_with_context_cut_the_neighbours_like_the_plane():
+    image = smooth_head((40, 44, 36), 3).astype(np.float16)
+    volume = FineVolume(image, image > 0.2, "phantom")
+    inputs, target = training_pair(volume, np.random.default_rng(0), context_planes=2)
+    assert inputs.shape == (7, 128, 128) and target.shape == (1, 128, 128)
+    assert not np.array_equal(inputs[3], inputs[0])  # a neighbour is another plane ...
+    similarity = [np.corrcoef(inputs[0].ravel(), inputs[k].ravel())[0, 1] for k in range(3, 7)]
+    assert min(similarity[:2]) > 0.95 and max(similarity[2:]) < min(similarity[:2])  # ... the nearest look the most alike
+    assert training_pair(volume, np.random.default_rng(0))[0].shape == (3, 128, 128)
+
+
 def test_the_learned_method_keeps_the_grid_and_the_slabs(tmp_path):
     stack = thick_stack(thick_volume(shape=(20, 18, 7), direction=np.diag([-1.0, -1.0, 1.0])))
     torch.manual_seed(0)
@@ -97,7 +131,8 @@ def test_training_pairs_are_deterministic_and_training_writes_resumable_weights(
     step = train_through_plane(ThroughPlaneNet(features=TINY), [volume], tmp_path, steps=2, batch_size=2, validate_every=1)
     assert step == 2 and (tmp_path / "through_plane" / "config.json").is_file()
     rows = (tmp_path / "through_plane_metrics.csv").read_text().splitlines()
-    assert rows[0] == "step,loss,val_psnr_gain_db,seconds" and len(rows) == 3
+    assert rows[0] == "step,loss,val_psnr_gain_db,seconds" and len(rows) == 4
+    assert rows[1].startswith("0,,0.0")  # the starting point: a fresh network adds nothing
     net, start = resume_point(tmp_path)
     assert start == 2 and net is not None and net.config.features == list(TINY)
     assert train_through_plane(net, [volume], tmp_path, steps=3, batch_size=2, validate_every=1, start_step=start) == 3

@@ -6,7 +6,8 @@ planes from the same scans with another seed (a monitor of the fit, not of gener
 benchmark's, `benchmarks/upsample_benchmark.py`). Weights go to `OUTPUT/through_plane` (best validation gain over
 the B-spline) and `through_plane_last` (the resume point), the log to `through_plane_metrics.csv`; rerunning the same
 command continues from the last weights. `scripts/package_through_plane.py` copies the chosen weights into the
-package (float16).
+package (float16). `--init DIR --context-planes K` starts a fresh run from trained weights widened to read K
+neighbouring planes on each side (they start at zero weight: the run begins at DIR's own gain).
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from xdiffusion.errors import InputError
+from xdiffusion.errors import InputError, ModelError
 from xdiffusion.side_training import campaign_setup
-from xdiffusion.upsample.through_plane import ThroughPlaneNet
-from xdiffusion.upsample.through_plane_training import fine_volumes, resume_point, train_through_plane
+from xdiffusion.upsample.through_plane import ThroughPlaneNet, load_through_plane_net
+from xdiffusion.upsample.through_plane_training import fine_volumes, resume_point, train_through_plane, widened
 
 
 def main() -> int:
@@ -32,16 +33,24 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=None, help="where the weights and log go (default: train.output_dir)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="a ThroughPlaneNet folder to start a fresh run from (a run with a resume point ignores it)")
+    parser.add_argument("--context-planes", type=int, default=0,
+                        help="neighbouring planes read on each side (with --init: the weights are widened to it)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:
         seed, subjects, output = campaign_setup(args.config, args.output)
         net, start = resume_point(output)
+        if net is None and args.init is not None:
+            net = widened(load_through_plane_net(args.init), args.context_planes)
+        elif net is None:
+            net = ThroughPlaneNet(context_planes=args.context_planes)
         volumes = fine_volumes(subjects)
         print(f"training scans: {', '.join(v.name for v in volumes)}")
-        step = train_through_plane(net or ThroughPlaneNet(), volumes, output, args.steps, batch_size=args.batch_size,
+        step = train_through_plane(net, volumes, output, args.steps, batch_size=args.batch_size,
                                    lr=args.lr, max_minutes=args.minutes, start_step=start, seed=seed, progress=print)
-    except InputError as error:
+    except (InputError, ModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"through-plane net at step {step}: {output / 'through_plane'}")

@@ -6,7 +6,9 @@ that contains the slice axis shows that loss as a blur along one of its two axes
 one small 2D network (`ThroughPlaneNet`) reads such planes of the slab-projected B-spline volume, with where each row
 lies in its slab and how thick the slabs are, and predicts what to add. It runs over both families of planes that
 contain the slice axis (each plane's rows are the slice axis), the two corrections are averaged, and the caller's slab
-projection then makes every slab's mean its input slice again. Training: `through_plane_training`.
+projection then makes every slab's mean its input slice again. A network with ``context_planes`` K also reads the K
+neighbouring planes of its family on each side (edges repeated): one plane alone cannot tell how a structure runs
+across it. Training: `through_plane_training`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from monai.networks.nets import BasicUNet
 
 from ..errors import ModelError
 
-INPUT_CHANNELS = 3  # the B-spline plane (volume-normalised), each row's offset from its slab centre, the slab thickness
+INPUT_CHANNELS = 3  # the B-spline plane (volume-normalised), each row's offset from its slab centre, the slab thickness;
+# then the 2K neighbouring planes of a network with K context planes, nearest first (-1, +1, -2, +2, ...)
 THICKNESS_SCALE = 8.0  # slab thickness in output voxels, divided by this: 2-8 voxel slabs map to 0.25-1
 PAD_MULTIPLE = 16  # BasicUNet halves the grid four times
 SCALE_PERCENTILE = 99.5  # a volume is divided by this percentile of its voxels: bright tissue near 1 in any units
@@ -36,14 +39,15 @@ PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "through_plane_model"
 
 class ThroughPlaneNet(ModelMixin, ConfigMixin):
     """MONAI's BasicUNet in 2D behind diffusers' save/load (`save_pretrained` / `from_pretrained(local_dir)`):
-    (B, 3, rows along the slice axis, columns in-plane) -> (B, 1, rows, columns), the correction in normalised units."""
+    (B, 3 + 2K, rows along the slice axis, columns in-plane) -> (B, 1, rows, columns), the correction in normalised
+    units; K = ``context_planes``."""
 
     config_name = "config.json"
 
     @register_to_config
-    def __init__(self, features: Sequence[int] = (16, 32, 64, 128, 256, 16)) -> None:
+    def __init__(self, features: Sequence[int] = (16, 32, 64, 128, 256, 16), context_planes: int = 0) -> None:
         super().__init__()
-        self.network = BasicUNet(spatial_dims=2, in_channels=INPUT_CHANNELS, out_channels=1,
+        self.network = BasicUNet(spatial_dims=2, in_channels=INPUT_CHANNELS + 2 * int(context_planes), out_channels=1,
                                  features=tuple(int(f) for f in features))
         torch.nn.init.zeros_(self.network.final_conv.weight)  # a fresh network starts as the B-spline itself
         torch.nn.init.zeros_(self.network.final_conv.bias)
@@ -66,12 +70,28 @@ def row_offsets(slab_positions: np.ndarray) -> np.ndarray:
     return np.clip(slab_positions - np.round(slab_positions), -0.5, 0.5).astype(np.float32)
 
 
-def plane_inputs(planes: np.ndarray, offsets: np.ndarray, thickness_voxels: float) -> np.ndarray:
-    """(P, rows, columns) normalised B-spline planes -> (P, 3, rows, columns) network inputs."""
+def context_steps(context_planes: int) -> list[int]:
+    """Where a plane's neighbours lie, in planes, in channel order: nearest first, before after."""
+    return [sign * distance for distance in range(1, context_planes + 1) for sign in (-1, 1)]
+
+
+def neighbour_planes(planes: np.ndarray, indices: np.ndarray, context_planes: int) -> np.ndarray:
+    """(len(indices), 2K, rows, columns): for each plane ``indices`` of the family ``planes`` (P, rows, columns), its
+    neighbours at `context_steps`, the first or last plane standing in beyond the ends."""
+    steps = np.asarray(context_steps(context_planes), dtype=np.int64)
+    chosen = np.clip(np.asarray(indices, dtype=np.int64)[:, None] + steps[None, :], 0, planes.shape[0] - 1)
+    return planes[chosen.ravel()].reshape(len(indices), len(steps), *planes.shape[1:])
+
+
+def plane_inputs(planes: np.ndarray, offsets: np.ndarray, thickness_voxels: float,
+                 neighbours: Optional[np.ndarray] = None) -> np.ndarray:
+    """(P, rows, columns) normalised B-spline planes (and their (P, 2K, rows, columns) neighbours) -> (P, 3 + 2K,
+    rows, columns) network inputs."""
     count, rows, columns = planes.shape
     offset_map = np.broadcast_to(offsets.astype(np.float32)[None, :, None], (count, rows, columns))
     thickness_map = np.full((count, rows, columns), thickness_voxels / THICKNESS_SCALE, np.float32)
-    return np.stack([planes.astype(np.float32), offset_map, thickness_map], axis=1)
+    inputs = np.stack([planes.astype(np.float32), offset_map, thickness_map], axis=1)
+    return inputs if neighbours is None else np.concatenate([inputs, neighbours.astype(np.float32)], axis=1)
 
 
 def load_through_plane_net(folder: Optional[str | Path] = None, device: str = "cpu") -> ThroughPlaneNet:
@@ -117,12 +137,15 @@ def refine(prior: np.ndarray, axis: int, slab_positions: np.ndarray, thickness_v
     normalised = (prior / scale).astype(np.float32)
     offsets = row_offsets(np.asarray(slab_positions, dtype=np.float64))
     in_plane = [a for a in range(3) if a != axis]
+    context = int(getattr(net, "config", {}).get("context_planes", 0))  # 0 for weights saved before it existed
     correction = np.zeros(prior.shape, np.float32)
     for family, columns in enumerate(in_plane):
         stacking = in_plane[1 - family]
         planes = np.moveaxis(normalised, (stacking, axis, columns), (0, 1, 2))
         for start in range(0, planes.shape[0], batch):
-            chunk = plane_inputs(planes[start:start + batch], offsets, thickness_voxels)
+            indices = np.arange(start, min(start + batch, planes.shape[0]))
+            neighbours = neighbour_planes(planes, indices, context) if context else None
+            chunk = plane_inputs(planes[start:start + batch], offsets, thickness_voxels, neighbours)
             corrected = correct_planes(net, chunk, batch)
             np.moveaxis(correction, (stacking, axis, columns), (0, 1, 2))[start:start + batch] += corrected
             if progress is not None:

@@ -22,7 +22,7 @@ import torch
 from ..data.loaders import Subject
 from ..errors import InputError
 from ..side_training import append_row, best_logged, optimiser_step, resume_from
-from .through_plane import ThroughPlaneNet, intensity_scale, plane_inputs
+from .through_plane import ThroughPlaneNet, context_steps, intensity_scale, plane_inputs
 
 SLAB_VOXELS = (2, 8)  # slab thickness in fine voxels (2-8 mm on 1 mm scans: the clinical thick-slice range)
 MAX_SPACING_MM = 1.5  # scans coarser than this are not fine enough to teach detail
@@ -88,44 +88,56 @@ def _crop(array: np.ndarray, top: int, left: int) -> np.ndarray:
     return out
 
 
-def training_pair(volume: FineVolume, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One crop: network input (3, PATCH, PATCH) and the correction it should predict (1, PATCH, PATCH)."""
+def training_pair(volume: FineVolume, rng: np.random.Generator,
+                  context_planes: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One crop: network input (3 + 2K, PATCH, PATCH) and the correction it should predict (1, PATCH, PATCH). The
+    K neighbouring planes on each side go through the same skull stripping, tone curve, flips and slab cut as the
+    plane itself (their noise is their own), as the neighbours of a volume's planes do at inference."""
     axis, columns = rng.permutation(3)[:2]
     stacking = 3 - axis - columns
     extent = np.flatnonzero(volume.brain.any(axis=tuple(a for a in range(3) if a != stacking)))
     index = int(rng.integers(extent[0], extent[-1] + 1))
-    fine = np.moveaxis(volume.image, (stacking, axis, columns), (0, 1, 2))[index].astype(np.float32)
+    steps = context_steps(context_planes)
+    if steps and rng.random() < 0.5:
+        steps = [-step for step in steps]  # the stacking axis flipped
+    chosen = np.clip(index + np.asarray([0, *steps], dtype=np.int64), 0, volume.image.shape[stacking] - 1)
+    fine = np.moveaxis(volume.image, (stacking, axis, columns), (0, 1, 2))[chosen].astype(np.float32)
     if rng.random() < SKULL_STRIP_SHARE:
-        fine = fine * np.moveaxis(volume.brain, (stacking, axis, columns), (0, 1, 2))[index]
+        fine = fine * np.moveaxis(volume.brain, (stacking, axis, columns), (0, 1, 2))[chosen]
     fine = np.clip(fine, 0.0, None) ** rng.uniform(*GAMMA)
     if rng.random() < NOISE_SHARE:
         fine = np.abs(fine + rng.normal(0.0, rng.uniform(0.0, NOISE_SIGMA), fine.shape))
-    fine = fine[::-1] if rng.random() < 0.5 else fine
     fine = fine[:, ::-1] if rng.random() < 0.5 else fine
+    fine = fine[:, :, ::-1] if rng.random() < 0.5 else fine
     voxels = int(rng.integers(SLAB_VOXELS[0], SLAB_VOXELS[1] + 1))
-    prior, target, offsets = thick_plane(np.ascontiguousarray(fine), voxels, int(rng.integers(0, voxels)))
-    top = int(rng.integers(0, max(1, prior.shape[0] - PATCH + 1)))
-    left = int(rng.integers(0, max(1, prior.shape[1] - PATCH + 1)))
-    prior_crop, target_crop = _crop(prior, top, left), _crop(target, top, left)
+    count, rows, width = fine.shape
+    side_by_side = np.ascontiguousarray(fine.transpose(1, 0, 2).reshape(rows, count * width))  # one B-spline for all
+    prior, target, offsets = thick_plane(side_by_side, voxels, int(rng.integers(0, voxels)))
+    prior, target = (a.reshape(a.shape[0], count, width).transpose(1, 0, 2) for a in (prior, target))
+    top = int(rng.integers(0, max(1, prior.shape[1] - PATCH + 1)))
+    left = int(rng.integers(0, max(1, prior.shape[2] - PATCH + 1)))
+    prior_crops = np.stack([_crop(plane, top, left) for plane in prior])
+    target_crop = _crop(target[0], top, left)
     offset_rows = np.zeros(PATCH, np.float32)
     piece = offsets[top:top + PATCH]
     offset_rows[:len(piece)] = piece
-    inputs = plane_inputs(prior_crop[None], offset_rows, float(voxels))[0]
-    return inputs, (target_crop - prior_crop)[None]
+    neighbours = prior_crops[None, 1:] if context_planes else None
+    inputs = plane_inputs(prior_crops[:1], offset_rows, float(voxels), neighbours)[0]
+    return inputs, (target_crop - prior_crops[0])[None]
 
 
 class PlanePairs(torch.utils.data.Dataset):
     """A seed-deterministic stream of pairs (item i is always the same pair)."""
 
-    def __init__(self, volumes: Sequence[FineVolume], seed: int = 0, length: int = 10**9) -> None:
-        self.volumes, self.seed, self.length = list(volumes), seed, length
+    def __init__(self, volumes: Sequence[FineVolume], seed: int = 0, length: int = 10**9, context_planes: int = 0) -> None:
+        self.volumes, self.seed, self.length, self.context_planes = list(volumes), seed, length, context_planes
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(index)])
-        inputs, target = training_pair(self.volumes[int(rng.integers(0, len(self.volumes)))], rng)
+        inputs, target = training_pair(self.volumes[int(rng.integers(0, len(self.volumes)))], rng, self.context_planes)
         return torch.from_numpy(inputs), torch.from_numpy(target)
 
 
@@ -153,11 +165,14 @@ def train_through_plane(net: ThroughPlaneNet, volumes: Sequence[FineVolume], out
         return 0.05 + 0.95 * 0.5 * (1.0 + np.cos(np.pi * min(done + start_step, steps) / max(1, steps)))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, cosine)
-    loader = iter(torch.utils.data.DataLoader(PlanePairs(volumes, seed), batch_size=batch_size,
+    context = int(net.config.context_planes)
+    loader = iter(torch.utils.data.DataLoader(PlanePairs(volumes, seed, context_planes=context), batch_size=batch_size,
                                               sampler=range(start_step * batch_size, 10**9)))
-    validation = [PlanePairs(volumes, seed + 1)[i] for i in range(VALIDATION_PLANES)]
+    validation = [PlanePairs(volumes, seed + 1, context_planes=context)[i] for i in range(VALIDATION_PLANES)]
     output_dir.mkdir(parents=True, exist_ok=True)
     log = output_dir / "through_plane_metrics.csv"
+    if not log.is_file():  # where the run starts from (0 dB for fresh weights; widened weights keep their gain)
+        append_row(log, {"step": start_step, "loss": "", "val_psnr_gain_db": psnr_gain(net, validation), "seconds": 0})
     best = best_logged(log, "val_psnr_gain_db", -np.inf)
     started, step, losses = time.monotonic(), start_step, []
     while step < steps:
@@ -180,6 +195,21 @@ def train_through_plane(net: ThroughPlaneNet, volumes: Sequence[FineVolume], out
         if out_of_time:
             break
     return step
+
+
+def widened(net: ThroughPlaneNet, context_planes: int) -> ThroughPlaneNet:
+    """``net`` with ``context_planes`` more neighbours each side: the new input channels start at zero weight, so the
+    widened network computes exactly what ``net`` did, and training adds what the neighbours tell."""
+    wider = ThroughPlaneNet(features=net.config.features, context_planes=context_planes)
+    state = wider.state_dict()
+    for name, tensor in net.state_dict().items():
+        if state[name].shape == tensor.shape:
+            state[name] = tensor.clone()
+        else:  # the first convolution: (out, in, kh, kw), the new inputs appended last
+            state[name] = torch.zeros_like(state[name])
+            state[name][:, :tensor.shape[1]] = tensor
+    wider.load_state_dict(state)
+    return wider
 
 
 def resume_point(output_dir: Path) -> tuple[Optional[ThroughPlaneNet], int]:
