@@ -152,6 +152,25 @@ def test_the_log_stays_readable_when_columns_are_added(tmp_path):
     assert best_logged(log, "dice_wt", -1.0) == 0.6
 
 
+def test_a_resumed_schedule_continues_the_uninterrupted_one():
+    from xdiffusion.side_training import cosine_schedule
+
+    def rates(start: int, count: int) -> list[float]:
+        optimiser = torch.optim.SGD([torch.nn.Parameter(torch.zeros(()))], lr=2.0)
+        schedule = cosine_schedule(optimiser, steps=10, start_step=start)
+        seen = []
+        for _ in range(count):
+            seen.append(optimiser.param_groups[0]["lr"])
+            optimiser.step()
+            schedule.step()
+        return seen
+
+    whole = rates(0, 12)
+    assert whole[0] == pytest.approx(2.0) and whole[10] == pytest.approx(0.1) and whole[11] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(whole[:10], whole[1:10]))
+    np.testing.assert_allclose(rates(6, 6), whole[6:])
+
+
 def test_dice_scores_skip_absent_regions():
     truth = np.zeros((1, 4, 4), np.uint8)
     truth[0, :2, :2] = 2

@@ -1,5 +1,5 @@
 """What the small side networks' trainings (label net, through-plane net) share: their set-up from a campaign
-config, the optimiser step, the validation log and the resume point.
+config, the learning-rate schedule, the optimiser step, the validation log and the resume point.
 
 Each run appends one CSV row per validation, keeps its best weights in one folder and its last in another; a rerun
 continues from the last weights at the largest logged step. Columns may be added between runs, so a row is read by
@@ -9,6 +9,7 @@ name and a missing cell is None rather than an error.
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Optional, Type, TypeVar
 
@@ -27,6 +28,16 @@ def campaign_setup(config: str | Path, output: Optional[Path] = None) -> tuple[i
     data = DataConfig(**(resolved.get("data") or {}))
     subjects, _ = split_subjects(data)
     return data.seed, subjects, output or Path(resolved["train"]["output_dir"])
+
+
+def cosine_schedule(optimiser: torch.optim.Optimizer, steps: int, start_step: int = 0,
+                    floor: float = 0.05) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning rate from its full value down to ``floor`` of it at ``steps`` along a half cosine, picking up at
+    ``start_step`` for a resumed run (no fast-forwarding of a scheduler before the first update)."""
+    def factor(done: int) -> float:
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(done + start_step, steps) / max(1, steps)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
 
 
 def optimiser_step(net: torch.nn.Module, loss: torch.Tensor, optimiser: torch.optim.Optimizer,

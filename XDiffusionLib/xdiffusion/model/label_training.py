@@ -34,7 +34,7 @@ from ..errors import InputError
 from ..evaluate import dice
 from ..label_baselines import ellipsoid_sections
 from ..model_space import IntensityScale
-from ..side_training import append_row, best_logged, optimiser_step, resume_from
+from ..side_training import append_row, best_logged, cosine_schedule, optimiser_step, resume_from
 from .label_net import GIVEN_CHANNEL, GUESS_CHANNELS, TumourLabelNet, label_net_inputs
 
 SEGMENT_SHARE = 0.25  # samples that segment the input slice (no labels given)
@@ -295,9 +295,7 @@ def train_label_net(net: TumourLabelNet, train_volumes: Sequence[LesionVolume], 
     there: whether it beats its prior). Validation pairs are restyled as training pairs are. Returns the step reached (a ``max_minutes`` budget may stop it early)."""
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, steps), eta_min=lr * 0.05)
-    for _ in range(start_step):
-        schedule.step()
+    schedule = cosine_schedule(optimiser, steps, start_step)
     loader = iter(torch.utils.data.DataLoader(LabelPairs(train_volumes, seed, length=10**9, side=side), batch_size=batch_size,
                                               sampler=range(start_step * batch_size, 10**9)))
     validation = [LabelPairs(validation_volumes, seed + 1, side=side)[i] for i in range(64)]

@@ -21,7 +21,7 @@ import torch
 
 from ..data.loaders import Subject
 from ..errors import InputError
-from ..side_training import append_row, best_logged, optimiser_step, resume_from
+from ..side_training import append_row, best_logged, cosine_schedule, optimiser_step, resume_from
 from .through_plane import ThroughPlaneNet, context_steps, intensity_scale, plane_inputs
 
 SLAB_VOXELS = (2, 8)  # slab thickness in fine voxels (2-8 mm on 1 mm scans: the clinical thick-slice range)
@@ -161,10 +161,7 @@ def train_through_plane(net: ThroughPlaneNet, volumes: Sequence[FineVolume], out
     ``output_dir/through_plane`` (diffusers layout), the last to ``through_plane_last``, every validation to
     ``output_dir/through_plane_metrics.csv``. Returns the step reached (``max_minutes`` may stop it early)."""
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    def cosine(done: int) -> float:  # from lr down to 5 % of it at ``steps``, continuing where a resumed run stopped
-        return 0.05 + 0.95 * 0.5 * (1.0 + np.cos(np.pi * min(done + start_step, steps) / max(1, steps)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, cosine)
+    schedule = cosine_schedule(optimiser, steps, start_step)
     context = int(net.config.context_planes)
     loader = iter(torch.utils.data.DataLoader(PlanePairs(volumes, seed, context_planes=context), batch_size=batch_size,
                                               sampler=range(start_step * batch_size, 10**9)))
