@@ -157,3 +157,33 @@ def test_unpack_installs_only_a_newer_verified_snapshot_and_campaign_commits_onl
                                text=True, check=True).stdout.split()
     assert committed and all(name.startswith("campaign/snapshot/") for name in committed)
     assert campaign.commit_snapshot(repo, repo / "campaign" / "snapshot", "tiny") is None  # nothing new
+
+
+def test_a_stopped_campaign_stops_its_trainer_and_commits_what_it_left(tmp_path, monkeypatch):
+    import signal
+    import threading
+
+    campaign = _script(REPO / "scripts" / "campaign.py")
+    started, commits, handled = [], [], []
+    before = signal.getsignal(signal.SIGTERM)
+
+    def stop() -> None:  # SIGTERM to this process where the campaign handles it; else end the child (no hang)
+        handled.append(signal.getsignal(signal.SIGTERM) is not before)
+        os.kill(os.getpid(), signal.SIGTERM) if handled[-1] else started[-1].kill()
+
+    real_popen = subprocess.Popen
+
+    def trainer(command, *args, **kwargs):  # `xdiffusion train` becomes a child that would run on for a minute
+        if "xdiffusion.cli" not in command:
+            return real_popen(command, *args, **kwargs)  # git
+        started.append(real_popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+        threading.Timer(0.5, stop).start()
+        return started[-1]
+
+    monkeypatch.setattr(campaign.subprocess, "Popen", trainer)
+    monkeypatch.setattr(campaign, "commit_snapshot", lambda *args: commits.append(args) or None)
+    monkeypatch.setattr(campaign, "POLL_SECONDS", 0.05)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    code = campaign.main(["config.yaml", "--snapshot-dir", str(tmp_path / "snapshot")])
+    assert handled == [True] and started[0].poll() is not None and code == -signal.SIGTERM
+    assert len(commits) == 1 and signal.getsignal(signal.SIGTERM) is before

@@ -6,12 +6,14 @@ The child trains with `train.resume=latest` (its local checkpoint, else the snap
 snapshot every `--snapshot-minutes` and stops cleanly after `--max-minutes`. Every `--commit-minutes` (default 100,
 so a stop loses at most that) and once the child ends, the snapshot folder (float16 weights, config, metrics.csv) is
 committed with a pathspec-limited `git commit`, which never takes anything else that is staged or changed.
+A SIGTERM to this process stops the child too (it would otherwise train on, orphaned) and commits what it left.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 LOCK_RETRIES = 30  # an index.lock held by another git command (someone else committing) is waited out
+POLL_SECONDS = 10.0
 
 
 def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
@@ -72,12 +75,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                f"train.snapshot_dir={snapshot}", f"train.snapshot_every_minutes={args.snapshot_minutes}",
                f"train.max_minutes={args.max_minutes}"]
     child = subprocess.Popen(command)
-    last_commit = time.monotonic()
-    while child.poll() is None:
-        time.sleep(10)
-        if time.monotonic() - last_commit >= 60 * args.commit_minutes:
-            print(commit_snapshot(repo, snapshot, label) or "campaign: no new snapshot to commit", flush=True)
-            last_commit = time.monotonic()
+    previous = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+    try:
+        last_commit = time.monotonic()
+        while child.poll() is None:
+            time.sleep(POLL_SECONDS)
+            if time.monotonic() - last_commit >= 60 * args.commit_minutes:
+                print(commit_snapshot(repo, snapshot, label) or "campaign: no new snapshot to commit", flush=True)
+                last_commit = time.monotonic()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(commit_snapshot(repo, snapshot, label) or "campaign: no new snapshot to commit", flush=True)
     return child.returncode
 
