@@ -137,7 +137,7 @@ def refine(prior: np.ndarray, axis: int, slab_positions: np.ndarray, thickness_v
     normalised = (prior / scale).astype(np.float32)
     offsets = row_offsets(np.asarray(slab_positions, dtype=np.float64))
     in_plane = [a for a in range(3) if a != axis]
-    context = int(getattr(net, "config", {}).get("context_planes", 0))  # 0 for weights saved before it existed
+    context = int(getattr(net, "config", {}).get("context_planes", 0))  # a module without a config reads one plane
     correction = np.zeros(prior.shape, np.float32)
     for family, columns in enumerate(in_plane):
         stacking = in_plane[1 - family]
