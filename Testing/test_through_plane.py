@@ -13,6 +13,7 @@ import torch
 from conftest import smooth_head
 from test_upsample import thick_volume
 from xdiffusion.cli import main
+from xdiffusion.errors import InputError
 from xdiffusion.io import GENERATED_DESCRIPTION, Geometry, Volume, read_volume, write_volume
 from xdiffusion.upsample import isotropic_grid, thick_stack, upsample
 from xdiffusion.upsample.slabs import slab_average, slab_consistency_error, slab_positions, slab_weights
@@ -85,6 +86,8 @@ def test_a_widened_network_starts_as_the_one_it_came_from_and_reads_its_neighbou
     prior = smooth_head((18, 32, 20), 2) * 300.0  # 32 rows: four halvings leave the instance norm 2 x 2
     positions = np.arange(32) / 3.0
     np.testing.assert_allclose(refine(prior, 1, positions, 3.0, wider), refine(prior, 1, positions, 3.0, net), rtol=1e-5)
+    with pytest.raises(InputError, match="cannot widen a network of 1 context planes to 0"):
+        widened(wider, 0)
     recorder = ConstantCorrection(0.0)
     recorder.config = {"context_planes": 1}
     refine(prior, 1, positions, 3.0, recorder, batch=4)

@@ -204,11 +204,11 @@ def run_case(case: Case, args, pipeline, sampling: dict) -> dict:
         rows["learned"] = cached(folder / "learned.json", key, compute_learned)
     else:
         rows["learned"] = {"status": "not run", "detail": "no network, or not at --learned-thickness"}
-    recorded = earlier_row(args.earlier, case, "xdiffusion") if args.reuse_xdiffusion else None
-    if pipeline is not None and case.thickness in args.xdiffusion_thickness and recorded is not None and "psnr" in recorded \
-            and args.earlier.get("sampling") == sampling and args.earlier.get("model") == str(args.model_dir):
-        rows["xdiffusion"] = {**recorded, "carried_from": recorded.get("carried_from", args.earlier.get("when"))}
-    elif pipeline is not None and case.thickness in args.xdiffusion_thickness:
+    runs_model = pipeline is not None and case.thickness in args.xdiffusion_thickness
+    recorded = recorded_model_row(args, case, sampling) if runs_model else None
+    if recorded is not None:
+        rows["xdiffusion"] = recorded
+    elif runs_model:
         def compute_model():
             started = time.perf_counter()
             result = upsample(case.stack, "xdiffusion", pipeline=pipeline, modality="t1", grid=case.truth.geometry, **sampling)
@@ -233,6 +233,15 @@ def earlier_row(earlier: dict, case: Case, method: str) -> Optional[dict]:
         if (recorded["subject"], recorded["plane"], recorded["thickness_nominal_mm"], recorded["slabs"]) == wanted:
             return recorded["methods"].get(method)
     return None
+
+
+def recorded_model_row(args, case: Case, sampling: dict) -> Optional[dict]:
+    """With --reuse-xdiffusion, the scored xdiffusion row the earlier results recorded for this stack with the same
+    model and sampling, marked with when it was measured; else None (the row is computed)."""
+    if not args.reuse_xdiffusion or args.earlier.get("sampling") != sampling or args.earlier.get("model") != str(args.model_dir):
+        return None
+    row = earlier_row(args.earlier, case, "xdiffusion")
+    return {**row, "carried_from": row.get("carried_from", args.earlier.get("when"))} if row and "psnr" in row else None
 
 
 def slab_psnr_db(row: dict) -> float:

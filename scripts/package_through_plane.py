@@ -58,7 +58,8 @@ def main() -> None:
     staging = Path(tempfile.mkdtemp(prefix=".through_plane_", dir=PACKAGED_WEIGHTS.parent))
     net.to(torch.float16).save_pretrained(staging)
     context = int(net.config.context_planes)
-    started = rows[0] if rows and not rows[0]["loss"] and float(rows[0]["val_psnr_gain_db"]) != 0.0 else None
+    # a run from trained weights logs their gain at step 0 (no loss yet); a fresh network's is 0 dB, an older log has no such row
+    started = rows[0] if rows and rows[0]["step"] == "0" and not rows[0]["loss"] and float(rows[0]["val_psnr_gain_db"]) != 0.0 else None
     (staging / "README.md").write_text(README.format(
         features=list(net.config.features), scans=scans, log=args.log, step=best["step"],
         gain=float(best["val_psnr_gain_db"]), sha=weights_sha256(net),

@@ -38,6 +38,8 @@ def main() -> int:
     parser.add_argument("--context-planes", type=int, default=0,
                         help="neighbouring planes read on each side (with --init: the weights are widened to it)")
     args = parser.parse_args()
+    if args.context_planes < 0:
+        parser.error("--context-planes must be 0 or more")
     torch.set_num_threads(args.threads)
     try:
         seed, subjects, output = campaign_setup(args.config, args.output)

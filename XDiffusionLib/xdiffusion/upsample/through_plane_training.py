@@ -195,8 +195,11 @@ def train_through_plane(net: ThroughPlaneNet, volumes: Sequence[FineVolume], out
 
 
 def widened(net: ThroughPlaneNet, context_planes: int) -> ThroughPlaneNet:
-    """``net`` with ``context_planes`` more neighbours each side: the new input channels start at zero weight, so the
-    widened network computes exactly what ``net`` did, and training adds what the neighbours tell."""
+    """``net`` reading ``context_planes`` neighbours each side (at least as many as it reads now): the new input
+    channels start at zero weight, so the widened network computes exactly what ``net`` did, and training adds what
+    the neighbours tell."""
+    if context_planes < int(net.config.context_planes):
+        raise InputError(f"cannot widen a network of {net.config.context_planes} context planes to {context_planes}")
     wider = ThroughPlaneNet(features=net.config.features, context_planes=context_planes)
     state = wider.state_dict()
     for name, tensor in net.state_dict().items():
