@@ -235,6 +235,24 @@ def run_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sampling_options(command: argparse.ArgumentParser) -> None:
+    """The model, device and sampling options that reconstruct and reconstruct-cohort share."""
+    command.add_argument("--views", type=_positive, default=None, metavar="N", help=VIEWS_HELP)
+    command.add_argument("--steps", type=_positive, default=None, metavar="S", help=STEPS_HELP)
+    command.add_argument("--guidance", type=_finite, default=None, metavar="G", help=GUIDANCE_HELP)
+    command.add_argument("--strength", type=_strength, default=None, metavar="F", help="below 1: start from the noised prior (SDEdit)")
+    command.add_argument("--prior", choices=("extrude", "atlas", "none"), default=None, help=PRIOR_HELP)
+    command.add_argument("--preset", choices=("fast", "balanced", "best"), default=None,
+                         help="views, steps, samples and coherence from the model card (xdiffusion model-info); explicit options override it")
+    command.add_argument("--samples", type=_positive, default=None, metavar="N",
+                         help="average N samples (posterior mean); the uncertainty becomes their spread")
+    command.add_argument("--coherent", action=argparse.BooleanOptionalAction, default=None,
+                         help="fuse the views at every solver step: one coherent volume (slower; docs/model.md)")
+    command.add_argument("--seed", type=_seed, default=0, help=SEED_HELP)
+    command.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=DEVICE_HELP)
+    command.add_argument("--model", default=None, metavar="DIR", help=MODEL_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="xdiffusion", description="3D MRI from one or a few 2D slices (X-Diffusion). Research tool: outputs are generated, not measured.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -248,20 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--slice-index", type=int, nargs="+", default=None, metavar="I", help="raw 0-based index (default: n // 2)")
     rec.add_argument("--slice-position", type=float, default=None, metavar="F", help="2D input: its place in the output depth, 0-1")
     rec.add_argument("--modality", default=None, help="the input's contrast (default: the model card's)")
-    rec.add_argument("--views", type=_positive, default=None, metavar="N", help=VIEWS_HELP)
-    rec.add_argument("--steps", type=_positive, default=None, metavar="S", help=STEPS_HELP)
-    rec.add_argument("--guidance", type=_finite, default=None, metavar="G", help=GUIDANCE_HELP)
-    rec.add_argument("--strength", type=_strength, default=None, metavar="F", help="below 1: start from the noised prior (SDEdit)")
-    rec.add_argument("--prior", choices=("extrude", "atlas", "none"), default=None, help=PRIOR_HELP)
-    rec.add_argument("--preset", choices=("fast", "balanced", "best"), default=None,
-                     help="views, steps, samples and coherence from the model card (xdiffusion model-info); explicit options override it")
-    rec.add_argument("--samples", type=_positive, default=None, metavar="N",
-                     help="average N samples (posterior mean); the uncertainty becomes their spread")
-    rec.add_argument("--coherent", action=argparse.BooleanOptionalAction, default=None,
-                     help="fuse the views at every solver step: one coherent volume (slower; docs/model.md)")
-    rec.add_argument("--seed", type=_seed, default=0, help=SEED_HELP)
-    rec.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=DEVICE_HELP)
-    rec.add_argument("--model", default=None, metavar="DIR", help=MODEL_HELP)
+    _add_sampling_options(rec)
     rec.add_argument("--method", choices=("xdiffusion", "extrude", "interpolate", "atlas"), default="xdiffusion",
                      help="xdiffusion (the model), or a baseline: extrude (the slice repeated through the volume), "
                           "interpolate (linear between 2 or more input slices), atlas (a template registered to the slices)")
@@ -288,17 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--plane", choices=("axial", "coronal", "sagittal"), default=None, help="as for reconstruct")
     cohort.add_argument("--slice-index", type=int, nargs="+", default=None, metavar="I", help="raw 0-based index (default: n // 2)")
     cohort.add_argument("--modality", default=None, help="as for reconstruct")
-    cohort.add_argument("--views", type=_positive, default=None, metavar="N", help=VIEWS_HELP)
-    cohort.add_argument("--steps", type=_positive, default=None, metavar="S", help=STEPS_HELP)
-    cohort.add_argument("--guidance", type=_finite, default=None, metavar="G", help=GUIDANCE_HELP)
-    cohort.add_argument("--strength", type=_strength, default=None, metavar="F", help="below 1: start from the noised prior (SDEdit)")
-    cohort.add_argument("--prior", choices=("extrude", "atlas", "none"), default=None, help=PRIOR_HELP)
-    cohort.add_argument("--preset", choices=("fast", "balanced", "best"), default=None, help="as for reconstruct")
-    cohort.add_argument("--samples", type=_positive, default=None, metavar="N", help="as for reconstruct")
-    cohort.add_argument("--coherent", action=argparse.BooleanOptionalAction, default=None, help="as for reconstruct")
-    cohort.add_argument("--seed", type=_seed, default=0, help=SEED_HELP)
-    cohort.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=DEVICE_HELP)
-    cohort.add_argument("--model", default=None, metavar="DIR", help=MODEL_HELP)
+    _add_sampling_options(cohort)
     cohort.add_argument("--method", choices=("xdiffusion", "extrude", "interpolate"), default="xdiffusion",
                         help="as for reconstruct")
     cohort.set_defaults(func=run_reconstruct_cohort)
