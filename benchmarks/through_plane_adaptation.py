@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import subprocess
 import tempfile
 import time
@@ -64,11 +65,10 @@ def adapted(net: ThroughPlaneNet, slices: np.ndarray, thickness_voxels: float, s
     optimiser = torch.optim.AdamW(tuned.parameters(), lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     for _ in range(steps):
-        pairs = []
-        while len(pairs) < batch_size:
-            pair = in_plane_pair(slices, thickness_voxels, rng)
-            if pair is not None:
-                pairs.append(pair)
+        drawn = (in_plane_pair(slices, thickness_voxels, rng) for _ in range(100 * batch_size))
+        pairs = list(itertools.islice(filter(None, drawn), batch_size))
+        if len(pairs) < batch_size:
+            raise SystemExit("error: the stack's slices hold too little tissue for training crops")
         loss = torch.nn.functional.mse_loss(tuned(torch.from_numpy(np.stack([p[0] for p in pairs]))),
                                             torch.from_numpy(np.stack([p[1] for p in pairs])))
         optimiser.zero_grad(set_to_none=True)
