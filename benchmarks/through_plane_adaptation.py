@@ -29,7 +29,7 @@ from upsample_benchmark import Case, score
 from xdiffusion.data.loaders import load_source_subject
 from xdiffusion.upsample import upsample
 from xdiffusion.upsample.through_plane import ThroughPlaneNet, intensity_scale, load_through_plane_net, plane_inputs
-from xdiffusion.upsample.through_plane_training import PATCH, _crop, thick_plane
+from xdiffusion.upsample.through_plane_training import PATCH, _crop, offset_crop, thick_plane
 
 TWO_D_COMMIT = "fca10a5"  # the one-plane weights packaged before the context-plane network replaced them
 PACKAGE = "XDiffusionLib/xdiffusion/upsample/through_plane_model"
@@ -54,9 +54,8 @@ def in_plane_pair(slices: np.ndarray, thickness_voxels: float, rng: np.random.Ge
     prior_crop, target_crop = _crop(prior, top, left), _crop(target, top, left)
     if np.count_nonzero(target_crop > 0.05) < PATCH * PATCH // 20:
         return None
-    offset_rows = np.zeros(PATCH, np.float32)
-    offset_rows[:len(offsets[top:top + PATCH])] = offsets[top:top + PATCH]
-    return plane_inputs(prior_crop[None], offset_rows, float(voxels))[0], (target_crop - prior_crop)[None]
+    inputs = plane_inputs(prior_crop[None], offset_crop(offsets, top), float(voxels))[0]
+    return inputs, (target_crop - prior_crop)[None]
 
 
 def adapted(net: ThroughPlaneNet, slices: np.ndarray, thickness_voxels: float, steps: int, lr: float,
@@ -87,12 +86,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if args.threads < 1:
+        raise SystemExit(f"error: --threads must be at least 1, not {args.threads}")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as folder:
         for name in ("config.json", "diffusion_pytorch_model.safetensors"):
-            blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{TWO_D_COMMIT}:{PACKAGE}/{name}"],
-                                  capture_output=True, check=True).stdout
-            (Path(folder) / name).write_bytes(blob)
+            shown = subprocess.run(["git", "-C", str(ROOT), "show", f"{TWO_D_COMMIT}:{PACKAGE}/{name}"], capture_output=True)
+            if shown.returncode != 0:
+                raise SystemExit(f"error: the one-plane weights ({TWO_D_COMMIT}:{PACKAGE}) are not in this clone's history")
+            (Path(folder) / name).write_bytes(shown.stdout)
         one_plane = load_through_plane_net(folder)
     shipped = load_through_plane_net()
     rows = []

@@ -88,6 +88,14 @@ def _crop(array: np.ndarray, top: int, left: int) -> np.ndarray:
     return out
 
 
+def offset_crop(offsets: np.ndarray, top: int) -> np.ndarray:
+    """The row offsets of a crop from row ``top``, zero on rows past the plane's end (as `_crop` pads the image)."""
+    out = np.zeros(PATCH, np.float32)
+    piece = offsets[top:top + PATCH]
+    out[:len(piece)] = piece
+    return out
+
+
 def training_pair(volume: FineVolume, rng: np.random.Generator,
                   context_planes: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """One crop: network input (3 + 2K, PATCH, PATCH) and the correction it should predict (1, PATCH, PATCH). The
@@ -118,9 +126,7 @@ def training_pair(volume: FineVolume, rng: np.random.Generator,
     left = int(rng.integers(0, max(1, prior.shape[2] - PATCH + 1)))
     prior_crops = np.stack([_crop(plane, top, left) for plane in prior])
     target_crop = _crop(target[0], top, left)
-    offset_rows = np.zeros(PATCH, np.float32)
-    piece = offsets[top:top + PATCH]
-    offset_rows[:len(piece)] = piece
+    offset_rows = offset_crop(offsets, top)
     neighbours = prior_crops[None, 1:] if context_planes else None
     inputs = plane_inputs(prior_crops[:1], offset_rows, float(voxels), neighbours)[0]
     return inputs, (target_crop - prior_crops[0])[None]
