@@ -19,7 +19,8 @@ from test_training import CopyGuessSamples
 
 from xdiffusion.data.samples import TrainingCube
 from xdiffusion.errors import InputError
-from xdiffusion.model.campaign import read_snapshot, write_snapshot
+from xdiffusion.model.campaign import export_model, read_snapshot, write_snapshot
+from xdiffusion.model.checkpoint import load_model
 from xdiffusion.model.training import Trainer, checkpoints, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,6 +90,29 @@ def test_a_run_stopped_by_its_time_budget_resumes_from_the_snapshot(tmp_path):
         (tmp_path / "snapshot" / "snapshot.json").read_text().replace(f'"step": {reached + 2}', '"step": 0'))
     local = Trainer(resolve_config({**config, "train": {**config["train"], "resume": "latest"}}), CopyGuessSamples())
     assert local.step == reached and local.optimizer.state_dict()["state"]
+
+
+def test_a_snapshot_exports_to_a_model_folder_with_its_weights_and_an_honest_card(tmp_path):
+    config = _config(tmp_path, steps=2, autoencoder_steps=2)
+    config["model"]["latent"] = True
+    held_out = torch.stack([CopyGuessSamples(count=100)[i]["target"] for i in range(90, 94)])
+    trainer = Trainer(resolve_config(config), CopyGuessSamples(), held_out=held_out)
+    trainer.run()
+    snapshot = read_snapshot(tmp_path / "snapshot")
+    model = load_model(export_model(snapshot, tmp_path / "exported"))  # load_model checks every weight's SHA-256
+    for name, module in (("unet", model.unet), ("condition_encoder", model.condition_encoder), ("autoencoder", model.autoencoder)):
+        state = module.state_dict()
+        assert set(state) == set(snapshot.component(name)), name
+        assert all(torch.equal(state[key], value.float()) for key, value in snapshot.component(name).items()), name
+    assert model.config == trainer.config  # latent scale included
+    card = model.model_card
+    assert card["steps"] == 2 and card["campaign_snapshot"]["step"] == 2 and card["segments_tumours"] is False
+    assert "psnr" in card["autoencoder"] and card["autoencoder_training"] == snapshot.index["autoencoder"]["training"]
+    assert model.scheduler_config["prediction_type"] == trainer.noise.config.prediction_type
+
+    script = _script(REPO / "scripts" / "export_snapshot.py")
+    assert script.main([str(tmp_path / "run"), "-o", str(tmp_path / "nothing")]) == 2  # a run folder is no snapshot
+    assert not (tmp_path / "nothing").exists()
 
 
 def _pack_module():

@@ -29,7 +29,7 @@ from upsample_benchmark import Case, score
 from xdiffusion.data.loaders import load_source_subject
 from xdiffusion.upsample import upsample
 from xdiffusion.upsample.through_plane import ThroughPlaneNet, intensity_scale, load_through_plane_net, plane_inputs
-from xdiffusion.upsample.through_plane_training import PATCH, _crop, offset_crop, thick_plane
+from xdiffusion.upsample.through_plane_training import PATCH, patch_crop, offset_crop, thick_plane
 
 TWO_D_COMMIT = "fca10a5"  # the one-plane weights packaged before the context-plane network replaced them
 PACKAGE = "XDiffusionLib/xdiffusion/upsample/through_plane_model"
@@ -51,7 +51,7 @@ def in_plane_pair(slices: np.ndarray, thickness_voxels: float, rng: np.random.Ge
     prior, target, offsets = thick_plane(image, voxels, int(rng.integers(0, voxels)))
     top = int(rng.integers(0, max(1, prior.shape[0] - PATCH + 1)))
     left = int(rng.integers(0, max(1, prior.shape[1] - PATCH + 1)))
-    prior_crop, target_crop = _crop(prior, top, left), _crop(target, top, left)
+    prior_crop, target_crop = patch_crop(prior, top, left), patch_crop(target, top, left)
     if np.count_nonzero(target_crop > 0.05) < PATCH * PATCH // 20:
         return None
     inputs = plane_inputs(prior_crop[None], offset_crop(offsets, top), float(voxels))[0]

@@ -13,7 +13,8 @@ shipped model's snapshot near 7 MB, so git holds one per commit cheaply; shards 
 a GPU machine's output may return. A run resumed from a snapshot gets these weights in both the model and its EMA,
 continues the step count, and starts a fresh AdamW whose learning rate warms up again over `train.warmup_steps`:
 the optimiser moments are not kept (they would triple the size), so the first steps after such a resume are not
-bit-identical to an uninterrupted run, unlike a resume from a local checkpoint.
+bit-identical to an uninterrupted run, unlike a resume from a local checkpoint. `export_model` turns a snapshot into
+a model folder, so a campaign's weights can be sampled between commits (`scripts/export_snapshot.py`).
 """
 
 from __future__ import annotations
@@ -36,9 +37,12 @@ from safetensors.torch import save as save_safetensors
 
 from .. import __version__
 from ..errors import InputError
+from .checkpoint import save_model
+from .conditioning import ConditionEncoder
 from .config import XDiffusionConfig
-from .networks import build_autoencoder
-from .training import AUTOENCODER_RECORD, Trainer, _replace_dir
+from .networks import build_autoencoder, build_unet
+from .train_config import card_config
+from .training import AUTOENCODER_RECORD, INTENDED_USE, Trainer, _replace_dir, noise_schedule
 
 SNAPSHOT_FORMAT = "xdiffusion-campaign-snapshot/1"
 SNAPSHOT_INDEX = "snapshot.json"  # written last: a folder without it is no snapshot
@@ -230,3 +234,56 @@ def load_snapshot(trainer: Trainer, snapshot: Snapshot) -> None:
         temporary = trainer.output_dir / f".{TRAINING_LOG}.tmp"
         temporary.write_text(text.getvalue())
         os.replace(temporary, trainer.output_dir / TRAINING_LOG)
+
+
+def export_model(snapshot: Snapshot, folder: Union[str, Path], label_net: Optional[Union[str, Path]] = None) -> Path:
+    """A model folder (`save_model` layout, what `reconstruct --model` loads) from a campaign snapshot, so that a
+    campaign's weights can be sampled and measured between its commits without a run to its last step. The card says
+    it is a snapshot, carries the snapshot's own validation and offers no tumour labels (nothing was measured)."""
+    config = XDiffusionConfig.from_json(snapshot.folder / MODEL_CONFIG)
+    unet, encoder = build_unet(config), ConditionEncoder.for_model(config)
+    _load_component(unet, snapshot, "unet")
+    _load_component(encoder, snapshot, "condition_encoder")
+    autoencoder = None
+    if config.latent:
+        if snapshot.index.get("autoencoder") is None:
+            raise InputError(f"the model is latent but snapshot {snapshot.folder} holds no autoencoder")
+        autoencoder = build_autoencoder(config)
+        _load_component(autoencoder, snapshot, "autoencoder")
+    labels = None
+    if label_net is not None:
+        from .label_net import TumourLabelNet
+
+        try:
+            labels = TumourLabelNet.from_pretrained(str(label_net))
+        except (OSError, ValueError) as error:
+            raise InputError(f"cannot load the tumour label net in {label_net}: {' '.join(str(error).split())[:200]}") from None
+    index = snapshot.index
+    card = {
+        "campaign_snapshot": {"folder": str(snapshot.folder), "step": snapshot.step, "created": index.get("created"),
+                              "snapshot_sha256": hashlib.sha256((snapshot.folder / SNAPSHOT_INDEX).read_bytes()).hexdigest()},
+        "steps": snapshot.step,
+        "validation": index.get("validation") or {},
+        "prediction_type": config.prediction_type,
+        "latent_scale": config.latent_scale,
+        "segments_tumours": False,
+        "segments_tumours_basis": "a campaign snapshot: tumour labels not measured on held-out data",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "xdiffusion_version": __version__,
+        "training_config": card_config(index.get("training_config") or {}),
+        "intended_use": INTENDED_USE,
+    }
+    if autoencoder is not None:
+        card["autoencoder"] = _autoencoder_metrics(snapshot.folder / TRAINING_LOG)
+        card["autoencoder_training"] = index["autoencoder"].get("training")
+    return save_model(folder, unet, encoder, autoencoder, dict(noise_schedule(config).config), config, card, labels)
+
+
+def _autoencoder_metrics(log: Path) -> dict[str, Union[int, float]]:
+    """The autoencoder's held-out numbers as the run logged them (`autoencoder/...` rows) when it was trained."""
+    if not log.is_file():
+        return {}
+    with open(log, newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("name", "").startswith("autoencoder/")]
+    return {row["name"].removeprefix("autoencoder/"): int(row["value"]) if row["value"].isdigit() else float(row["value"])
+            for row in rows}

@@ -46,6 +46,13 @@ if TYPE_CHECKING:
 
 Validator = Callable[[XDiffusionModel], Mapping[str, float]]
 SEGMENTS_TUMOURS_MIN_DICE = 0.5  # held-out whole-tumour Dice below which a model's tumour labels are not offered
+INTENDED_USE = "research only; generated volumes are synthetic and not for diagnosis"
+
+
+def noise_schedule(config: XDiffusionConfig) -> DDPMScheduler:
+    """The forward process every model is trained with; its config is saved beside the weights for the samplers."""
+    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+                         prediction_type=config.prediction_type)
 
 
 class Trainer:
@@ -84,8 +91,7 @@ class Trainer:
         # on the CPU with a loader worker, the frozen autoencoder encodes the targets there (`LatentTargets`): a quarter
         # of a detail-model step, run beside the denoiser's step instead of before it
         self._encode_in_workers = self.autoencoder is not None and self.train.num_workers > 0 and self.accelerator.device.type == "cpu"
-        self.noise = DDPMScheduler(num_train_timesteps=self.config.num_train_timesteps,
-                                   beta_schedule="squaredcos_cap_v2", prediction_type=self.config.prediction_type)
+        self.noise = noise_schedule(self.config)
         self.data_order = torch.Generator()  # reseeded per epoch in `_batches`: the order never depends on history
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.train.lr, weight_decay=self.train.weight_decay)
         schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=self.train.warmup_steps)
@@ -377,7 +383,7 @@ class Trainer:
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "xdiffusion_version": __version__,
                 "training_config": card_config(self.resolved),
-                "intended_use": "research only; generated volumes are synthetic and not for diagnosis",
+                "intended_use": INTENDED_USE,
             }
             if self.autoencoder is not None:
                 card["autoencoder"] = self.autoencoder_metrics

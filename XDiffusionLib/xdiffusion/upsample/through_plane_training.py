@@ -81,7 +81,8 @@ def thick_plane(fine: np.ndarray, voxels: int, phase: int) -> tuple[np.ndarray, 
     return prior, target, offsets.astype(np.float32)
 
 
-def _crop(array: np.ndarray, top: int, left: int) -> np.ndarray:
+def patch_crop(array: np.ndarray, top: int, left: int) -> np.ndarray:
+    """A PATCH x PATCH training crop from (``top``, ``left``), zero-padded where it runs past the plane's edge."""
     out = np.zeros((PATCH, PATCH), np.float32)
     piece = array[top:top + PATCH, left:left + PATCH]
     out[:piece.shape[0], :piece.shape[1]] = piece
@@ -89,7 +90,7 @@ def _crop(array: np.ndarray, top: int, left: int) -> np.ndarray:
 
 
 def offset_crop(offsets: np.ndarray, top: int) -> np.ndarray:
-    """The row offsets of a crop from row ``top``, zero on rows past the plane's end (as `_crop` pads the image)."""
+    """The row offsets of a crop from row ``top``, zero on rows past the plane's end (as `patch_crop` pads the image)."""
     out = np.zeros(PATCH, np.float32)
     piece = offsets[top:top + PATCH]
     out[:len(piece)] = piece
@@ -124,8 +125,8 @@ def training_pair(volume: FineVolume, rng: np.random.Generator,
     prior, target = (a.reshape(a.shape[0], count, width).transpose(1, 0, 2) for a in (prior, target))
     top = int(rng.integers(0, max(1, prior.shape[1] - PATCH + 1)))
     left = int(rng.integers(0, max(1, prior.shape[2] - PATCH + 1)))
-    prior_crops = np.stack([_crop(plane, top, left) for plane in prior])
-    target_crop = _crop(target[0], top, left)
+    prior_crops = np.stack([patch_crop(plane, top, left) for plane in prior])
+    target_crop = patch_crop(target[0], top, left)
     offset_rows = offset_crop(offsets, top)
     neighbours = prior_crops[None, 1:] if context_planes else None
     inputs = plane_inputs(prior_crops[:1], offset_rows, float(voxels), neighbours)[0]
