@@ -116,3 +116,13 @@ def test_model_info_shows_the_measured_uncertainty_auroc(tmp_path, capsys):
     assert info["uncertainty_auroc"] == 0.612 and info["evaluation"]["uncertainty_auroc"]["n"] == 40
     assert main(["model-info", "--model", str(folder)]) == 0
     assert "uncertainty AUROC  0.612 (± 0.050 over 40 held-out runs)" in capsys.readouterr().out
+
+
+def test_a_latent_model_without_autoencoder_numbers_is_not_called_pixel_space(models, capsys):
+    from xdiffusion.model_card import format_model_summary, model_summary
+
+    summary = model_summary(models["no_tumours"], {"views": 1})
+    assert summary["latent"] is False
+    assert "autoencoder        none (pixel space)" in format_model_summary(summary)
+    latent = {**summary, "latent": True, "autoencoder": None}  # e.g. a campaign snapshot's card before it was measured
+    assert "autoencoder        none recorded" in format_model_summary(latent)

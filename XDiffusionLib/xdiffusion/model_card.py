@@ -181,7 +181,7 @@ def format_model_summary(summary: dict[str, Any]) -> str:
         ("segments tumours", segments),
         ("training steps", str(summary["training_steps"])),
         ("validation", _numbers(summary["validation"])),
-        ("autoencoder", _numbers(summary["autoencoder"]) if summary["autoencoder"] is not None else "none (pixel space)"),
+        ("autoencoder", _numbers(summary["autoencoder"]) if summary["latent"] else "none (pixel space)"),
         ("uncertainty AUROC", "not measured" if auroc is None else f"{auroc:.3f}" + (
             f" (± {spread['std']:.3f} over {spread['n']} held-out runs)" if {"std", "n"} <= set(spread) else "")),
     ]
