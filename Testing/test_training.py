@@ -202,3 +202,17 @@ def test_training_with_min_snr_weighting_runs_and_refuses_a_negative_gamma(tmp_p
     assert len(_losses(tmp_path / "run")) == 2
     with pytest.raises(InputError, match="snr_gamma"):
         TrainConfig(**_config(tmp_path, snr_gamma=-1.0)["train"])
+
+
+def test_cpu_training_leaves_the_loader_workers_their_cores(tmp_path, monkeypatch):
+    from xdiffusion import compute
+
+    monkeypatch.setattr(compute, "usable_cores", lambda: 4)
+    torch.set_num_threads(4)  # restored to one thread by the autouse fixture
+    Trainer(resolve_config(_config(tmp_path, num_workers=1, steps=1)), CopyGuessSamples())
+    assert torch.get_num_threads() == 3
+    Trainer(resolve_config(_config(tmp_path / "more", num_workers=6, steps=1)), CopyGuessSamples())
+    assert torch.get_num_threads() == 1  # never below one
+    torch.set_num_threads(2)  # fewer than the free cores, e.g. set by the user: kept
+    Trainer(resolve_config(_config(tmp_path / "fewer", num_workers=0, steps=1)), CopyGuessSamples())
+    assert torch.get_num_threads() == 2

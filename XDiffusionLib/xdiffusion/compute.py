@@ -48,3 +48,10 @@ def limit_threads() -> None:
     """Never more torch threads than usable cores: an oversubscribed OpenMP pool spin-waits and slows every call."""
     if torch.get_num_threads() > usable_cores():
         torch.set_num_threads(usable_cores())
+
+
+def limit_training_threads(loader_workers: int) -> None:
+    """CPU training: torch threads only on the cores the data loader's workers leave free (never more than asked).
+    Measured on the detail campaign (2 cores, one worker building samples and encoding latents): 2.6-3.1 s a step
+    with 2 threads, 2.1 s with 1: a pool that shares a core with the worker waits for it at every barrier."""
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), usable_cores() - loader_workers)))

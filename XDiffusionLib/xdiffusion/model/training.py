@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..compute import limit_training_threads
 from ..errors import InputError
 from ..io import atomic_output
 from .checkpoint import XDiffusionModel, save_model
@@ -71,6 +72,8 @@ class Trainer:
             mixed_precision=self.train.mixed_precision, gradient_accumulation_steps=self.train.grad_accum,
             log_with="tensorboard" if is_tensorboard_available() else None, project_config=project_configuration(self.output_dir))
         set_seed(self.train.seed, device_specific=True)
+        if self.accelerator.device.type == "cpu":
+            limit_training_threads(self.train.num_workers)
         self.held_out = held_out
         self.autoencoder_metrics: dict[str, Any] = {}
         self.autoencoder_training: Optional[dict[str, Any]] = None
