@@ -125,3 +125,10 @@ def test_a_saved_label_net_is_verified(detail_model_dir, tmp_path):
 
     with pytest.raises(ModelError, match="SHA-256"):
         load_model(copy)
+
+
+def test_training_cubes_are_c_ordered_whatever_they_were_built_from():
+    fortran = np.asfortranarray(np.arange(4 ** 3, dtype=np.float32).reshape(4, 4, 4))  # as SimpleITK's arrays come
+    cube = TrainingCube(fortran, np.asfortranarray(np.zeros((4, 4, 4), np.uint8)), "t1")
+    assert cube.image.flags.c_contiguous and cube.tumour.flags.c_contiguous
+    np.testing.assert_array_equal(cube.image, fortran)
