@@ -110,7 +110,12 @@ def test_a_snapshot_exports_to_a_model_folder_with_its_weights_and_an_honest_car
     assert "psnr" in card["autoencoder"] and card["autoencoder_training"] == snapshot.index["autoencoder"]["training"]
     assert model.scheduler_config["prediction_type"] == trainer.noise.config.prediction_type
 
+    from xdiffusion.model.label_net import TumourLabelNet
+
+    TumourLabelNet().save_pretrained(tmp_path / "label_net", safe_serialization=True)
     script = _script(REPO / "scripts" / "export_snapshot.py")
+    assert script.main([str(tmp_path / "snapshot"), "-o", str(tmp_path / "with_labels"), "--label-net", str(tmp_path / "label_net")]) == 0
+    assert load_model(tmp_path / "with_labels").label_net is not None
     assert script.main([str(tmp_path / "run"), "-o", str(tmp_path / "nothing")]) == 2  # a run folder is no snapshot
     assert not (tmp_path / "nothing").exists()
 

@@ -255,7 +255,7 @@ def export_model(snapshot: Snapshot, folder: Union[str, Path], label_net: Option
         from .label_net import TumourLabelNet
 
         try:
-            labels = TumourLabelNet.from_pretrained(str(label_net))
+            labels = TumourLabelNet.from_pretrained(str(label_net), use_safetensors=True)
         except (OSError, ValueError) as error:
             raise InputError(f"cannot load the tumour label net in {label_net}: {' '.join(str(error).split())[:200]}") from None
     index = snapshot.index
