@@ -192,17 +192,24 @@ def snapshot_step(folder: Union[str, Path]) -> Optional[int]:
 def restore_autoencoder(snapshot: Snapshot, folder: Path, config: XDiffusionConfig) -> None:
     """Put the snapshot's autoencoder where a run keeps its own (`output_dir/autoencoder`), with its latent scale and
     training record, so the run reuses it instead of training a new one the denoiser never saw."""
-    record = snapshot.index.get("autoencoder")
-    if record is None:
-        raise InputError(f"the model is latent but snapshot {snapshot.folder} holds no autoencoder")
-    autoencoder = build_autoencoder(config)
-    _load_component(autoencoder, snapshot, "autoencoder")
+    autoencoder, record = _snapshot_autoencoder(snapshot, config)
     staging = folder.with_name(f".{folder.name}.snapshot.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     autoencoder.save_pretrained(staging, safe_serialization=True)
     (staging / AUTOENCODER_RECORD).write_text(json.dumps(
         {"latent_scale": record["latent_scale"], "training": record.get("training")}) + "\n")
     _replace_dir(staging, folder)
+
+
+def _snapshot_autoencoder(snapshot: Snapshot, config: XDiffusionConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The snapshot's frozen autoencoder, built from ``config`` and loaded strictly, with its record (latent scale,
+    training); refused with one line for a latent model's snapshot that holds none."""
+    record = snapshot.index.get("autoencoder")
+    if record is None:
+        raise InputError(f"the model is latent but snapshot {snapshot.folder} holds no autoencoder")
+    autoencoder = build_autoencoder(config)
+    _load_component(autoencoder, snapshot, "autoencoder")
+    return autoencoder, record
 
 
 def _load_component(module: torch.nn.Module, snapshot: Snapshot, name: str) -> None:
@@ -244,12 +251,7 @@ def export_model(snapshot: Snapshot, folder: Union[str, Path], label_net: Option
     unet, encoder = build_unet(config), ConditionEncoder.for_model(config)
     _load_component(unet, snapshot, "unet")
     _load_component(encoder, snapshot, "condition_encoder")
-    autoencoder = None
-    if config.latent:
-        if snapshot.index.get("autoencoder") is None:
-            raise InputError(f"the model is latent but snapshot {snapshot.folder} holds no autoencoder")
-        autoencoder = build_autoencoder(config)
-        _load_component(autoencoder, snapshot, "autoencoder")
+    autoencoder, record = _snapshot_autoencoder(snapshot, config) if config.latent else (None, None)
     labels = None
     if label_net is not None:
         from .label_net import TumourLabelNet
@@ -275,7 +277,7 @@ def export_model(snapshot: Snapshot, folder: Union[str, Path], label_net: Option
     }
     if autoencoder is not None:
         card["autoencoder"] = _autoencoder_metrics(snapshot.folder / TRAINING_LOG)
-        card["autoencoder_training"] = index["autoencoder"].get("training")
+        card["autoencoder_training"] = record.get("training")
     return save_model(folder, unet, encoder, autoencoder, dict(noise_schedule(config).config), config, card, labels)
 
 
