@@ -216,3 +216,11 @@ def test_a_stopped_campaign_stops_its_trainer_and_commits_what_it_left(tmp_path,
     code = campaign.main(["config.yaml", "--snapshot-dir", str(tmp_path / "snapshot")])
     assert handled == [True] and started[0].poll() is not None and code == -signal.SIGTERM
     assert len(commits) == 1 and signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_gpu_pack_refuses_an_atlas_conditioned_config_in_one_line(tmp_path, capsys):
+    config = Path(__file__).resolve().parent.parent / "configs" / "detail.yaml"
+    code = _pack_module().main([str(config), "model.atlas_conditioning=true", "--out", str(tmp_path / "pack")])
+    assert code == 2 and not (tmp_path / "pack").exists()
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and "atlas draws" in message

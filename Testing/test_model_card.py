@@ -5,6 +5,7 @@ config), autoencoder numbers measured on held-out data, no free Dice 1.0 for an 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -82,6 +83,22 @@ def test_a_resumed_run_reports_the_autoencoder_settings_that_trained_it(tmp_path
     assert card["autoencoder_training"]["tumour_weight"] == 3.0 and card["autoencoder_training"]["steps"] == 3
     assert card["autoencoder_training"]["batch_size"] == 8 and card["autoencoder_training"]["trained_in_this_run"]
     assert not any(key.startswith("autoencoder_") for key in card["training_config"]["train"])
+
+
+def test_a_run_continued_from_another_keeps_its_autoencoder_and_latent_scale(tmp_path):
+    """`init_from` a model folder plus `autoencoder_from` its run's autoencoder: the denoiser it starts from was
+    trained on latents at that run's scale, so the new run must not measure a scale of its own."""
+    first = Trainer(resolve_config(_latent_config(tmp_path / "first")), CopyGuessSamples()).run()
+    scale = load_model(first).config.latent_scale
+    follow = _latent_config(tmp_path / "second", init_from=str(first),
+                            autoencoder_from=str(tmp_path / "first" / "run" / "autoencoder"))
+    card = load_model(Trainer(resolve_config(follow), CopyGuessSamples(count=48)).run()).model_card
+    assert card["autoencoder_training"]["trained_in_this_run"] is False
+    assert card["autoencoder_training"]["steps"] == 3  # how the first run trained it, carried over
+    assert load_model(tmp_path / "second" / "run" / "model").config.latent_scale == scale
+    shutil.rmtree(first)  # a campaign resumed elsewhere: the folder it started from is not there
+    resumed = {**follow, "train": {**follow["train"], "steps": 3, "resume": "latest"}}
+    assert load_model(Trainer(resolve_config(resumed), CopyGuessSamples(count=48)).run()).model_card["steps"] == 3
 
 
 def test_an_autoencoder_saved_without_its_settings_is_reported_as_unrecorded(tmp_path):

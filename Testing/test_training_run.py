@@ -45,6 +45,26 @@ def test_cubes_are_cached_and_reproducible(tmp_path, volume_folder):
     assert any(cube.tumour.any() for cube in first)  # tumour_share=1 paints tumours
 
 
+def test_atlas_draws_are_built_in_parallel_cached_and_the_same_as_built_in_process(tmp_path, volume_folder, monkeypatch):
+    from xdiffusion.data import atlas_draws
+    from xdiffusion.data.samples import SampleOptions
+
+    training, _ = split_subjects(DataConfig(source=f"folder:{volume_folder}"))
+    config = TrainingSetConfig(cube_size=16, variants_per_subject=1, work_side=24)
+    options = SampleOptions(atlas_conditioning=True)
+    built = build_training_cubes(training, ["t1"], config, tmp_path / "cache", atlas_draws=2, options=options)
+    assert len(list((tmp_path / "cache").rglob("*.atlas-*.npz"))) == 2
+    in_process = build_training_cubes(training, ["t1"], config, None, atlas_draws=2, options=options)
+    monkeypatch.setattr(atlas_draws, "register_draw", lambda *args: pytest.fail("cached draws were registered again"))
+    again = build_training_cubes(training, ["t1"], config, tmp_path / "cache", atlas_draws=2, options=options)
+    for a, b, c in zip(built, in_process, again):
+        assert len(a.atlas_draws) == 2
+        for x, y, z in zip(a.atlas_draws, b.atlas_draws, c.atlas_draws):
+            assert (x.axis, x.positions, x.thickness) == (y.axis, y.positions, y.thickness) == (z.axis, z.positions, z.thickness)
+            np.testing.assert_array_equal(x.guess, y.guess)
+            np.testing.assert_array_equal(x.guess, z.guess)
+
+
 def test_a_new_recipe_version_does_not_reuse_the_old_cache(tmp_path, volume_folder, monkeypatch):
     from xdiffusion.data import training_set
 

@@ -123,20 +123,23 @@ def known_view_slices(slices: Sequence[geometry.CubeSlice], rotation: np.ndarray
 
 
 def view_conditioning(slices: Sequence[geometry.CubeSlice], rotations: np.ndarray, modality: int, config,
-                      input_label_maps: Optional[Sequence[np.ndarray]] = None, slab_thickness: Optional[float] = None
-                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                      input_label_maps: Optional[Sequence[np.ndarray]] = None, slab_thickness: Optional[float] = None,
+                      atlas: Optional[np.ndarray] = None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """What the denoiser reads for every view × depth of a reconstruction (``config``: its `XDiffusionConfig`): the
     input slots shared by all slices, and the per-slice rest in the order (view, depth).
 
     ``input_label_maps``: (3, S, S) maps in {-1, 1} per input slice (label-conditioned models; none given = no
     tumour); ``slab_thickness``: the inputs' slab thickness in cube half-widths (slab-conditioned models; default a
-    thin slice, 2 / S)."""
+    thin slice, 2 / S); ``atlas``: the atlas registered to the inputs, an S³ cube in model units (atlas-conditioned
+    models; None withholds it)."""
     side = config.cube_size
     extruded, distance = geometry.extrude_in_cube(slices, side)
     labels = extruded_label_maps(slices, input_label_maps, side) if config.label_conditioning else None
-    guesses, knowns, label_guesses = [], [], []
+    guesses, knowns, label_guesses, atlas_guesses = [], [], [], []
     for rotation in rotations:
         guesses.append(np.moveaxis(cube_in_view(extruded, rotation), -1, 0))
+        if config.atlas_conditioning:
+            atlas_guesses.append(-np.ones((side,) * 3, np.float32) if atlas is None else np.moveaxis(cube_in_view(atlas, rotation), -1, 0))
         knowns.append(np.moveaxis(geometry.resample_view(distance, rotation, order=1, mode="nearest").astype(np.float32), -1, 0))
         if labels is not None:
             label_guesses.append(np.stack([np.moveaxis(cube_in_view(m, rotation), -1, 0) for m in labels], axis=1))
@@ -146,6 +149,9 @@ def view_conditioning(slices: Sequence[geometry.CubeSlice], rotations: np.ndarra
     depth = (np.arange(side) - (side - 1) / 2.0) / (side / 2.0)
     batch = {
         **({"label_guess": np.concatenate(label_guesses)} if config.label_conditioning else {}),
+        **({"atlas_guess": np.concatenate(atlas_guesses)[:, None],
+            "atlas_present": np.full((len(rotations) * side, 1, side, side), float(atlas is not None), np.float32)}
+           if config.atlas_conditioning else {}),
         "guess": np.concatenate(guesses)[:, None],
         "known_distance": np.concatenate(knowns)[:, None],
         "rotation": np.repeat(rotations, side, axis=0),

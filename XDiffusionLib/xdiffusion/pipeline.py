@@ -155,10 +155,10 @@ class XDiffusionPipeline(DiffusionPipeline):
 
     def _conditioning(self, slices: Sequence[geometry.CubeSlice], rotations: np.ndarray, modality: int,
                       input_label_maps: Optional[Sequence[np.ndarray]] = None,
-                      slab_thickness: Optional[float] = None) -> dict[str, torch.Tensor]:
+                      slab_thickness: Optional[float] = None, atlas: Optional[np.ndarray] = None) -> dict[str, torch.Tensor]:
         """Per-slice conditioning for every view × depth, in the order (view, depth) (`model_space.view_conditioning`);
         the input slots are one copy, viewed per slice."""
-        shared, batch = view_conditioning(slices, rotations, modality, self.model_config, input_label_maps, slab_thickness)
+        shared, batch = view_conditioning(slices, rotations, modality, self.model_config, input_label_maps, slab_thickness, atlas)
         count = len(rotations) * self.model_config.cube_size
         shared = {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))[None] for key, value in shared.items()}
         tensors = {key: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)) for key, value in batch.items()}
@@ -219,6 +219,7 @@ class XDiffusionPipeline(DiffusionPipeline):
         samples: int = 1,
         input_label_maps: Optional[Sequence[np.ndarray]] = None,
         slab_thickness: Optional[float] = None,
+        atlas: Optional[np.ndarray] = None,
     ) -> CubeReconstruction:
         """Generate the cube from input slices already placed in it (``geometry.slice_to_cube``, normalised).
 
@@ -229,7 +230,8 @@ class XDiffusionPipeline(DiffusionPipeline):
         of independent ones. ``samples`` > 1 averages that many samples (sample 0 seeded ``seed``, `sample_seed`)
         into a posterior mean, and the uncertainty becomes their spread.
 
-        ``input_label_maps`` and ``slab_thickness`` reach label- and slab-conditioned models (`_conditioning`)."""
+        ``input_label_maps``, ``slab_thickness`` and ``atlas`` (the atlas registered to the inputs, an S³ cube in model
+        units) reach label-, slab- and atlas-conditioned models (`_conditioning`); other models refuse an atlas."""
         if not slices:
             raise InputError("at least one input slice is needed")
         if modality not in self.model_config.modalities:
@@ -237,10 +239,15 @@ class XDiffusionPipeline(DiffusionPipeline):
         if steps < 1 or views < 1 or samples < 1 or (chunk_size is not None and chunk_size < 1):
             raise InputError("steps, views, samples and chunk size must be at least 1")
         side = self.model_config.cube_size
+        if atlas is not None and (not self.model_config.atlas_conditioning or atlas.shape != (side,) * 3 or not np.isfinite(atlas).all()):
+            raise InputError(f"an atlas to condition on needs an atlas-conditioned model and a finite {side}^3 cube "
+                             f"(this model is {'' if self.model_config.atlas_conditioning else 'not '}atlas-conditioned; "
+                             f"the atlas has shape {atlas.shape})")
         estimate = self.estimate_memory(views * side, guidance, views)
         chunk_size = self.check_host_memory(estimate, self.choose_chunk_size(estimate, views * side, chunk_size))
         rotations = geometry.view_rotations(views)
-        conditioning = self._conditioning(slices, rotations, self.model_config.modalities.index(modality), input_label_maps, slab_thickness)
+        conditioning = self._conditioning(slices, rotations, self.model_config.modalities.index(modality), input_label_maps,
+                                          slab_thickness, atlas)
         known = [known_view_slices(slices, rotation, side) if data_consistency else {} for rotation in rotations]
         known_rows = [v * side + depth for v, view_known in enumerate(known) for depth in view_known]
         known_images = torch.from_numpy(np.stack([view_known[d] for view_known in known for d in view_known])) if known_rows else None

@@ -200,7 +200,8 @@ def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str,
                          f"to start from (extrude or atlas)")
     slices, frame, scale = place_in_cube(inputs, pipeline.model_config.cube_size)
     prior_cube = None
-    if prior == "atlas" and sampling.get("strength", 1.0) < 1.0:
+    atlas_conditioned = pipeline.model_config.atlas_conditioning
+    if prior == "atlas" and (sampling.get("strength", 1.0) < 1.0 or atlas_conditioned):
         from .atlas import atlas_in_cube
         from .atlas_templates import choose_template, load_template
 
@@ -211,7 +212,10 @@ def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str,
         from .model_space import tumour_channels
 
         sampling["input_label_maps"] = [tumour_channels(placed) for placed in labels_in_cube(inputs, input_labels, frame)]
-    result = pipeline(slices, modality, progress=progress, prior=prior_cube, **sampling)
+    # an atlas-conditioned model reads the atlas as conditioning whenever it is the prior, and from it starts where
+    # strength < 1; `--prior extrude` and `--prior none` withhold it
+    result = pipeline(slices, modality, progress=progress, prior=prior_cube if sampling.get("strength", 1.0) < 1.0 else None,
+                      atlas=prior_cube if atlas_conditioned else None, **sampling)
     image = geometry.cube_to_grid(scale.restore(result.image), frame, inputs.geometry)
     spread = geometry.cube_to_grid(result.uncertainty * scale.scale / 2.0, frame, inputs.geometry)
     labels = None
@@ -234,12 +238,15 @@ SAMPLING_RECORD = ("views", "steps", "guidance", "solver", "strength", "prior", 
 
 def sampling_used(pipeline: XDiffusionPipeline, sampling: dict[str, Any]) -> dict[str, Any]:
     """The sampling settings as the pipeline runs them: the caller's (the CLI merges the model card's defaults in),
-    else the pipeline's own defaults. ``prior`` is None at strength 1: sampling then starts from noise alone."""
+    else the pipeline's own defaults. ``prior`` is None at strength 1, where sampling starts from noise alone, unless
+    it is the atlas that an atlas-conditioned model reads."""
     import inspect
 
     parameters = inspect.signature(type(pipeline).__call__).parameters
     used = {key: sampling.get(key, parameters[key].default if key in parameters else None) for key in SAMPLING_RECORD}
-    used["prior"] = sampling.get("prior", "extrude") if used["strength"] < 1.0 else None
+    prior = sampling.get("prior", "extrude")
+    read = prior == "atlas" and pipeline.model_config.atlas_conditioning
+    used["prior"] = prior if used["strength"] < 1.0 or read else None
     return used
 
 
@@ -268,7 +275,8 @@ def reconstruct(
 ) -> Reconstruction:
     """Reconstruct the volume on ``inputs.geometry`` with the model or a baseline (``views``, ``steps``, ``guidance``,
     ``seed``, ``solver``, ``strength``, ``coherent``, ``samples`` go to the pipeline; ``prior="atlas"`` with
-    ``strength`` < 1 starts sampling from the `atlas` guess; ``prior="none"`` is the model alone, from pure noise,
+    ``strength`` < 1 starts sampling from the `atlas` guess, and an atlas-conditioned model reads that guess as
+    conditioning at any strength (other priors withhold it); ``prior="none"`` is the model alone, from pure noise,
     and refuses a strength below 1; ``atlas`` is the template for both: ``auto`` (None), ``brain``, ``head`` or a
     file, `atlas_templates.choose_template`). The result lists the fallbacks the atlas registration took
     (`Reconstruction.warnings`). ``input_labels`` (one BraTS label image per input slice,
@@ -279,6 +287,8 @@ def reconstruct(
     description = f"{GENERATED_DESCRIPTION} ({method})"
     if method == "xdiffusion" and sampling.get("strength", 1.0) < 1.0:  # what sampling started from (fits NIfTI's 79 characters)
         description = f"{GENERATED_DESCRIPTION} ({sampling.get('prior', 'extrude')} prior {sampling['strength']:g})"
+    elif method == "xdiffusion" and sampling.get("prior") == "atlas" and pipeline is not None and pipeline.model_config.atlas_conditioning:
+        description = f"{GENERATED_DESCRIPTION} (atlas-conditioned)"
     warnings: list[str] = []
     if method == "xdiffusion":
         if pipeline is None:

@@ -19,7 +19,8 @@ from skimage.metrics import structural_similarity
 from .data.fetch import default_cache_dir
 from .data.loaders import Subject, iter_brats_folder, iter_volume_folder, load_training_subjects, subject_from_brats
 from .data.samples import IntensityScale, SampleGenerator, SampleOptions, TrainingCube, tumour_channels
-from .data.training_set import TrainingSetConfig, build_training_cubes, build_validation_cubes, work_side_for
+from .data.training_set import (TrainingSetConfig, build_training_cubes, build_validation_cubes, default_template,
+                                with_atlas_draws, work_side_for)
 from .errors import InputError
 from .evaluate import psnr, sharpness
 from .model import XDiffusionConfig, XDiffusionModel
@@ -44,6 +45,7 @@ class DataConfig:
     seed: int = 0
     validation_samples: int = 24
     validation_steps: int = 10
+    atlas_draws: int = 3  # per training cube, for atlas-conditioned models (`data.atlas_draws`): seconds each to build
 
 
 def split_subjects(data: DataConfig) -> tuple[list[Subject], list[Subject]]:
@@ -154,7 +156,9 @@ def training_cubes(resolved: dict[str, Any]) -> tuple[list[TrainingCube], list[S
     set_config = TrainingSetConfig(model.cube_size, data.variants_per_subject, data.synthetic_share, data.tumour_share,
                                    data.skull_strip_share, work_side=work_side_for(model.cube_size), seed=data.seed)
     cube_cache = Path(data.cube_cache) if data.cube_cache else Path(resolved["train"]["output_dir"]) / "cube_cache"
-    return build_training_cubes(training_subjects, model.modalities, set_config, cube_cache, progress=print), validation_subjects
+    draws = data.atlas_draws if model.atlas_conditioning else 0
+    return build_training_cubes(training_subjects, model.modalities, set_config, cube_cache, progress=print, atlas_draws=draws,
+                                options=SampleOptions.from_config(model)), validation_subjects
 
 
 def train_from_config(config: Union[str, os.PathLike, Mapping[str, Any]], overrides: Sequence[str] = ()) -> Path:
@@ -169,6 +173,10 @@ def train_from_config(config: Union[str, os.PathLike, Mapping[str, Any]], overri
     validate, held_out = None, None
     if validation_subjects:
         validation_cubes = build_validation_cubes(validation_subjects, model.modalities, model.cube_size)
+        if model.atlas_conditioning:  # one draw each, so that validation scores the atlas in use
+            template = default_template()
+            validation_cubes = [with_atlas_draws(cube, np.random.default_rng([data.seed, number, 2]), options, 1, template)
+                                for number, cube in enumerate(validation_cubes)]
         validate = make_validator(validation_cubes, model.modalities, options, data.validation_samples, data.validation_steps)
         held_out = held_out_targets(validation_cubes, channels=model.image_channels)
     return train(resolved, samples=samples, validate=validate, held_out=held_out)

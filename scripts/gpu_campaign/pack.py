@@ -176,6 +176,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         resolved = resolve_config(args.config, args.overrides)
+        if resolved["model"].get("atlas_conditioning"):  # its draws weigh ~4 MB a cube: far past the pack's 64 MiB
+            raise InputError("an atlas-conditioned config trains on atlas draws, which the GPU pack does not carry: "
+                             "train it with xdiffusion train / scripts/campaign.py")
         snapshot = Path(args.snapshot or resolved["train"]["snapshot_dir"] or "no-snapshot-dir-given")
         cubes, seed = campaign_cubes(resolved, args.max_cubes)
         wheels = needed_distributions(HERE / "train_gpu.py", args.assume_present)

@@ -27,6 +27,7 @@ MAX_DRAWS = 50
 SLAB_SHARE = 0.35  # share of slab-conditioned samples whose inputs are thick slices (slab means)
 SLAB_MM = (2.0, 8.0)  # clinical thick-slice range the slab inputs are drawn from
 TUMOUR_INPUT_SHARE = 0.5  # share of inputs drawn through the tumour, when the cube has one (a user points at it)
+ATLAS_SHARE = 0.75  # share of an atlas-conditioned model's samples that see the atlas (the rest: withheld)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class TrainingCube:
     tumour: np.ndarray  # (S, S, S) uint8, BraTS labels 0..3
     modality: str
     voxel_mm: float = 0.0  # the cube's voxel size; 0 where unknown (cubes cached before it was recorded)
+    atlas_draws: tuple = ()  # `atlas_draws.AtlasDraw`s: input slices with the atlas registered to them
 
     def __post_init__(self) -> None:
         # C order: resampled and cached cubes come Fortran-ordered (SimpleITK's axes), and every np.take of one slice
@@ -58,10 +60,12 @@ class SampleOptions:
     tumour_in_target: bool = True
     label_conditioning: bool = False
     slab_conditioning: bool = False
+    atlas_conditioning: bool = False
 
     @classmethod
     def from_config(cls, config) -> "SampleOptions":
-        return cls(config.max_inputs, config.tumour_in_target, config.label_conditioning, config.slab_conditioning)
+        return cls(config.max_inputs, config.tumour_in_target, config.label_conditioning, config.slab_conditioning,
+                   config.atlas_conditioning)
 
 
 def make_training_cube(image: Volume, modality: str, side: int, tumour: Volume | None = None) -> TrainingCube:
@@ -121,6 +125,9 @@ class SampleGenerator(torch.utils.data.Dataset):
         self.cubes = list(cubes)
         self.modalities = list(modalities)
         self.options = options or SampleOptions(max_inputs)
+        if self.options.atlas_conditioning and not any(cube.atlas_draws for cube in self.cubes):
+            raise InputError("an atlas-conditioned model trains on cubes with atlas draws: none has any (data.atlas_draws "
+                             "must be at least 1; a GPU pack carries none)")
         self.max_inputs = self.options.max_inputs
         self.seed = seed
         self.length = length
@@ -146,12 +153,12 @@ class SampleGenerator(torch.utils.data.Dataset):
         for _ in range(MAX_DRAWS):
             cube = self.cubes[int(rng.integers(0, len(self.cubes)))]
             side = cube.side
-            axis = int(rng.integers(0, 3))
-            through: Sequence[int] = ()
-            if options.label_conditioning and cube.tumour.any() and rng.random() < TUMOUR_INPUT_SHARE:
-                through = np.flatnonzero(np.moveaxis(cube.tumour, axis, 0).reshape(side, -1).any(axis=1))
-            positions = input_positions(rng, side, int(rng.integers(1, self.max_inputs + 1)), through)
-            thickness = self._slab_thickness(rng, cube)
+            atlas = None
+            if options.atlas_conditioning and cube.atlas_draws and rng.random() < ATLAS_SHARE:
+                atlas = cube.atlas_draws[int(rng.integers(0, len(cube.atlas_draws)))]
+                axis, positions, thickness = atlas.axis, list(atlas.positions), atlas.thickness
+            else:
+                axis, positions, thickness = choose_inputs(rng, cube, options)
             raw_slices = [slab_mean(cube.image, axis, p, thickness) for p in positions]
             if max(float(s.max()) for s in raw_slices) > 0:
                 break  # a user never reconstructs from empty background slices; neither do we train on them
@@ -161,14 +168,35 @@ class SampleGenerator(torch.utils.data.Dataset):
         slices = [geometry.CubeSlice(scale.normalise(s), axis, float((p - (side - 1) / 2) / (side / 2))) for s, p in zip(raw_slices, positions)]
         labels = [tumour_channels(np.take(cube.tumour, p, axis=axis)) for p in positions] if options.label_conditioning else None
         return build_sample(cube, scale, slices, self.choose_rotation(rng), int(rng.integers(0, side)),
-                            self.modalities.index(cube.modality), options, labels, thickness / (side / 2.0))
+                            self.modalities.index(cube.modality), options, labels, thickness / (side / 2.0),
+                            None if atlas is None else atlas.guess)
 
-    def _slab_thickness(self, rng: np.random.Generator, cube: TrainingCube) -> int:
-        """Cube slices averaged into one input: 1 (a thin slice) unless this sample is a thick-slice one."""
-        if not self.options.slab_conditioning or rng.random() >= SLAB_SHARE:
-            return 1
-        voxel_mm = cube.voxel_mm or 240.0 / cube.side
-        return max(1, int(round(rng.uniform(*SLAB_MM) / voxel_mm)))
+
+def choose_inputs(rng: np.random.Generator, cube: TrainingCube, options: SampleOptions) -> tuple[int, list[int], int]:
+    """One draw of a sample's input slices: axis, positions (through the tumour for a share of label-conditioned
+    samples) and slab thickness in cube slices (1, a thin slice, unless this is a thick-slice sample)."""
+    side = cube.side
+    axis = int(rng.integers(0, 3))
+    through: Sequence[int] = ()
+    if options.label_conditioning and cube.tumour.any() and rng.random() < TUMOUR_INPUT_SHARE:
+        through = np.flatnonzero(np.moveaxis(cube.tumour, axis, 0).reshape(side, -1).any(axis=1))
+    positions = input_positions(rng, side, int(rng.integers(1, options.max_inputs + 1)), through)
+    thickness = 1
+    if options.slab_conditioning and rng.random() < SLAB_SHARE:
+        thickness = max(1, int(round(rng.uniform(*SLAB_MM) / (cube.voxel_mm or 240.0 / side))))
+    return axis, positions, thickness
+
+
+def atlas_draw_choices(rng: np.random.Generator, cube: TrainingCube, options: SampleOptions, count: int) -> list[tuple[int, list[int], int]]:
+    """``count`` input-slice choices for a cube's atlas draws, drawn as training draws inputs, none of them empty."""
+    choices = []
+    for _ in range(count * MAX_DRAWS):
+        axis, positions, thickness = choose_inputs(rng, cube, options)
+        if max(float(slab_mean(cube.image, axis, p, thickness).max()) for p in positions) > 0:
+            choices.append((axis, positions, thickness))
+            if len(choices) == count:
+                return choices
+    raise InputError(f"a training cube gave only empty input slices in {count * MAX_DRAWS} draws: is it blank?")
 
 
 def build_sample(
@@ -181,8 +209,11 @@ def build_sample(
     options: SampleOptions | int,
     input_label_maps: Optional[Sequence[np.ndarray]] = None,
     slab_thickness: Optional[float] = None,
+    atlas_guess: Optional[np.ndarray] = None,
 ) -> dict[str, np.ndarray]:
-    """One sample; ``options`` may be a plain max_inputs (the original image+tumour target, no extra conditioning)."""
+    """One sample; ``options`` may be a plain max_inputs (the original image+tumour target, no extra conditioning).
+    ``atlas_guess``: the atlas registered to these input slices (S³, the cube's units), for atlas-conditioned models;
+    None withholds it."""
     options = options if isinstance(options, SampleOptions) else SampleOptions(int(options))
     side = cube.side
     points = view_plane_points(rotation, side, depth_index)
@@ -198,6 +229,11 @@ def build_sample(
         label_cube = extruded_label_maps(slices, input_label_maps, side)
         extra["label_guess"] = (-np.ones((3, side, side), np.float32) if label_cube is None
                                 else np.stack([image_in_view(m, points) for m in label_cube]))
+    if options.atlas_conditioning:
+        present = atlas_guess is not None
+        extra["atlas_guess"] = (image_in_view(scale.normalise(atlas_guess.astype(np.float32)), points) if present
+                                else -np.ones((side, side), np.float32))[None]
+        extra["atlas_present"] = np.full((1, side, side), float(present), np.float32)
     thickness = (slab_thickness if slab_thickness is not None else 2.0 / side) if options.slab_conditioning else None
     return {
         "target": target.astype(np.float32),

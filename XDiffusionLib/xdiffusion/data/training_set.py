@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -20,7 +20,8 @@ import numpy as np
 from ..errors import InputError
 from ..io import Volume
 from .loaders import Subject
-from .samples import TrainingCube, make_training_cube
+from .atlas_draws import cube_draws, draws_path
+from .samples import SampleOptions, TrainingCube, atlas_draw_choices, make_training_cube
 from .synthesis import augment_subject, downsample, synthesise_from_labels
 from .tumour import TUMOUR_CONTRAST, paint_tumour
 
@@ -108,9 +109,14 @@ def build_training_cubes(
     config: TrainingSetConfig,
     cache_dir: Optional[Path] = None,
     progress: Optional[Progress] = None,
+    atlas_draws: int = 0,
+    options: Optional[SampleOptions] = None,
 ) -> list[TrainingCube]:
-    """All variants of all subjects as cubes; cached per subject and config, so a rerun (or a resume) is instant."""
-    cubes = []
+    """All variants of all subjects as cubes; cached per subject and config, so a rerun (or a resume) is instant.
+
+    ``atlas_draws`` > 0 gives each cube that many `atlas_draws.AtlasDraw`s (input slices chosen as ``options``
+    chooses them, the atlas registered to them), cached beside it: what an atlas-conditioned model trains on."""
+    cubes, draw_seeds, draw_caches = [], [], []
     for number, subject in enumerate(subjects):
         folder = Path(cache_dir) / f"{subject.id}-{_cache_key(subject, modalities, config)}" if cache_dir else None
         if folder is not None:
@@ -118,17 +124,63 @@ def build_training_cubes(
         for variant in range(config.variants_per_subject):
             path = folder / f"variant-{variant:04d}.npz" if folder is not None else None
             if path is not None and path.exists():
-                cubes.append(_load_cube(path))
-                continue
-            rng = np.random.default_rng([config.seed, number, variant])
-            image, modality, tumour = subject_variant(subject, modalities, config, rng)
-            cube = make_training_cube(image, modality, config.cube_size, tumour)
-            if path is not None:
-                _save_cube(path, cube)
+                cube = _load_cube(path)
+            else:
+                rng = np.random.default_rng([config.seed, number, variant])
+                image, modality, tumour = subject_variant(subject, modalities, config, rng)
+                cube = make_training_cube(image, modality, config.cube_size, tumour)
+                if path is not None:
+                    _save_cube(path, cube)
             cubes.append(cube)
+            draw_seeds.append([config.seed, number, variant, 1])
+            draw_caches.append(draws_path(path, atlas_draws, options) if path is not None and atlas_draws else None)
         if progress is not None:
             progress(f"training cubes: {subject.id} ready ({config.variants_per_subject} variants)")
-    return cubes
+    if not atlas_draws:
+        return cubes
+    return _with_draws(cubes, draw_seeds, draw_caches, options, atlas_draws, progress)
+
+
+def _with_draws(cubes: Sequence[TrainingCube], seeds: Sequence[list[int]], caches: Sequence[Optional[Path]],
+                options: SampleOptions, count: int, progress: Optional[Progress]) -> list[TrainingCube]:
+    """Every cube with its atlas draws. Registration takes seconds a draw, so the draws missing from the cache are
+    built first in one process per core (the training has not started: the cores are free), then all read back."""
+    missing = [(cube, seed, cache) for cube, seed, cache in zip(cubes, seeds, caches) if cache is not None and not cache.is_file()]
+    workers = min(len(missing), os.cpu_count() or 1)
+    if progress is not None and missing:
+        progress(f"atlas draws: registering {len(missing) * count} for {len(missing)} cubes in {workers} process(es)")
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            list(pool.map(_build_draws, missing, [options] * len(missing), [count] * len(missing)))
+    template = default_template()
+    drawn = [with_atlas_draws(cube, np.random.default_rng(seed), options, count, template, cache)
+             for cube, seed, cache in zip(cubes, seeds, caches)]
+    if progress is not None:
+        progress(f"atlas draws: {count} for each of {len(drawn)} cubes ready")
+    return drawn
+
+
+def _build_draws(job: tuple[TrainingCube, list[int], Path], options: SampleOptions, count: int) -> None:
+    cube, seed, cache = job
+    with_atlas_draws(cube, np.random.default_rng(seed), options, count, default_template(), cache)
+
+
+def default_template() -> Volume:
+    """The template atlas draws register: the default of `reconstruct --prior atlas`."""
+    from ..atlas_templates import TEMPLATES, load_template
+
+    return load_template(TEMPLATES["brain"])
+
+
+def with_atlas_draws(cube: TrainingCube, rng: np.random.Generator, options: SampleOptions, count: int,
+                     template: Volume, cache: Optional[Path] = None) -> TrainingCube:
+    """``cube`` with ``count`` atlas draws: input slices chosen as ``options`` chooses them, the atlas registered to them."""
+    choices = atlas_draw_choices(rng, cube, options, count)
+    return replace(cube, atlas_draws=cube_draws(cube.image, cube.voxel_mm or 240.0 / cube.side, choices, template, cache))
 
 
 def build_validation_cubes(subjects: Sequence[Subject], modalities: Sequence[str], cube_size: int, tumour_seeds: Sequence[int] = (0, 1)) -> list[TrainingCube]:

@@ -109,15 +109,18 @@ def measure_latent_scale(autoencoder: AutoencoderKL, targets: Iterable[torch.Ten
 
 def save_run_autoencoder(folder: Path, config: XDiffusionConfig, train: TrainConfig, targets: Iterator[torch.Tensor],
                          device: Union[str, torch.device]) -> None:
-    """A run's autoencoder: trained on ``targets`` (or taken from `train.autoencoder_from`), its latent scale measured,
-    then saved in ``folder`` with both, and how it was trained, in `AUTOENCODER_RECORD`; renamed into place complete."""
+    """A run's autoencoder: trained on ``targets`` (or taken from `train.autoencoder_from`), its latent scale measured
+    (or kept from the other run's record: its denoiser, which a run continued with `init_from` starts from, was
+    trained at that scale), then saved in ``folder`` with both, and how it was trained, in `AUTOENCODER_RECORD`;
+    renamed into place complete."""
     if train.autoencoder_from:
         source = Path(train.autoencoder_from)
         autoencoder = AutoencoderKL.from_pretrained(source, use_safetensors=True, local_files_only=True)
         earlier = source / AUTOENCODER_RECORD  # present when it comes from another run's autoencoder/
-        training = json.loads(earlier.read_text(encoding="utf-8")).get("training") if earlier.is_file() else None
-        record = {"trained_in_this_run": False, "from": str(source),
-                  **(training or {"note": UNRECORDED_AUTOENCODER})}
+        saved = json.loads(earlier.read_text(encoding="utf-8")) if earlier.is_file() else {}
+        record = {**(saved.get("training") or {"note": UNRECORDED_AUTOENCODER}),  # how the other run trained it,
+                  "trained_in_this_run": False, "from": str(source)}  # but not in this run, whatever it recorded
+        scale = saved.get("latent_scale")
     else:
         autoencoder = build_autoencoder(config)
         train_autoencoder(autoencoder, targets, train.autoencoder_steps, lr=train.autoencoder_lr,
@@ -133,7 +136,9 @@ def save_run_autoencoder(folder: Path, config: XDiffusionConfig, train: TrainCon
             "kl_weight": config.autoencoder.kl_weight, "seed": train.seed,
             "xdiffusion_version": __version__,
         }
-    scale = measure_latent_scale(autoencoder.to(device).eval(), targets, device=device)
+        scale = None
+    if scale is None:
+        scale = measure_latent_scale(autoencoder.to(device).eval(), targets, device=device)
     staging = folder.with_name(".autoencoder.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     autoencoder.save_pretrained(staging, safe_serialization=True)

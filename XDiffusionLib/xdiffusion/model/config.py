@@ -17,6 +17,7 @@ from ..errors import InputError
 PREDICTION_TYPES = ("v_prediction", "epsilon")
 IMAGE_CHANNELS = 4  # image + tumour labels 1, 2, 3 (docs/architecture.md, `target`)
 LABEL_MAPS = 3  # BraTS labels 1, 2, 3
+ATLAS_MAPS = 2  # the registered atlas guess in the view, and where it is present (1) or withheld (0)
 
 
 @dataclass
@@ -82,6 +83,7 @@ class XDiffusionConfig:
     tumour_in_target: bool = True  # False: the denoiser draws the image only; labels come from the pixel-space label net
     label_conditioning: bool = False  # the input slices' tumour labels, extruded into each view, condition the image
     slab_conditioning: bool = False  # each input slot carries its slab thickness (a thick slice is a slab mean)
+    atlas_conditioning: bool = False  # the atlas registered to the input slices, in each view (issue 13 item 4)
 
     def __post_init__(self) -> None:
         self.modalities = list(self.modalities)
@@ -124,8 +126,10 @@ class XDiffusionConfig:
     @property
     def condition_image_channels(self) -> int:
         """Pixel-aligned conditioning images at cube resolution: inputs, presence maps, guess, known distance, and
-        the extruded input labels (one map per BraTS label) when the model is label-conditioned."""
-        return 2 * self.max_inputs + 2 + (LABEL_MAPS if self.label_conditioning else 0)
+        the extruded input labels (one map per BraTS label) when the model is label-conditioned, and the atlas guess
+        with its presence map when it is atlas-conditioned."""
+        return (2 * self.max_inputs + 2 + (LABEL_MAPS if self.label_conditioning else 0)
+                + (ATLAS_MAPS if self.atlas_conditioning else 0))
 
     @property
     def unet_in_channels(self) -> int:

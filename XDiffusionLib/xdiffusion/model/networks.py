@@ -37,9 +37,11 @@ def build_unet(config: XDiffusionConfig) -> UNet2DConditionModel:
 
 
 def init_unet_from_pretrained(local_dir: Union[str, Path], config: XDiffusionConfig) -> UNet2DConditionModel:
-    """Start from a local diffusers Stable Diffusion / Zero-123 folder (`local_dir/unet/`), keeping all its weights
-    except conv_in/conv_out, which are widened to our channels: overlapping channels are copied and the new input
-    channels start at zero, so at step 0 the network sees exactly what it was pretrained on.
+    """Start from a local diffusers Stable Diffusion / Zero-123 folder, or an XDiffusion model folder
+    (`local_dir/unet/`), keeping all its weights except conv_in/conv_out, which are widened to our channels:
+    overlapping channels are copied and the new input channels start at zero, so at step 0 the network sees exactly
+    what it was pretrained on (an XDiffusion model given a new conditioning channel, e.g. the atlas, predicts what it
+    predicted before until it learns to read it).
     """
     folder = Path(local_dir)
     if not (folder / "unet" / "config.json").is_file():
@@ -79,9 +81,24 @@ def init_unet_from_pretrained(local_dir: Union[str, Path], config: XDiffusionCon
     return unet
 
 
+def init_condition_encoder(encoder: ConditionEncoder, local_dir: Union[str, Path]) -> None:
+    """Load the condition encoder of an XDiffusion model folder into ``encoder`` (strictly: same conditioning config);
+    a Stable Diffusion folder has none, and ``encoder`` keeps its fresh weights."""
+    weights = Path(local_dir) / "condition_encoder" / "model.safetensors"
+    if not weights.is_file():
+        return
+    from safetensors.torch import load_file
+
+    try:
+        encoder.load_state_dict(load_file(weights), strict=True)
+    except RuntimeError as error:
+        raise ModelError(f"the condition encoder in {weights.parent} does not match the config's model.conditioning: "
+                         f"{' '.join(str(error).split())[:200]}") from None
+
+
 def condition_images(batch: Mapping[str, torch.Tensor], size: int, drop: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Pixel-aligned conditioning [B, C*f^2, size, size]: inputs, presence maps, guess, known distance (C = 2K+2),
-    and the extruded label maps where the batch has them.
+    the extruded label maps and the atlas guess with its presence map where the batch has them.
 
     In latent space (`size` < S) they are folded with `pixel_unshuffle`, which is lossless, unlike resizing.
     Rows in `drop` are zeroed (the unconditional branch of classifier-free guidance).
@@ -91,6 +108,8 @@ def condition_images(batch: Mapping[str, torch.Tensor], size: int, drop: Optiona
     parts = [inputs, present, batch["guess"].to(inputs.dtype), batch["known_distance"].to(inputs.dtype)]
     if "label_guess" in batch:  # label-conditioned models: the input slices' tumour labels, extruded into the view
         parts.append(batch["label_guess"].to(inputs.dtype))
+    if "atlas_guess" in batch:  # atlas-conditioned models: the registered atlas in the view, or -1 where withheld
+        parts += [batch["atlas_guess"].to(inputs.dtype), batch["atlas_present"].to(inputs.dtype)]
     images = torch.cat(parts, 1)
     if drop is not None:
         images = images * (~drop.to(device=images.device, dtype=torch.bool)).to(images.dtype)[:, None, None, None]

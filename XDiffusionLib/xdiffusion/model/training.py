@@ -38,7 +38,8 @@ from .checkpoint_files import CHECKPOINT_NAME, EMA_WEIGHTS, replace_dir as _repl
 from .conditioning import ConditionEncoder
 from .config import XDiffusionConfig
 from .autoencoder_training import AUTOENCODER_RECORD, UNRECORDED_AUTOENCODER, autoencoder_metrics, save_run_autoencoder
-from .networks import Denoiser, LatentTargets, build_unet, encode_target, init_unet_from_pretrained, min_snr_weights
+from .networks import (Denoiser, LatentTargets, build_unet, encode_target, init_condition_encoder, init_unet_from_pretrained,
+                       min_snr_weights)
 from .train_config import TrainConfig, card_config, config_changes, record_config, resolve_config
 from .train_config import AUTOENCODER_KEYS, CONFIG_HISTORY, _deep_merge, apply_overrides  # noqa: F401 (re-exported)
 
@@ -86,11 +87,16 @@ class Trainer:
         if self.accelerator.is_main_process:  # after the autoencoder: it fixes model.latent_scale
             with atomic_output(self.output_dir / "config.yaml") as temporary:  # never half a config after a kill
                 temporary.write_text(yaml.safe_dump(self.resolved, sort_keys=False))
-        if self.train.init_from:
+        # `init_from` starts a fresh run only: a resumed one has its own weights, and the folder it started from may
+        # be gone (a campaign continued on another machine)
+        fresh = snapshot is None and not (self.train.resume and checkpoint_to_resume(self.output_dir, self.train.resume))
+        if self.train.init_from and fresh:
             unet = init_unet_from_pretrained(self.train.init_from, self.config)
         else:
             unet = build_unet(self.config)
         model = Denoiser(unet, ConditionEncoder.for_model(self.config))
+        if self.train.init_from and fresh:
+            init_condition_encoder(model.condition_encoder, self.train.init_from)
         # on the CPU with a loader worker, the frozen autoencoder encodes the targets there (`LatentTargets`): a quarter
         # of a detail-model step, run beside the denoiser's step instead of before it
         self._encode_in_workers = self.autoencoder is not None and self.train.num_workers > 0 and self.accelerator.device.type == "cpu"
