@@ -108,7 +108,8 @@ class LabelConditionedStub:
     """A pipeline standing in for a label-conditioned model: it records what it is given and draws nothing."""
 
     def __init__(self, conditioned: bool = True):
-        self.model_config = SimpleNamespace(cube_size=16, label_conditioning=conditioned)
+        self.model_config = SimpleNamespace(cube_size=16, label_conditioning=conditioned,
+                                            atlas_conditioning=False)
         self.modalities = ["t1"]
         self.model_card = {"id": "stub"}
         self.received: dict = {}
