@@ -3,6 +3,9 @@ thread per test."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import pytest
 import torch
 
@@ -25,6 +28,20 @@ def random_batch(config, batch_size: int, seed: int = 0) -> dict[str, torch.Tens
         "depth": torch.rand(batch_size, generator=g) * 2 - 1,
         "modality": torch.randint(0, len(config.modalities), (batch_size,), generator=g).float(),
     }
+
+
+def save_untrained(folder: Path, config, card: Optional[dict] = None, label_net=None, seed: Optional[int] = None) -> Path:
+    """An untrained model of ``config`` saved as a model folder (its scheduler as training would make it), for tests
+    that need a loadable model but not a trained one; ``seed`` fixes its weights."""
+    from diffusers import DDPMScheduler
+
+    from xdiffusion.model import ConditionEncoder, build_unet, save_model
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type)
+    return save_model(folder, build_unet(config).eval(), ConditionEncoder.for_model(config).eval(), None,
+                      dict(scheduler.config), config, card or {}, label_net=label_net)
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from conftest import oriented_volume, smooth_head
-from model_fixtures import random_batch
+from model_fixtures import random_batch, save_untrained
 from xdiffusion import geometry
 from xdiffusion.atlas_templates import TEMPLATES, load_template
 from xdiffusion.data.atlas_draws import cube_draws, register_draw
@@ -117,8 +117,7 @@ def test_a_model_widened_for_the_atlas_predicts_what_it_did_before_it_learns_to_
 
 def test_a_condition_encoder_of_another_shape_is_refused_in_one_line(tmp_path):
     config = dataclasses.replace(preset("tiny"), tumour_in_target=False)
-    scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps)
-    save_model(tmp_path / "model", build_unet(config), ConditionEncoder.for_model(config), None, dict(scheduler.config), config, {})
+    save_untrained(tmp_path / "model", config)
     other = atlas_config(conditioning=dataclasses.replace(config.conditioning, hidden_dim=48))
     with pytest.raises(ModelError, match="condition encoder .* does not match"):
         init_condition_encoder(ConditionEncoder.for_model(other), tmp_path / "model")
@@ -126,13 +125,8 @@ def test_a_condition_encoder_of_another_shape_is_refused_in_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def atlas_model_dir(tmp_path_factory):
-    torch.manual_seed(1)
-    config = atlas_config()
-    scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type)
-    folder = tmp_path_factory.mktemp("atlas") / "model"
-    save_model(folder, build_unet(config), ConditionEncoder.for_model(config), None, dict(scheduler.config), config,
-               {"default_sampling": {"views": 1, "steps": 2}, "default_modality": "t1"})
-    return folder
+    return save_untrained(tmp_path_factory.mktemp("atlas") / "model", atlas_config(),
+                          {"default_sampling": {"views": 1, "steps": 2}, "default_modality": "t1"}, seed=1)
 
 
 def test_the_pipeline_reads_the_atlas_only_in_a_model_built_for_it(atlas_model_dir, tmp_path):
@@ -144,9 +138,7 @@ def test_the_pipeline_reads_the_atlas_only_in_a_model_built_for_it(atlas_model_d
     assert not np.allclose(withheld.image, given.image)
     with pytest.raises(InputError, match="16\\^3"):
         pipeline(slices, "t1", views=1, steps=2, atlas=atlas[:8])
-    config = dataclasses.replace(preset("tiny"), tumour_in_target=False)
-    scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps)
-    save_model(tmp_path / "plain", build_unet(config), ConditionEncoder.for_model(config), None, dict(scheduler.config), config, {})
+    save_untrained(tmp_path / "plain", dataclasses.replace(preset("tiny"), tumour_in_target=False))
     with pytest.raises(InputError, match="not atlas-conditioned"):
         XDiffusionPipeline.from_pretrained(tmp_path / "plain")(slices, "t1", views=1, steps=2, atlas=atlas)
 

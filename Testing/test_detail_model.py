@@ -8,14 +8,14 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from diffusers import DDPMScheduler
 
 from conftest import oriented_volume, smooth_head
+from model_fixtures import save_untrained
 from xdiffusion import geometry
 from xdiffusion.cli import main
 from xdiffusion.data.samples import SampleGenerator, SampleOptions, TrainingCube
 from xdiffusion.io import read_volume, write_volume
-from xdiffusion.model import ConditionEncoder, build_unet, preset, save_model
+from xdiffusion.model import ConditionEncoder, build_unet, preset
 from xdiffusion.model.label_net import TumourLabelNet
 from xdiffusion.model.networks import Denoiser
 from xdiffusion.pipeline import XDiffusionPipeline
@@ -31,13 +31,9 @@ def detail_config():
 @pytest.fixture(scope="module")
 def detail_model_dir(tmp_path_factory):
     torch.manual_seed(0)
-    config = detail_config()
-    scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type)
-    folder = tmp_path_factory.mktemp("detail") / "model"
-    save_model(folder, build_unet(config), ConditionEncoder.for_model(config), None, dict(scheduler.config), config,
-               {"default_sampling": {"views": 2, "steps": 2}, "default_modality": "t1"},
-               label_net=TumourLabelNet(features=TINY_LABEL_NET))
-    return folder
+    return save_untrained(tmp_path_factory.mktemp("detail") / "model", detail_config(),
+                          {"default_sampling": {"views": 2, "steps": 2}, "default_modality": "t1"},
+                          label_net=TumourLabelNet(features=TINY_LABEL_NET))
 
 
 def tumour_cube(side: int = 16) -> TrainingCube:

@@ -299,16 +299,10 @@ def test_a_bad_argument_surfaces_the_clis_error_line(scene, tmp_path):
 
 
 def tiny_model_folder(folder: Path) -> Path:
-    import torch
-    from diffusers import DDPMScheduler
+    from model_fixtures import save_untrained
+    from xdiffusion.model import preset
 
-    from xdiffusion.model import ConditionEncoder, build_unet, preset, save_model
-
-    torch.manual_seed(0)
-    config = preset("tiny")
-    scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps, prediction_type=config.prediction_type)
-    return save_model(folder, build_unet(config).eval(), ConditionEncoder.for_model(config).eval(), None,
-                      dict(scheduler.config), config, {"steps": 0})
+    return save_untrained(folder, preset("tiny"), {"steps": 0}, seed=0)
 
 
 @pytest.fixture(scope="module")
