@@ -224,3 +224,23 @@ def test_the_gpu_pack_refuses_an_atlas_conditioned_config_in_one_line(tmp_path, 
     assert code == 2 and not (tmp_path / "pack").exists()
     message = capsys.readouterr().err.strip()
     assert message.count("\n") == 0 and "atlas draws" in message
+
+
+@pytest.mark.parametrize("atlas_conditioning", [True, False])
+def test_an_exported_atlas_conditioned_model_samples_with_its_atlas_unless_told_otherwise(tmp_path, atlas_conditioning):
+    """The validation split preferred the atlas as conditioning at strength 1 (docs/model.md): the card says so, so
+    that `reconstruct --model` of the export does not withhold what the model was trained to read."""
+    from xdiffusion.cli import DEFAULT_SAMPLING
+    from xdiffusion.model_card import resolve_sampling
+
+    config = _config(tmp_path)
+    config["model"]["atlas_conditioning"] = atlas_conditioning
+    trainer = Trainer(resolve_config(config), CopyGuessSamples())
+    exported = export_model(read_snapshot(write_snapshot(trainer, tmp_path / "snap")), tmp_path / "exported")
+    card = json.loads((exported / "model_card.json").read_text())
+    sampling = resolve_sampling(card, DEFAULT_SAMPLING)
+    if atlas_conditioning:
+        assert (sampling["prior"], sampling["strength"]) == ("atlas", 1.0) and "validation split" in card["default_sampling_basis"]
+        assert resolve_sampling(card, DEFAULT_SAMPLING, explicit={"prior": "none"})["prior"] == "none"
+    else:
+        assert "default_sampling" not in card and sampling["prior"] == DEFAULT_SAMPLING["prior"]

@@ -42,7 +42,7 @@ from .conditioning import ConditionEncoder
 from .config import XDiffusionConfig
 from .networks import build_autoencoder, build_unet
 from .train_config import card_config
-from .training import AUTOENCODER_RECORD, INTENDED_USE, Trainer, _replace_dir, noise_schedule
+from .training import AUTOENCODER_RECORD, INTENDED_USE, Trainer, _replace_dir, conditioning_card, noise_schedule
 
 SNAPSHOT_FORMAT = "xdiffusion-campaign-snapshot/1"
 SNAPSHOT_INDEX = "snapshot.json"  # written last: a folder without it is no snapshot
@@ -274,6 +274,7 @@ def export_model(snapshot: Snapshot, folder: Union[str, Path], label_net: Option
         "xdiffusion_version": __version__,
         "training_config": card_config(index.get("training_config") or {}),
         "intended_use": INTENDED_USE,
+        **conditioning_card(config),
     }
     if autoencoder is not None:
         card["autoencoder"] = _autoencoder_metrics(snapshot.folder / TRAINING_LOG)

@@ -49,6 +49,16 @@ if TYPE_CHECKING:
 Validator = Callable[[XDiffusionModel], Mapping[str, float]]
 SEGMENTS_TUMOURS_MIN_DICE = 0.5  # held-out whole-tumour Dice below which a model's tumour labels are not offered
 INTENDED_USE = "research only; generated volumes are synthetic and not for diagnosis"
+ATLAS_SAMPLING_BASIS = ("an atlas-conditioned model reads the registered atlas at strength 1 (it starts from noise); "
+                        "the validation split preferred this to the atlas as an SDEdit start (docs/model.md)")
+
+
+def conditioning_card(config: XDiffusionConfig) -> dict:
+    """The card entries a model's conditioning implies: an atlas-conditioned model samples with its atlas by default,
+    since withholding it (`--prior extrude`) gives the model less than it was trained to read."""
+    if not config.atlas_conditioning:
+        return {}
+    return {"default_sampling": {"prior": "atlas", "strength": 1.0}, "default_sampling_basis": ATLAS_SAMPLING_BASIS}
 
 
 def noise_schedule(config: XDiffusionConfig) -> DDPMScheduler:
@@ -393,6 +403,7 @@ class Trainer:
                 "xdiffusion_version": __version__,
                 "training_config": card_config(self.resolved),
                 "intended_use": INTENDED_USE,
+                **conditioning_card(self.config),
             }
             if self.autoencoder is not None:
                 card["autoencoder"] = self.autoencoder_metrics
