@@ -4,6 +4,7 @@ and models that would ignore them; recorded in the sidecars."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -16,6 +17,7 @@ from xdiffusion.cohort import list_cohort
 from xdiffusion.errors import InputError
 from xdiffusion.input_labels import labels_present, model_uses_input_labels, read_input_labels
 from xdiffusion.io import Geometry, Volume, write_volume
+from xdiffusion.model import preset
 from xdiffusion.model_location import PACKAGED_MODEL
 from xdiffusion.provenance import sidecar_path, write_reconstruction
 from xdiffusion.reconstruct import reconstruct, select_slices, single_slice_input
@@ -108,8 +110,8 @@ class LabelConditionedStub:
     """A pipeline standing in for a label-conditioned model: it records what it is given and draws nothing."""
 
     def __init__(self, conditioned: bool = True):
-        self.model_config = SimpleNamespace(cube_size=16, label_conditioning=conditioned,
-                                            atlas_conditioning=False)
+        # a real config, so that whatever reconstruct reads of it exists (a stand-in object missed new fields)
+        self.model_config = dataclasses.replace(preset("tiny"), cube_size=16, label_conditioning=conditioned)
         self.modalities = ["t1"]
         self.model_card = {"id": "stub"}
         self.received: dict = {}
