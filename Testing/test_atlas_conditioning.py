@@ -158,3 +158,18 @@ def test_prior_atlas_conditions_the_model_and_the_other_priors_withhold_it(atlas
         np.testing.assert_allclose(result.image.geometry.spacing, volume.geometry.spacing)
         np.testing.assert_allclose(result.image.geometry.origin, volume.geometry.origin)
         np.testing.assert_allclose(result.image.geometry.direction, volume.geometry.direction)
+
+
+def test_validation_scores_the_model_with_and_without_the_atlas_and_the_atlas_itself(drawn_cube, tmp_path):
+    from xdiffusion.model.checkpoint import load_model
+    from xdiffusion.training_run import make_validator
+
+    config = atlas_config(cube_size=SIDE)
+    model = load_model(save_untrained(tmp_path / "model", config, seed=0))
+    scores = make_validator([drawn_cube], ["t1"], SampleOptions.from_config(config), count=12, steps=1)(model)
+    for name in ("psnr_atlas_given", "psnr_atlas_withheld", "ssim_atlas_given", "psnr_atlas", "ssim_atlas"):
+        assert np.isfinite(scores[name]), name
+    low, high = sorted((scores["psnr_atlas_given"], scores["psnr_atlas_withheld"]))
+    assert low <= scores["psnr"] <= high, scores  # the overall mean lies between the means of its two parts
+    # the template registered to its own slices fits it far better than the extruded inputs do
+    assert scores["psnr_atlas"] > scores["psnr_extrude"] + 3.0, scores

@@ -47,3 +47,17 @@ def test_a_missing_log_is_one_line_and_exit_2(tmp_path):
     result = _run(tmp_path / "none.csv", doc, "detail")
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "no training log" in result.stderr
     assert doc.read_text() == "# Model\n"
+
+
+def test_an_atlas_conditioned_run_gets_the_atlas_and_withheld_columns_and_others_do_not(tmp_path):
+    doc = tmp_path / "model.md"
+    doc.write_text("# Model\n")
+    log = _log(tmp_path / "atlas.csv", 14.5)
+    with log.open("a") as handle:
+        handle.write("500,val/psnr_atlas,13.125\n500,val/psnr_atlas_withheld,12.375\n")
+    assert _run(log, doc, "detail_atlas").returncode == 0
+    assert _run(_log(tmp_path / "plain.csv", 12.5), doc, "detail").returncode == 0
+    atlas_block, plain_block = doc.read_text().split("learning-curve:detail:start")
+    assert "atlas PSNR | PSNR, atlas withheld |" in atlas_block and "| 500 | 14.500 | 12.200 | 0.410 | 0.510 | 1.200 | 13.125 | 12.375 | 0.2500 |" in atlas_block
+    plain_table = plain_block.split("learning-curve:detail:end")[0]
+    assert "atlas PSNR" not in plain_table and "| 500 | 12.500 | 12.200 | 0.410 | 0.510 | 1.200 | 0.2500 |" in plain_table

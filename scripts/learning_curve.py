@@ -26,6 +26,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 CURVES = (("val/psnr", "val/psnr_extrude", "PSNR (dB)"), ("val/ssim", "val/ssim_extrude", "SSIM"),
           ("val/sharpness", None, "sharpness (1 = as detailed as the truth)"))
+# an atlas-conditioned run also logs the registered atlas's own scores and the model's with the atlas withheld
+ATLAS_CURVES = {"val/psnr": (("val/psnr_atlas", "registered atlas"), ("val/psnr_atlas_withheld", "model, atlas withheld")),
+                "val/ssim": (("val/ssim_atlas", "registered atlas"), ("val/ssim_atlas_withheld", "model, atlas withheld"))}
+ATLAS_COLUMNS = (("val/psnr_atlas", "atlas PSNR"), ("val/psnr_atlas_withheld", "PSNR, atlas withheld"),
+                 ("val/ssim_atlas", "atlas SSIM"), ("val/ssim_atlas_withheld", "SSIM, atlas withheld"))
 
 
 def read_log(path: Path) -> dict[str, list[tuple[int, float]]]:
@@ -53,6 +58,10 @@ def plot(series: dict, labels: list[tuple[int, float]], output: Path, title: str
         if reference and series.get(reference):
             steps, values = zip(*series[reference])
             axis.plot(steps, values, "--", color="grey", label="extrude prior")
+        for extra, label in ATLAS_CURVES.get(name, ()):
+            if series.get(extra):
+                steps, values = zip(*series[extra])
+                axis.plot(steps, values, ":" if "atlas withheld" not in label else "o-", label=label)
         axis.set_xlabel("optimiser step")
         axis.set_ylabel(ylabel)
         axis.legend(fontsize=8)
@@ -68,19 +77,23 @@ def plot(series: dict, labels: list[tuple[int, float]], output: Path, title: str
 
 
 def table(series: dict, labels: list[tuple[int, float]]) -> str:
-    names = ["val/psnr", "val/psnr_extrude", "val/ssim", "val/ssim_extrude", "val/sharpness", "train/loss"]
-    steps = sorted({step for name in names[:5] for step, _ in series.get(name, [])})
+    names = ["val/psnr", "val/psnr_extrude", "val/ssim", "val/ssim_extrude", "val/sharpness"]
+    headers = ["PSNR (dB)", "extrude PSNR", "SSIM", "extrude SSIM", "sharpness"]
+    for name, header in ATLAS_COLUMNS:  # only for a run that logs them
+        if series.get(name):
+            names.append(name)
+            headers.append(header)
+    steps = sorted({step for name in names for step, _ in series.get(name, [])})
     lookup = {name: dict(series.get(name, [])) for name in names}
     loss = series.get("train/loss", [])
-    lines = ["| step | PSNR (dB) | extrude PSNR | SSIM | extrude SSIM | sharpness | training loss (last logged) |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| step | " + " | ".join(headers) + " | training loss (last logged) |", "|---:|" + "---:|" * (len(headers) + 1)]
     for step in steps:
         last_loss = [value for at, value in loss if at <= step]
-        cells = [f"{lookup[n][step]:.3f}" if step in lookup[n] else "" for n in names[:5]]
+        cells = [f"{lookup[n][step]:.3f}" if step in lookup[n] else "" for n in names]
         cells.append(f"{last_loss[-1]:.4f}" if last_loss else "")
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
     if not steps:
-        lines.append("| (no validation logged yet) | | | | | | |")
+        lines.append("| (no validation logged yet) |" + " |" * (len(headers) + 1))
     if labels:
         lines += ["", "| label net step | validation Dice WT |", "|---:|---:|"]
         lines += [f"| {step} | {value:.3f} |" for step, value in labels]

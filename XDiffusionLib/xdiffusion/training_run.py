@@ -129,10 +129,29 @@ def make_validator(cubes, modalities: Sequence[str], options: SampleOptions | in
             **({"sharpness": float(np.mean(detail))} if detail else {}),
             "psnr_extrude": float(np.mean([m[0] for m in prior])), "ssim_extrude": float(np.mean([m[1] for m in prior])),
         }
+        if "atlas_present" in batch:
+            scores.update(_atlas_scores(ours, batch["atlas_guess"][:, 0].numpy(), target, batch["atlas_present"]))
         dice = _pooled_dice(decoded.numpy(), targets)
         return scores if dice is None else {**scores, "dice_tumour": dice}
 
     return validate
+
+
+def _atlas_scores(ours: Sequence[tuple[float, float]], atlas: np.ndarray, target: np.ndarray,
+                 present: torch.Tensor) -> dict[str, float]:
+    """For an atlas-conditioned model: its PSNR/SSIM on the samples that saw the atlas and on those that had it
+    withheld (the model alone), and the registered atlas's own PSNR/SSIM on the former, the baseline it must beat."""
+    seen = present.flatten(1).amax(dim=1).numpy() > 0
+    scores = {}
+    for name, chosen in (("atlas_given", seen), ("atlas_withheld", ~seen)):
+        if chosen.any():
+            scores[f"psnr_{name}"] = float(np.mean([m[0] for m, c in zip(ours, chosen) if c]))
+            scores[f"ssim_{name}"] = float(np.mean([m[1] for m, c in zip(ours, chosen) if c]))
+    if seen.any():
+        baseline = [_image_metrics(a, t) for a, t, c in zip(atlas, target, seen) if c]
+        scores["psnr_atlas"] = float(np.mean([m[0] for m in baseline]))
+        scores["ssim_atlas"] = float(np.mean([m[1] for m in baseline]))
+    return scores
 
 
 def data_config(resolved: dict[str, Any]) -> DataConfig:
