@@ -8,7 +8,8 @@ import pytest
 from xdiffusion.errors import InputError
 from xdiffusion.evaluate import dice
 from xdiffusion.io import Geometry, Volume
-from xdiffusion.label_baselines import copy_to_neighbours, ellipsoid_from_slices, ellipsoid_sections, input_labels
+from xdiffusion.label_baselines import (copy_to_neighbours, ellipsoid_from_slices, ellipsoid_sections, input_labels,
+                                        taper_from_slices)
 
 SPACING = (1.0, 2.0, 1.5)
 
@@ -107,11 +108,56 @@ def test_ellipsoid_of_several_slices_is_the_union_of_each_slice_s_ellipsoid():
     assert depth[0] < 10 and depth[-1] > 20 and np.mean(depth) == pytest.approx(15.0)
 
 
+def test_taper_of_an_elliptical_cut_is_the_ellipsoid():
+    """For an elliptical mask the tapered outline and the fitted ellipsoid are one shape (up to pixel rounding)."""
+    geometry = grid((60, 40, 50))
+    truth = ellipsoid_labels(geometry, (30.0, 40.0, 37.5), (16.0, 22.0, np.sqrt(16.0 * 22.0)))
+    given = input_labels(Volume(truth, geometry), 2, [25])
+    tapered, fitted = taper_from_slices(geometry, 2, [25], given), ellipsoid_from_slices(geometry, 2, [25], given)
+    assert dice(tapered > 0, fitted > 0) > 0.97 and dice(tapered > 0, truth > 0) > 0.93
+
+
+def test_taper_keeps_the_outline_and_shrinks_it_towards_its_centroid():
+    """An L-shaped cut: the input plane keeps the L itself (the ellipsoid would not), each section is the L scaled
+    down about its centroid, smaller with distance, and nothing lies beyond the depth semi-axis."""
+    geometry = grid((40, 40, 36), (1.0, 1.0, 1.0))
+    slices = np.zeros((1, 40, 40), dtype=np.uint8)
+    slices[0, 8:32, 8:16] = 2
+    slices[0, 24:32, 8:32] = 2
+    tapered = taper_from_slices(geometry, 2, [18], slices)
+    np.testing.assert_array_equal(tapered[:, :, 18], slices[0])
+    assert not (ellipsoid_from_slices(geometry, 2, [18], slices)[:, :, 19] == tapered[:, :, 19]).all()
+    areas = [int((tapered[:, :, 18 + dz] > 0).sum()) for dz in range(0, 18)]
+    assert all(a >= b for a, b in zip(areas, areas[1:])) and areas[0] > areas[5] > areas[10] > 0
+    np.testing.assert_array_equal(tapered[:, :, 18 - 6], tapered[:, :, 18 + 6])  # symmetric about the input plane
+    section = tapered[:, :, 18 + 8] > 0
+    assert (section <= (slices[0] > 0)).all()  # the L scaled towards its centroid stays inside the L
+    empty_corner = np.zeros((40, 40), dtype=bool)
+    empty_corner[8:22, 18:32] = True  # the notch of the L stays empty on every plane
+    assert not (tapered[empty_corner.nonzero()[0], empty_corner.nonzero()[1], :] > 0).any()
+
+
+def test_taper_nests_the_regions_and_keeps_the_given_labels():
+    geometry = grid()
+    slices = np.zeros((1, 40, 30), dtype=np.uint8)
+    slices[0, 8:32, 6:24] = 2
+    slices[0, 14:26, 11:19] = 3
+    slices[0, 17:23, 13:17] = 1
+    tapered = taper_from_slices(geometry, 2, [18], slices)
+    np.testing.assert_array_equal(tapered[:, :, 18], slices[0])
+    for z in range(36):
+        core = np.isin(tapered[:, :, z], (1, 3))
+        assert (core <= (tapered[:, :, z] > 0)).all()
+    assert not taper_from_slices(geometry, 2, [18], np.zeros_like(slices)).any()
+
+
 def test_baselines_refuse_slices_that_do_not_fit():
     geometry = grid()
     with pytest.raises(InputError, match="do not fit"):
         copy_to_neighbours(geometry, 2, [5], np.zeros((1, 30, 40), np.uint8))
     with pytest.raises(InputError, match="ascending"):
         ellipsoid_from_slices(geometry, 2, [9, 5], np.zeros((2, 40, 30), np.uint8))
+    with pytest.raises(InputError, match="do not fit"):
+        taper_from_slices(geometry, 2, [5], np.zeros((1, 30, 40), np.uint8))
     with pytest.raises(InputError):
         copy_to_neighbours(geometry, 2, [99], np.zeros((1, 40, 30), np.uint8))

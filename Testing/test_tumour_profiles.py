@@ -55,8 +55,9 @@ def test_methods_see_only_the_input_slice_labels(tmp_path: Path, monkeypatch: py
         return np.zeros(geometry.shape, dtype=np.uint8)
 
     monkeypatch.setattr(harness, "BASELINES", {"spy": spy})
+    monkeypatch.setattr(harness, "SHAPE_PRIORS", {"prior spy": spy})
     rows = harness.evaluate_case(case, tmp_path, harness.PLANES, model=None, log=lambda line: None)
-    assert [r["method"] for r in rows] == ["spy"] * 3 and len(seen) == 3
+    assert [r["method"] for r in rows] == ["spy", "prior spy"] * 3 and len(seen) == 6
     truth = case.truth.array
     for (axis, indices, slices), row in zip(seen, rows):
         assert indices == [row["input_index"]] == [harness.largest_cross_section(truth, axis)]
@@ -70,7 +71,7 @@ def test_methods_see_only_the_input_slice_labels(tmp_path: Path, monkeypatch: py
 def test_scores_and_table_without_a_model(tmp_path: Path) -> None:
     case = harness.lesion_cases([_scan()], seeds=1)[0]
     rows = harness.evaluate_case(case, tmp_path, ("axial",), model=None, log=lambda line: None)
-    assert {r["method"] for r in rows} == {"copy", "ellipsoid"}
+    assert [r["method"] for r in rows] == ["copy", "ellipsoid", "taper"]
     for row in rows:
         assert 0.0 < row["metrics"]["dice_wt"] <= 1.0 and row["metrics"]["hd95_wt_mm"] >= 0.0
     ready, why = harness.model_status(None)
@@ -78,6 +79,21 @@ def test_scores_and_table_without_a_model(tmp_path: Path) -> None:
     text = harness.markdown(rows, {"min_ml": 5.0, "command": "x", "git_commit": "abc", "when": "now",
                                    "machine": {"cpu": "cpu", "cores": 2}, "model_status": why})
     assert text.count("| copy |") == 1 + 1 + 1 and "not run" in text  # the axial mean, the all mean, the case row
+    assert text.count("\n- taper: ") == 1 and "\n- copy: " not in text  # the done-when line is for methods, not baselines
+
+
+def test_done_when_counts_every_case_plane() -> None:
+    """Met only with the mean Dice, a win over both baselines and the volume error on every case-plane."""
+    def row(case, method, dice, error):
+        return {"case": case, "plane": "axial", "method": method, "metrics": {"dice_wt": dice, "tumour_volume_err_percent": error}}
+
+    rows = [row("a", "copy", 0.70, 40.0), row("a", "ellipsoid", 0.78, 10.0), row("a", "taper", 0.80, 12.0),
+            row("b", "copy", 0.72, 40.0), row("b", "ellipsoid", 0.79, 10.0), row("b", "taper", 0.81, -20.0)]
+    assert harness.done_when_line(rows, "taper").startswith("- taper: met; mean Dice WT 0.805")
+    rows[-1]["metrics"]["tumour_volume_err_percent"] = -30.0
+    assert "not met" in harness.done_when_line(rows, "taper") and "on 1 of 2" in harness.done_when_line(rows, "taper")
+    rows[-1]["metrics"].update(dice_wt=0.785, tumour_volume_err_percent=0.0)  # below the ellipsoid on case b
+    assert "beats both baselines on 1 of 2" in harness.done_when_line(rows, "taper")
 
 
 def test_label_net_rows_keep_the_input_slice_labels(tmp_path: Path) -> None:

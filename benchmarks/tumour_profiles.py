@@ -8,6 +8,9 @@ first ``--seeds`` lesion seeds that give one. Per case and plane the input is th
 cross-section; the methods see that slice's labels and nothing else of the truth:
 
 - ``copy`` and ``ellipsoid`` (`xdiffusion.label_baselines`), always;
+- ``taper`` (`label_baselines.taper_from_slices`: the input slice's own outline tapered as the ellipsoid tapers),
+  always: a shape prior chosen on the validation split (`tumour_shape_validation.py`), scored here against the
+  done-when as a method;
 - ``xdiffusion+labels`` (``xdiffusion reconstruct --input-segmentation``) and ``xdiffusion`` (the same without the
   labels), only with ``--model`` pointing at a model whose config has ``label_conditioning`` true; otherwise the
   output says why they were not run and no number is written for them;
@@ -41,16 +44,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from held_out_individuals import PLANES, Scan, cases_from_scans, held_out_scans  # noqa: E402
 from xdiffusion.data.heldout_lesions import paint_heldout_lesion  # noqa: E402
+from xdiffusion.atomic_files import atomic_output  # noqa: E402
 from xdiffusion.evaluate import WHOLE_TUMOUR, tumour_metrics  # noqa: E402
 from xdiffusion.geometry import plane_axis  # noqa: E402
 from xdiffusion.io import Volume  # noqa: E402
-from xdiffusion.label_baselines import copy_to_neighbours, ellipsoid_from_slices, input_labels  # noqa: E402
+from xdiffusion.label_baselines import copy_to_neighbours, ellipsoid_from_slices, input_labels, taper_from_slices  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "results_tumour.md"
 MIN_ML = 5.0
 SEED_TRIES = 50  # lesion seeds tried per subject to find enough of at least MIN_ML
 BASELINES = {"copy": copy_to_neighbours, "ellipsoid": ellipsoid_from_slices}
+SHAPE_PRIORS = {"taper": taper_from_slices}
+DONE_WHEN = {"dice_wt": 0.75, "abs_volume_err_percent": 25.0}  # issue 14, with --input-segmentation
 MODEL_METHODS = ("xdiffusion+labels", "xdiffusion")
 LABEL_NET_METHODS = ("label net+labels", "label net")
 SCORE_MARGIN = 3  # voxels kept around both masks when scoring on a crop (every score is unchanged by the crop)
@@ -194,7 +200,7 @@ def evaluate_case(case: LesionCase, work: Path, planes: Sequence[str], model: Op
         common = {"case": case.name, "subject": case.subject, "seed": case.seed, "tumour_ml": round(case.volume_ml, 2),
                   "plane": plane, "axis": axis, "input_index": index,
                   "input_wt_mm2": float(np.isin(given, WHOLE_TUMOUR).sum() * np.prod(np.delete(case.image.geometry.spacing, axis)))}
-        for method, baseline in BASELINES.items():
+        for method, baseline in {**BASELINES, **SHAPE_PRIORS}.items():
             rows.append({**common, "method": method, "metrics": score(truth, baseline(case.image.geometry, axis, [index], given), case.truth)})
         if label_net is not None:
             rows += label_net_rows(case, plane, axis, index, given, label_net, common)
@@ -203,7 +209,7 @@ def evaluate_case(case: LesionCase, work: Path, planes: Sequence[str], model: Op
                 prediction, record = run_model(case_dir, plane, index, model, method == "xdiffusion+labels", case.seed)
                 rows.append({**common, "method": method, **record,
                              **({"metrics": score(truth, prediction, case.truth)} if prediction is not None else {})})
-        methods = len(BASELINES) + (len(MODEL_METHODS) if model else 0) + (len(LABEL_NET_METHODS) if label_net else 0)
+        methods = len(BASELINES) + len(SHAPE_PRIORS) + (len(MODEL_METHODS) if model else 0) + (len(LABEL_NET_METHODS) if label_net else 0)
         for row in rows[-methods:]:
             dice = row.get("metrics", {}).get("dice_wt")
             log(f"{case.name} {plane} slice {index}: {row['method']} Dice WT {'failed' if dice is None else f'{dice:.3f}'}")
@@ -242,6 +248,11 @@ def markdown(rows: list[dict], record: dict) -> str:
             lines.append(f"| {method} | {plane} | {len(chosen)} | {_cell(mean('dice_wt'), 3)} | {_cell(mean('dice_tc'), 3)} | "
                          f"{_cell(mean('dice_et'), 3)} | {_cell(mean('tumour_volume_err_percent', True), 1)} | "
                          f"{_cell(mean('centroid_mm'), 1)} | {_cell(mean('hd95_wt_mm'), 1)} |")
+    lines += ["", "## Against the done-when (with the input slice's labels)", "",
+              f"Whole-tumour Dice at least {DONE_WHEN['dice_wt']:g} and volume error at most "
+              f"{DONE_WHEN['abs_volume_err_percent']:g} %, beating both baselines on every case-plane:", ""]
+    lines += [done_when_line(rows, method) for method in methods if method not in BASELINES and not method.endswith("net")
+              and method != "xdiffusion"]
     lines += ["", "## Per case", "", "| case | WT ml | plane | slice | method | Dice WT | Dice TC | Dice ET | vol err % | centroid mm | HD95 WT mm |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -253,6 +264,23 @@ def markdown(rows: list[dict], record: dict) -> str:
                      f"{_cell(m['dice_wt'], 3)} | {_cell(m['dice_tc'], 3)} | {_cell(m['dice_et'], 3)} | "
                      f"{_cell(m['tumour_volume_err_percent'], 1)} | {_cell(m['centroid_mm'], 1)} | {_cell(m['hd95_wt_mm'], 1)} |")
     return "\n".join(lines) + "\n"
+
+
+def done_when_line(rows: list[dict], method: str) -> str:
+    """One method's standing against issue 14's done-when, counted per case-plane."""
+    cases: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        if "metrics" in row:
+            cases.setdefault((row["case"], row["plane"]), {})[row["method"]] = row["metrics"]
+    mine = [c for c in cases.values() if method in c]
+    if not mine:
+        return f"- {method}: no scored case"
+    dice_wt = float(np.mean([c[method]["dice_wt"] for c in mine]))
+    beats = sum(all(c[method]["dice_wt"] > c[b]["dice_wt"] for b in BASELINES if b in c) for c in mine)
+    within = sum(abs(c[method]["tumour_volume_err_percent"]) <= DONE_WHEN["abs_volume_err_percent"] for c in mine)
+    met = dice_wt >= DONE_WHEN["dice_wt"] and beats == len(mine) and within == len(mine)
+    return (f"- {method}: {'met' if met else 'not met'}; mean Dice WT {dice_wt:.3f}, beats both baselines on {beats} of "
+            f"{len(mine)} case-planes, volume error within {DONE_WHEN['abs_volume_err_percent']:g} % on {within} of {len(mine)}")
 
 
 def git_commit() -> Optional[str]:
@@ -298,7 +326,8 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
               "rows": rows}
     path = write_results("tumour_profiles", record)
     written = json.loads(path.read_text())
-    Path(args.doc).write_text(markdown(rows, written))
+    with atomic_output(Path(args.doc)) as temporary:
+        temporary.write_text(markdown(rows, written))
     print(f"{len(rows)} rows in {record['seconds']:.0f} s: {path}, {args.doc}")
 
 
