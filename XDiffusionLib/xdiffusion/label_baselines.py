@@ -19,9 +19,9 @@ And one shape prior that is not a baseline of the issue but the same idea withou
 - ``taper_from_slices``: the ellipsoid's taper applied to the region's own outline. Through the plane, at offset z,
   the section is the input slice's mask scaled about its centroid by sqrt(1 - (z / c)²), with the ellipsoid's depth
   semi-axis c = sqrt(a b); on the input slice it is the mask itself (lobes, notches and all), and for an elliptical
-  mask it is the ellipsoid exactly. It has no parameter of its own: on the validation split (seven augmented
-  training-subject variants, 21 training-recipe lesions of 5-69 ml, three planes) it was compared with deeper,
-  shallower and fuller tapers and this plain one scored best (docs/results_tumour.md).
+  mask it is the ellipsoid exactly. It has no parameter of its own: on the validation split
+  (`benchmarks/tumour_shape_validation.py`) this plain taper scored above deeper, shallower and fuller ones
+  (docs/model.md, "Tumour labels").
 
 All keep the input slices' own labels on the input slices, as every image method keeps the input slices' pixels.
 """
