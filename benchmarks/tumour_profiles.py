@@ -251,8 +251,8 @@ def markdown(rows: list[dict], record: dict) -> str:
     lines += ["", "## Against the done-when (with the input slice's labels)", "",
               f"Whole-tumour Dice at least {DONE_WHEN['dice_wt']:g} and volume error at most "
               f"{DONE_WHEN['abs_volume_err_percent']:g} %, beating both baselines on every case-plane:", ""]
-    lines += [done_when_line(rows, method) for method in methods if method not in BASELINES and not method.endswith("net")
-              and method != "xdiffusion"]
+    given_labels = (*SHAPE_PRIORS, LABEL_NET_METHODS[0], MODEL_METHODS[0])  # the methods that read the input slice's labels
+    lines += [done_when_line(rows, method) for method in methods if method in given_labels]
     lines += ["", "## Per case", "", "| case | WT ml | plane | slice | method | Dice WT | Dice TC | Dice ET | vol err % | centroid mm | HD95 WT mm |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
