@@ -32,6 +32,7 @@ from common import write_results  # noqa: E402
 from tumour_profiles import BASELINES, MIN_ML, LesionCase, label_net_rows, largest_cross_section, score  # noqa: E402
 from validation_split import validation_volumes  # noqa: E402
 from xdiffusion.data.tumour import paint_tumour  # noqa: E402
+from xdiffusion.errors import InputError  # noqa: E402
 from xdiffusion.evaluate import WHOLE_TUMOUR  # noqa: E402
 from xdiffusion.geometry import plane_axis  # noqa: E402
 from xdiffusion.label_baselines import input_labels, taper_from_slices  # noqa: E402
@@ -100,14 +101,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--output", default="tumour_shape_validation", help="results name under benchmarks/results/")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    label_net = None
-    if args.label_net:
-        from xdiffusion.model.label_net import TumourLabelNet
+    try:
+        for option, value in (("--lesions", args.lesions), ("--volumes", args.volumes)):
+            if value is not None and value < 1:
+                raise InputError(f"{option} must be at least 1, got {value}")
+        label_net = None
+        if args.label_net:
+            from xdiffusion.model.label_net import TumourLabelNet
 
-        label_net = TumourLabelNet.from_pretrained(args.label_net, use_safetensors=True).eval()
+            if not (Path(args.label_net) / TumourLabelNet.config_name).is_file():
+                raise InputError(f"--label-net {args.label_net}: no {TumourLabelNet.config_name} there; give a TumourLabelNet folder")
+            label_net = TumourLabelNet.from_pretrained(args.label_net, use_safetensors=True).eval()
+        volumes = validation_volumes(args.volumes, 160, Path(args.cache) if args.cache else None)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     rows = []
-    for number, (label, modality, image, brain) in enumerate(validation_volumes(args.volumes, 160, Path(args.cache) if args.cache else None)):
+    for number, (label, modality, image, brain) in enumerate(volumes):
         rows += lesion_rows(number, label, modality, image, brain, args.lesions, label_net)
+    if not rows:
+        print(f"error: no lesion of at least {MIN_ML:g} ml in {SEED_TRIES} seeds of any validation volume; nothing written",
+              file=sys.stderr)
+        return 1
     means = summary(rows)
     for method, values in means.items():
         print(method, values)
