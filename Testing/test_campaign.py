@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -244,3 +245,37 @@ def test_an_exported_atlas_conditioned_model_samples_with_its_atlas_unless_told_
         assert resolve_sampling(card, DEFAULT_SAMPLING, explicit={"prior": "none"})["prior"] == "none"
     else:
         assert "default_sampling" not in card and sampling["prior"] == DEFAULT_SAMPLING["prior"]
+
+
+def _lrs_logged(run_dir: Path) -> dict[int, float]:
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return {int(row["step"]): float(row["value"]) for row in csv.DictReader(handle) if row["name"] == "train/lr"}
+
+
+def test_a_cosine_schedule_follows_the_run_step_across_a_resume_from_the_snapshot(tmp_path):
+    decay = {"lr_schedule": "cosine", "lr_decay_start": 2, "lr_min": 3e-4, "warmup_steps": 0}
+    Trainer(resolve_config(_config(tmp_path, steps=4, **decay)), CopyGuessSamples()).run()
+    resumed = Trainer(resolve_config(_config(tmp_path, run="elsewhere", steps=8, resume="latest", **decay)),
+                      CopyGuessSamples())
+
+    def curve(step: int) -> float:
+        return 3e-4 + (3e-3 - 3e-4) * 0.5 * (1 + math.cos(math.pi * max(0, step - 2) / 6))
+
+    # the first step after the resume takes the rate at step 4, not the top of the curve again
+    assert resumed.step == 4 and resumed.optimizer.param_groups[0]["lr"] == pytest.approx(curve(4), rel=1e-6)
+    resumed.run()
+    # a rate is computed as a step ends, before the step count moves: the one logged at step s is the curve at s - 1
+    expected = {step: curve(step - 1) for step in range(1, 9)}
+    # the first run's own curve ended at its step 4: halfway down at step 3
+    assert _lrs_logged(tmp_path / "run") == pytest.approx({1: 3e-3, 2: 3e-3, 3: 3e-3, 4: (3e-4 + 3e-3) / 2}, rel=1e-4)
+    # the resumed run's log starts with the snapshot's history, then follows its own (longer) curve
+    assert _lrs_logged(tmp_path / "elsewhere") == pytest.approx(
+        {**_lrs_logged(tmp_path / "run"), **{s: expected[s] for s in range(5, 9)}}, rel=1e-4)
+    assert expected[3] == pytest.approx(3e-3) and expected[8] < expected[5] < expected[4]
+
+
+def test_a_cosine_schedule_refuses_a_decay_that_cannot_happen(tmp_path):
+    with pytest.raises(InputError, match="lr_decay_start < train.steps"):
+        resolve_config(_config(tmp_path, steps=4, lr_schedule="cosine", lr_decay_start=4))
+    with pytest.raises(InputError, match="constant or cosine"):
+        resolve_config(_config(tmp_path, lr_schedule="linear"))

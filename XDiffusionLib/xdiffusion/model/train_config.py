@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,10 @@ class TrainConfig:
     (model/campaign.py) every `snapshot_every_minutes` and at the end, and with `resume: latest` a run continues from
     it when it is newer than every local checkpoint.
 
+    `lr_schedule: cosine` lowers the learning rate along a half cosine from `lr` at step `lr_decay_start` to
+    `lr_min` at `steps`; it is keyed on the run's step, not on steps since the last start, so a campaign resumed from
+    a snapshot continues the same curve (each start still warms up over `warmup_steps`). `constant` keeps `lr`.
+
     `snr_gamma` > 0 weights each timestep's loss by min(SNR, gamma) (Min-SNR, Hang et al. 2023, diffusers'
     `compute_snr`): the many nearly noise-free timesteps stop dominating, which speeds up convergence on a CPU budget."""
 
@@ -40,6 +45,9 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-2
     warmup_steps: int = 500
+    lr_schedule: str = "constant"
+    lr_decay_start: int = 0
+    lr_min: float = 0.0
     grad_clip: float = 1.0
     grad_accum: int = 1
     mixed_precision: str = "no"
@@ -61,6 +69,15 @@ class TrainConfig:
     snapshot_every_minutes: float = 30.0
     snr_gamma: float = 0.0
 
+    def lr_factor(self, steps_since_start: int, step: int) -> float:
+        """The learning rate over `lr` at run step `step`, `steps_since_start` optimiser steps after this start."""
+        warmup = min(1.0, steps_since_start / self.warmup_steps) if self.warmup_steps > 0 else 1.0
+        if self.lr_schedule == "constant" or step <= self.lr_decay_start:
+            return warmup
+        progress = min(1.0, (step - self.lr_decay_start) / (self.steps - self.lr_decay_start))
+        floor = self.lr_min / self.lr if self.lr > 0 else 0.0
+        return warmup * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
     def __post_init__(self) -> None:
         casts = {"int": int, "float": float, "str": str}
         for f in dataclasses.fields(self):
@@ -74,6 +91,11 @@ class TrainConfig:
         if min(self.steps, self.batch_size, self.grad_accum, self.checkpoint_every, self.validate_every,
                self.log_every, self.keep_checkpoints) < 1:
             raise InputError("train.steps, batch_size, grad_accum, *_every and keep_checkpoints must be >= 1")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise InputError(f"train.lr_schedule must be constant or cosine, not {self.lr_schedule!r}")
+        if self.lr_schedule == "cosine" and not (0 <= self.lr_decay_start < self.steps and 0 <= self.lr_min <= self.lr):
+            raise InputError("train.lr_schedule cosine needs 0 <= train.lr_decay_start < train.steps and "
+                             "0 <= train.lr_min <= train.lr")
         if self.snr_gamma < 0:
             raise InputError(f"train.snr_gamma must be >= 0 (0: every timestep weighted alike), not {self.snr_gamma}")
         if self.max_minutes < 0 or self.snapshot_every_minutes <= 0:

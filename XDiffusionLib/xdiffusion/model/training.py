@@ -22,7 +22,6 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import is_tensorboard_available, set_seed
 from diffusers import AutoencoderKL, DDPMScheduler
-from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from tqdm.auto import tqdm
@@ -113,7 +112,9 @@ class Trainer:
         self.noise = noise_schedule(self.config)
         self.data_order = torch.Generator()  # reseeded per epoch in `_batches`: the order never depends on history
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.train.lr, weight_decay=self.train.weight_decay)
-        schedule = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=self.train.warmup_steps)
+        self.step = 0  # the schedule reads the run's step (set by a resume below), not its own count of steps
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda steps_since_start: self.train.lr_factor(steps_since_start, self.step))
         self.model, self.optimizer, self.loader, self.schedule = self.accelerator.prepare(
             model, optimizer, self._loader(self.data_order, encode=self._encode_in_workers), schedule)
         # EMA decay ramps up from 0, so short runs still export trained (not initial) weights
@@ -122,10 +123,11 @@ class Trainer:
         self.ema.to(self.accelerator.device)
         # the EMA is saved beside accelerate's state as safetensors (`save_checkpoint`), not registered with accelerate,
         # which would pickle it and unpickle it with weights_only=False on resume
-        self.step = 0
         if snapshot is not None:
             from .campaign import load_snapshot
             load_snapshot(self, snapshot)
+            for group in self.optimizer.param_groups:  # the schedule was built at step 0: its first rate, at this step
+                group["lr"] = group["initial_lr"] * self.train.lr_factor(0, self.step)
         elif self.train.resume:
             self._resume(self.train.resume)
         if self.accelerator.is_main_process:
