@@ -53,12 +53,13 @@ def reconstruct(args) -> int:
     import SimpleITK as sitk
 
     segments = env("SEGMENTS", "0") == "1"
-    if args.segmentation_output and not segments:
+    if args.segmentation_output and not segments and not args.input_segmentation:
         print("error: this model does not segment tumours; drop --segmentation-output", file=sys.stderr)
         return 2
     if args.input_segmentation:
-        if env("LABELS", "0") != "1":
-            print("error: --input-segmentation: this model is not conditioned on input tumour labels", file=sys.stderr)
+        if env("LABELS", "0") != "1" and not args.segmentation_output:
+            print("error: --input-segmentation: this method or model does not draw its image from input labels, so they "
+                  "only give the tumour labels: add --segmentation-output SEG", file=sys.stderr)
             return 2
         if env("KEEP_LABELS"):
             Path(env("KEEP_LABELS")).write_bytes(Path(args.input_segmentation).read_bytes())

@@ -1,6 +1,7 @@
 """`reconstruct --input-segmentation` (issue 14, item 1): the input slices' tumour labels, read with exactly the
-indexing of the input slices and nothing else of the file; refused, with one line and nothing written, by methods
-and models that would ignore them; recorded in the sidecars."""
+indexing of the input slices and nothing else of the file; tapered into the tumour labels of every method, read by a
+label-conditioned model's image too; refused, with one line and nothing written, where they would change nothing;
+recorded in the sidecars."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from xdiffusion.cli import main
 from xdiffusion.cohort import list_cohort
 from xdiffusion.errors import InputError
 from xdiffusion.input_labels import labels_present, model_uses_input_labels, read_input_labels
-from xdiffusion.io import Geometry, Volume, write_volume
+from xdiffusion.io import GENERATED_DESCRIPTION, Geometry, Volume, read_volume, write_volume
 from xdiffusion.model import preset
 from xdiffusion.model_location import PACKAGED_MODEL
 from xdiffusion.provenance import sidecar_path, write_reconstruction
-from xdiffusion.reconstruct import reconstruct, select_slices, single_slice_input
+from xdiffusion.reconstruct import (LABELS_FROM_MODEL, LABELS_TAPERED, reconstruct, select_slices, single_slice_input,
+                                    tapered_input_labels)
 
 SHAPE = (20, 18, 14)
 ROTATION = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])  # no array axis is its own LPS axis
@@ -152,28 +154,63 @@ def test_a_label_conditioned_model_gets_the_labels_on_its_cube_planes_and_the_si
     assert json.loads(sidecar_path(tmp_path / "plain.nii.gz").read_text())["Input"]["segmentation"] is None
 
 
-def test_baselines_and_unconditioned_models_refuse_input_labels(head):
+def _drawn_tumour(inputs) -> list[np.ndarray]:
+    """A lesion drawn on each input slice: oedema on the image's brightest fifth, a core in its brightest twentieth."""
+    labels = []
+    for image in inputs.images:
+        drawn = np.where(image > np.percentile(image, 80), 2, 0).astype(np.uint8)
+        drawn[image > np.percentile(image, 95)] = 1
+        labels.append(drawn)
+    return labels
+
+
+def test_every_method_and_model_tapers_the_input_labels_into_its_tumour_labels(head):
     inputs = select_slices(head, "axial", [6])
-    labels = [np.zeros(inputs.images.shape[1:], np.uint8)]
-    for method in ("extrude", "atlas"):
-        with pytest.raises(InputError, match=f"--method {method} does not use tumour labels"):
-            reconstruct(inputs, method, input_labels=labels)
-    with pytest.raises(InputError, match="not conditioned on input tumour labels"):
-        reconstruct(inputs, "xdiffusion", LabelConditionedStub(conditioned=False), "t1", input_labels=labels)
+    labels = _drawn_tumour(inputs)
+    tapered = tapered_input_labels(inputs, labels)
+    assert tapered.shape == SHAPE and (tapered > 0).sum() > 2 * (labels[0] > 0).sum()  # more than the slice
+    np.testing.assert_array_equal(np.moveaxis(tapered, inputs.axis, 0)[6], labels[0])
+    unconditioned = LabelConditionedStub(conditioned=False)
+    for result in (reconstruct(inputs, "extrude", input_labels=labels), reconstruct(inputs, "atlas", input_labels=labels),
+                   reconstruct(inputs, "xdiffusion", unconditioned, "t1", input_labels=labels),
+                   reconstruct(inputs, "xdiffusion", LabelConditionedStub(), "t1", input_labels=labels)):
+        np.testing.assert_array_equal(result.segmentation.array, tapered)
+        assert result.segmentation.geometry == inputs.geometry and result.labels_from == LABELS_TAPERED
+        assert result.segmentation.metadata["description"].startswith(GENERATED_DESCRIPTION)
+    assert "input_label_maps" not in unconditioned.received  # its image does not read them
+    model_drawn = reconstruct(inputs, "xdiffusion", LabelConditionedStub(), "t1")
+    assert model_drawn.labels_from == LABELS_FROM_MODEL and reconstruct(inputs, "extrude").segmentation is None
     with pytest.raises(InputError, match="do not match the 1 input slice"):
         reconstruct(inputs, "xdiffusion", LabelConditionedStub(), "t1", input_labels=labels * 2)
 
 
-def test_the_cli_refuses_input_labels_with_the_shipped_model_and_writes_nothing(head, tmp_path, capsys):
+def test_the_cli_tapers_input_labels_for_any_method_and_refuses_them_where_they_would_change_nothing(head, tmp_path, capsys):
     assert not model_uses_input_labels(PACKAGED_MODEL)
     write_volume(head, tmp_path / "in.nii.gz")
-    write_volume(labels_like(head, np.zeros(SHAPE, np.uint8)), tmp_path / "seg.nii.gz")
-    for extra in ([], ["--method", "extrude"]):
+    drawn = np.zeros(SHAPE, np.uint8)
+    inputs = select_slices(head, "axial", None)
+    np.moveaxis(drawn, inputs.axis, 0)[inputs.indices[0]] = _drawn_tumour(inputs)[0]
+    write_volume(labels_like(head, drawn), tmp_path / "seg.nii.gz")
+    for extra in ([], ["--method", "extrude"]):  # neither draws its image from labels: without a label output, refused
         code = main(["reconstruct", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "out.nii.gz"),
                      "--input-segmentation", str(tmp_path / "seg.nii.gz"), *extra])
         lines = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: --input-segmentation:")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz", "seg.nii.gz"]
+    code = main(["reconstruct", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "out.nii.gz"), "--method", "extrude",
+                 "--segmentation-output", str(tmp_path / "out_seg.nii.gz"), "--quiet"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "draws no tumour labels of its own" in lines[0]
+    code = main(["reconstruct", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "out.nii.gz"), "--method", "extrude",
+                 "--input-segmentation", str(tmp_path / "seg.nii.gz"), "--segmentation-output", str(tmp_path / "out_seg.nii.gz"),
+                 "--quiet"])
+    assert code == 0
+    written = read_volume(tmp_path / "out_seg.nii.gz")
+    np.testing.assert_array_equal(written.array, tapered_input_labels(inputs, [np.moveaxis(drawn, inputs.axis, 0)[inputs.indices[0]]]))
+    assert np.allclose(written.geometry.spacing, head.geometry.spacing) and np.allclose(written.geometry.origin, head.geometry.origin)
+    assert np.allclose(written.geometry.direction, head.geometry.direction)
+    record = json.loads(sidecar_path(tmp_path / "out_seg.nii.gz").read_text())
+    assert record["LabelsFrom"] == LABELS_TAPERED and record["GeneratedNotMeasured"] is True
 
 
 def test_a_cohort_csv_takes_an_optional_segmentation_column(head, tmp_path, capsys):
@@ -185,5 +222,5 @@ def test_a_cohort_csv_takes_an_optional_segmentation_column(head, tmp_path, caps
     assert [item.segmentation for item in items] == [str(tmp_path / "labels" / "a_seg.nii.gz"), None]
     code = main(["reconstruct-cohort", str(table), "-o", str(tmp_path / "out")])
     lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "not conditioned on input tumour labels" in lines[0]
+    assert code == 2 and len(lines) == 1 and "needs a label-conditioned model" in lines[0]
     assert not (tmp_path / "out").exists()

@@ -57,7 +57,9 @@ def test_every_output_of_the_model_gets_a_sidecar(tmp_path, model_dir, volume_pa
     card = json.loads((model_dir / "model_card.json").read_text(encoding="utf-8"))
     for path, content in ((out, "image"), (seg, "tumour labels"), (unc, "uncertainty")):
         sidecar = read_sidecar(path)
-        assert list(sidecar) == KEYS + (["UncertaintyAUROC"] if content == "uncertainty" else [])
+        extra = {"uncertainty": ["UncertaintyAUROC"], "tumour labels": ["LabelsFrom"]}.get(content, [])
+        assert list(sidecar) == KEYS + extra
+        assert sidecar.get("LabelsFrom") == ("the model" if content == "tumour labels" else None)
         assert sidecar["GeneratedNotMeasured"] is True and "not a measurement" in sidecar["Description"]
         assert sidecar["Content"] == content and sidecar["Method"] == "xdiffusion"
         assert sidecar["Model"] == {"path": str(model_dir.absolute()), "id": "tiny", "sha256": card["sha256"]}

@@ -22,8 +22,8 @@ slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (`mak
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "XDiffusion"))
 
-from XDiffusionModuleLib import bundle, cli, grid, metrics, scene as xs, tumour, views  # noqa: E402
-from XDiffusionModuleLib.jobs import DONE, FAILED  # noqa: E402
+from XDiffusionModuleLib import cli, grid, metrics, scene as xs, tumour, views  # noqa: E402
+from XDiffusionModuleLib.jobs import DONE  # noqa: E402
 from XDiffusionModuleLib.runs import ReconstructionRun, RunRequest  # noqa: E402
 from conftest import smooth_head  # noqa: E402
 from test_slicer_process import FAKE_CLI, fake_env, scene  # noqa: E402,F401 (scene: a fixture)
@@ -32,6 +32,7 @@ from test_slicer_scene import add_volume, ras_matrix  # noqa: E402
 SHAPE = (24, 20, 16)  # i, j, k on an oblique, anisotropic grid
 AXIAL_INDEX = 7
 CARDS = {"bundled": {"segments_tumours": True}}  # the card is known: no model-info step
+NO_LABELS_CARDS = {"bundled": {"segments_tumours": False}}  # a model that draws no tumour labels (the shipped one)
 
 
 @pytest.fixture
@@ -122,21 +123,27 @@ def test_the_drawn_tumour_reaches_the_cli_on_the_inputs_grid(scene, input_node, 
     np.testing.assert_array_equal(on_slice, drawn_labels()[:, :, AXIAL_INDEX])
 
 
-def test_a_model_without_label_conditioning_refuses_the_drawn_tumour_with_its_reason(scene, input_node, tmp_path):
+@pytest.mark.parametrize("method", ["xdiffusion", "extrude"])
+def test_a_drawn_tumour_gives_tumour_labels_with_a_model_that_draws_none_and_with_a_baseline(scene, input_node, tmp_path, method):
+    """Neither the model (no label conditioning, no labels of its own) nor the baseline reads the drawing for its
+    image; the run asks the CLI for the labels the drawing gives and loads them back."""
     drawn = user_segmentation(scene, input_node, {1: "NCR", 2: "ED", 3: "ET"})
-    request = RunRequest.from_parameters(panel(input_node), None, "xdiffusion", drawn.GetID())
-    run = wait(ReconstructionRun(scene, request, FAKE_CLI, dict(CARDS), str(tmp_path), fake_env(segments=1)).start())
-    assert run.state == FAILED and "not conditioned on input tumour labels" in run.error
+    log = tmp_path / "commands.jsonl"
+    request = RunRequest.from_parameters(panel(input_node), None, method, drawn.GetID())
+    run = wait(ReconstructionRun(scene, request, FAKE_CLI, dict(NO_LABELS_CARDS), str(tmp_path), fake_env(log=log)).start())
+    assert run.state == DONE, run.error
+    [command] = [json.loads(line) for line in log.read_text().splitlines()]
+    assert "--input-segmentation" in command and "--segmentation-output" in command
+    assert "segmentation" in run.outputs
 
 
-def test_the_selector_follows_the_models_config(tmp_path):
-    shipped = bundle.bundled_model_folder(ROOT / "XDiffusion")
-    assert shipped is not None and not tumour.model_uses_input_labels(shipped)  # the shipped model: selector disabled
-    folder = tmp_path / "model"
-    folder.mkdir()
-    assert not tumour.model_uses_input_labels(folder)  # no config: false, as the library reads it
-    (folder / "xdiffusion_config.json").write_text(json.dumps({"label_conditioning": True}))
-    assert tumour.model_uses_input_labels(folder)
+def test_without_a_drawing_a_model_that_draws_no_labels_is_not_asked_for_them(scene, input_node, tmp_path):
+    log = tmp_path / "commands.jsonl"
+    request = RunRequest.from_parameters(panel(input_node), None, "xdiffusion")
+    run = wait(ReconstructionRun(scene, request, FAKE_CLI, dict(NO_LABELS_CARDS), str(tmp_path), fake_env(log=log)).start())
+    assert run.state == DONE, run.error
+    [command] = [json.loads(line) for line in log.read_text().splitlines()]
+    assert "--segmentation-output" not in command and "segmentation" not in run.outputs
 
 
 def test_a_new_input_segmentation_has_the_brats_segments_in_brats_colours(scene, input_node):

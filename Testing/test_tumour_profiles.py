@@ -108,5 +108,16 @@ def test_label_net_rows_keep_the_input_slice_labels(tmp_path: Path) -> None:
                                  label_net=TumourLabelNet(features=(4, 4, 8, 8, 16, 4)))
     net_rows = [r for r in rows if r["method"] in harness.LABEL_NET_METHODS]
     assert [r["method"] for r in net_rows] == list(harness.LABEL_NET_METHODS)
+    assert 0.0 <= net_rows[2]["metrics"]["input_slice_dice_wt"] <= 1.0
     with_labels = net_rows[0]["metrics"]
     assert with_labels["dice_wt"] > 0.0  # the given slice alone overlaps the truth
+
+
+def test_without_labels_the_done_when_is_the_mean_dice_with_the_input_slice_found() -> None:
+    rows = [{"method": "label net taper", "metrics": {"dice_wt": dice, "input_slice_dice_wt": found}}
+            for dice, found in ((0.5, 0.8), (0.8, 0.9))]
+    assert harness.without_labels_line(rows, "label net taper") == (
+        "- label net taper: met; mean Dice WT 0.650 over 2 case-planes; input slice Dice WT 0.850")
+    rows[0]["metrics"]["dice_wt"] = 0.3
+    assert "not met; mean Dice WT 0.550" in harness.without_labels_line(rows, "label net taper")
+    assert harness.without_labels_line(rows, "xdiffusion") == "- xdiffusion: no scored case"

@@ -82,7 +82,7 @@ class XDiffusionParameterNode:
     plane: Annotated[str, Choice(["axial", "coronal", "sagittal"])] = "axial"
     sliceIndex: Annotated[int, Minimum(0)] = 0
     slicePosition: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
-    inputSegmentation: vtkMRMLSegmentationNode  # the tumour drawn on the input slice(s): a label-conditioned model only
+    inputSegmentation: vtkMRMLSegmentationNode  # the tumour drawn on the input slice(s): tapered into 3D labels
     followSliceView: bool = True
     inputSliceCount: Annotated[int, WithinRange(1, 4)] = 1
     sliceSpread: Annotated[str, Choice(["even", "neighbours"])] = "even"
@@ -378,19 +378,17 @@ class XDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except ValueError:
             card = None
         segments = (card or {}).get("segments_tumours")  # None: not read yet, or a card that predates the field
-        self.ui.outputSegmentationSelector.enabled = segments is not False
-        self.ui.tumourLabelsNoteLabel.text = NO_TUMOUR_LABELS if segments is False else ""
-        self.ui.tumourLabelsNoteLabel.setVisible(segments is False)
+        drawn = bool(parameters) and bool(parameters.inputSegmentation)
+        self.ui.outputSegmentationSelector.enabled = segments is not False or drawn
+        noLabels = segments is False and not drawn
+        self.ui.tumourLabelsNoteLabel.text = NO_TUMOUR_LABELS if noLabels else ""
+        self.ui.tumourLabelsNoteLabel.setVisible(noLabels)
         self.ui.showUncertaintyButton.toolTip = uncertainty_caption(card)
         self.ui.uncertaintyNoteLabel.text = uncertainty_caption(card) if card else ""
-        usesLabels = bool(parameters) and self.logic.modelUsesInputLabels(parameters)
-        for widget in (self.ui.inputSegmentationSelector, self.ui.drawInputTumourButton):
-            widget.enabled = usesLabels
-        self.ui.inputSegmentationLabel.toolTip = "" if usesLabels else _(
-            "This model is not conditioned on input tumour labels (its xdiffusion_config.json does not say "
-            "label_conditioning: true), so a tumour drawn on the input would be ignored.")
-        self.ui.inputSegmentationSelector.toolTip = self.ui.inputSegmentationLabel.toolTip or _(
-            "Optional: the tumour drawn on the input slice(s). Segments named necrotic/NCR/1, oedema/edema/ED/2 and "
+        self.ui.inputSegmentationSelector.toolTip = _(
+            "Optional: the tumour drawn on the input slice(s). Every method turns it into 3D tumour labels, your "
+            "outline tapered away from its slice (a shape prior, not read from the image); a label-conditioned model "
+            "also draws the tumour into the image from it. Segments named necrotic/NCR/1, oedema/edema/ED/2 and "
             "enhancing/ET/3 become BraTS labels 1, 2, 3; other segments take the labels left, in order.")
 
     # --- reconstruction --------------------------------------------------------------------------------------------
@@ -578,22 +576,13 @@ class XDiffusionLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("{folder} is not an XDiffusion model folder (it has no model_index.json).").format(folder=folder))
         return str(folder)
 
-    def modelUsesInputLabels(self, parameters: XDiffusionParameterNode) -> bool:
-        """Whether the chosen model is conditioned on input tumour labels (its config's `label_conditioning`)."""
-        try:
-            folder = self.modelDirectory(parameters)
-        except ValueError:
-            return False
-        folder = pathlib.Path(folder) if folder else bundle.bundled_model_folder(MODULE_DIR)
-        return folder is not None and tumour.model_uses_input_labels(folder)
-
     def queryModelCard(self, modelDir: Optional[str]) -> ModelInfoQuery:
         return ModelInfoQuery(self.cliPrefix(), modelDir).start()
 
     # reconstruction
     def startReconstruction(self, parameters: XDiffusionParameterNode, method: str = "xdiffusion") -> ReconstructionRun:
         """Freeze the parameters into a request, write the input and start the CLI; returns at once."""
-        labels = parameters.inputSegmentation if method == "xdiffusion" and self.modelUsesInputLabels(parameters) else None
+        labels = parameters.inputSegmentation
         request = RunRequest.from_parameters(parameters, self.modelDirectory(parameters), method, labels.GetID() if labels else None)
         logging.info("XDiffusion: reconstructing from %s", request.describe())
         return ReconstructionRun(slicer.mrmlScene, request, self.cliPrefix(), self.modelCards, self.temporaryFolder()).start()

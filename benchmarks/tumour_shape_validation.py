@@ -10,7 +10,8 @@ lesion and plane the input is the slice of the largest whole-tumour cross-sectio
 
 Methods: the label baselines ``copy`` and ``ellipsoid`` and the shape prior ``taper``
 (`xdiffusion.label_baselines`); with ``--label-net``, that net's label stage on the ``atlas`` reconstruction with and
-without the input slice's labels, exactly as `tumour_profiles.py` runs it. Scores: `tumour_profiles.score` (Dice WT/TC/ET, volume error, centroid distance,
+without the input slice's labels, and the taper of its own labels of the input slice, exactly as `tumour_profiles.py`
+runs them. Scores: `tumour_profiles.score` (Dice WT/TC/ET, volume error, centroid distance,
 HD95). Writes benchmarks/results/``--output``.json: every row, the means per method and how often each method beats
 both baselines.
 """

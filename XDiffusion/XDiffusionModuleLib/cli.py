@@ -115,7 +115,8 @@ def reconstruct_arguments(workdir: Path, plane: Optional[str], slice_indices: Se
                           segmentation: bool = True, input_labels: bool = False) -> list[str]:
     """One run whose input and outputs all live in ``workdir``. A 3D input gives ``slice_indices`` (and its plane);
     a single 2D slice gives ``slice_position`` instead (its plane is its own: the CLI reads it from the file).
-    ``input_labels``: the tumour drawn on the input slices is in ``workdir`` too (`INPUT_LABELS_NAME`)."""
+    ``input_labels``: the tumour drawn on the input slices is in ``workdir`` too (`INPUT_LABELS_NAME`); ``segmentation``:
+    the model draws tumour labels of its own (a baseline draws none)."""
     if quality not in QUALITIES:
         raise ValueError(f"unknown quality {quality!r}; use one of {', '.join(QUALITIES)}")
     arguments = ["reconstruct", str(workdir / INPUT_NAME), "-o", str(workdir / OUTPUT_NAMES["image"])]
@@ -131,11 +132,11 @@ def reconstruct_arguments(workdir: Path, plane: Optional[str], slice_indices: Se
     if method == "xdiffusion":
         arguments += ["--preset", quality, "--device", DEVICE_FLAGS[device],
                       "--uncertainty-output", str(workdir / OUTPUT_NAMES["uncertainty"])]
-        if segmentation:
-            arguments += ["--segmentation-output", str(workdir / OUTPUT_NAMES["segmentation"])]
         if model_dir:
             arguments += ["--model", str(model_dir)]
-    if input_labels:  # also for a baseline: the CLI refuses it with its reason rather than ignoring it
+    if segmentation or input_labels:  # drawn labels give every method tumour labels: the outline tapered into 3D
+        arguments += ["--segmentation-output", str(workdir / OUTPUT_NAMES["segmentation"])]
+    if input_labels:
         arguments += ["--input-segmentation", str(workdir / INPUT_LABELS_NAME)]
     return arguments
 

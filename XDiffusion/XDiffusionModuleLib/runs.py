@@ -38,13 +38,13 @@ class RunRequest:
     model_dir: Optional[str] = None
     method: str = "xdiffusion"
     output_ids: tuple[Optional[str], Optional[str], Optional[str]] = (None, None, None)  # image, segmentation, uncertainty
-    input_labels_id: Optional[str] = None  # the tumour drawn on the input slices (a segmentation), for a label-conditioned model
+    input_labels_id: Optional[str] = None  # the tumour drawn on the input slices (a segmentation)
 
     @classmethod
     def from_parameters(cls, parameters, model_dir: Optional[str] = None, method: str = "xdiffusion",
                         input_labels_id: Optional[str] = None) -> "RunRequest":
         """From the panel's parameter node (read once, here): input, slices, quality, device and output nodes; and
-        the input segmentation, where the panel offers one (only for a label-conditioned model)."""
+        the input segmentation, where the user drew one."""
         volume = parameters.inputVolume
         if volume is None or volume.GetImageData() is None:
             raise ValueError("Select an input volume.")

@@ -8,7 +8,6 @@ drew these segments for this purpose, and the Segment Editor names them Segment_
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Sequence
@@ -80,16 +79,6 @@ def new_input_segmentation(scene, input_node):
     for value, name, rgb in BRATS_SEGMENTS:
         node.GetSegmentation().AddEmptySegment("", name, rgb)
     return node
-
-
-def model_uses_input_labels(model_dir: Path) -> bool:
-    """Whether a model folder's `xdiffusion_config.json` says `label_conditioning: true` (absent or unreadable:
-    false, as the library reads it)."""
-    try:
-        config = json.loads((Path(model_dir) / "xdiffusion_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and config.get("label_conditioning") is True
 
 
 def volumes_ml(labels: np.ndarray, ijk_to_ras: np.ndarray) -> dict[str, float]:

@@ -120,9 +120,11 @@ def run_reconstruct_cohort(args: argparse.Namespace) -> int:
             slice_index=args.slice_index).warnings
 
     if any(item.segmentation for item in list_cohort(args.input, args.output_dir)):  # refused before any model loads
-        from .input_labels import check_input_segmentation
+        from .input_labels import labels_read_for_image
 
-        check_input_segmentation(args.method, args.model)
+        if not labels_read_for_image(args.method, args.model):
+            raise InputError("a segmentation column needs a label-conditioned model: a cohort writes no tumour labels, and "
+                             "this method or model does not draw its image from them")
     rows, summary = run_cohort(args.input, args.output_dir, make_reconstructor, log=lambda line: print(line, file=sys.stderr))
     if summary is not None:
         print(format_summary(rows))
@@ -274,11 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="--method/--prior atlas: the template, the shipped ICBM 2009c T1 brain (skull-stripped) or head (with "
                           "skull), or a volume file; auto takes head when the input slices show a skull ring; default brain")
     rec.add_argument("--segmentation-output", default=None, metavar="SEG",
-                     help="generated tumour labels (BraTS 1, 2, 3) on the output's grid; refused for a model that draws none "
-                          "(xdiffusion model-info: segments_tumours)")
+                     help="tumour labels (BraTS 1, 2, 3) on the output's grid: the --input-segmentation tapered into 3D, "
+                          "else the model's own; refused where neither exists (xdiffusion model-info: segments_tumours)")
     rec.add_argument("--input-segmentation", default=None, metavar="LABELS",
                      help="BraTS labels (1, 2, 3; 4 read as 3) on the input's grid (a 2D file for a 2D input); only the "
-                          "chosen slices' labels are used; needs a model whose xdiffusion_config.json says label_conditioning: true")
+                          "chosen slices' labels are used: every method tapers them into the --segmentation-output (a shape "
+                          "prior, docs/model.md), and a label-conditioned model also draws its image from them")
     rec.add_argument("--uncertainty-output", default=None, metavar="UNC",
                      help="spread across views (across the samples with --samples N > 1); how well the views' spread ranks "
                           "errors (held-out AUROC) is in `xdiffusion model-info`")

@@ -1,5 +1,5 @@
-"""Tumour labels the user drew on the input slices (`reconstruct --input-segmentation`), for a model that is
-conditioned on them.
+"""Tumour labels the user drew on the input slices (`reconstruct --input-segmentation`): every method tapers them
+into the tumour labels it writes, and a label-conditioned model also draws its image from them.
 
 The label file lies on the input's grid (a 3D input) or is a 2D file of the input slice's shape (a 2D input). Only
 the labels on the chosen input slices are taken and checked, with exactly the indexing `InputSlices.images` was
@@ -37,20 +37,12 @@ def model_uses_input_labels(model_dir: str | os.PathLike) -> bool:
     return isinstance(config, dict) and config.get("label_conditioning") is True
 
 
-def check_labels_used(method: str, label_conditioning: bool) -> None:
-    """Refuse input labels that the method or model would silently ignore."""
-    if method != "xdiffusion":
-        raise InputError(f"--input-segmentation: --method {method} does not use tumour labels; drop --input-segmentation")
-    if not label_conditioning:
-        raise InputError("--input-segmentation: this model is not conditioned on input tumour labels (its config says "
-                         "label_conditioning: false); drop --input-segmentation or use a label-conditioned model")
-
-
-def check_input_segmentation(method: str, model: Optional[str]) -> None:
-    """Refuse --input-segmentation before any work when the method or the model's config would ignore it."""
+def labels_read_for_image(method: str, model: Optional[str]) -> bool:
+    """Whether the image itself reads the input labels: only a label-conditioned model's does. Every method turns
+    them into the tumour labels it writes (`reconstruct.tapered_input_labels`)."""
     from .model_location import resolve_model_dir
 
-    check_labels_used(method, method == "xdiffusion" and model_uses_input_labels(resolve_model_dir(model)))
+    return method == "xdiffusion" and model_uses_input_labels(resolve_model_dir(model))
 
 
 def read_input_labels(path: str | os.PathLike, inputs: InputSlices) -> list[np.ndarray]:

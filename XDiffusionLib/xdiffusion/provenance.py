@@ -128,6 +128,8 @@ def sidecar(result: Reconstruction, inputs: InputSlices, content: str, source: O
         "Software": {"name": "xdiffusion", "version": __version__},
         "Created": created.astimezone(timezone.utc).isoformat(timespec="seconds"),
     }
+    if content == "tumour labels":  # a shape prior from the given labels, or read from the generated image
+        record["LabelsFrom"] = result.labels_from
     if content == "uncertainty":  # what the map is worth, as measured on held-out data (null: never measured)
         record["UncertaintyAUROC"] = uncertainty_auroc(result.model_card) if result.uncertainty_across != "samples" else None
     return record

@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # torch and diffusers load only when the model runs: the base
     from .pipeline import ProgressCallback, XDiffusionPipeline
 
 METHODS = ("xdiffusion", "extrude", "interpolate", "atlas")
+LABELS_TAPERED = "the input slices' labels, tapered (label_baselines.taper_from_slices)"
+LABELS_FROM_MODEL = "the model"
 PRIORS = ("extrude", "atlas", "none")  # where SDEdit sampling (strength < 1) starts from; none: pure noise, strength 1 only
 MIN_TISSUE_PIXELS = 16  # an informative slice has at least this many pixels apart from its background (see is_informative)
 # in-plane axes (as LPS directions) given to a 2D file that carries no orientation of its own, per plane
@@ -58,6 +60,7 @@ class Reconstruction:
     template: Optional[str] = None  # the atlas template file, when the atlas (method or prior) was used
     warnings: list[str] = field(default_factory=list)
     uncertainty_across: Optional[str] = None  # "views" or "samples"; None for a baseline
+    labels_from: Optional[str] = None  # what drew `segmentation`: LABELS_TAPERED or LABELS_FROM_MODEL
 
 
 def background_value(image: np.ndarray) -> float:
@@ -174,12 +177,8 @@ def labels_in_cube(inputs: InputSlices, labels: Sequence[np.ndarray], frame: geo
     return placed
 
 
-def _check_input_labels(inputs: InputSlices, labels: Sequence[np.ndarray], method: str,
-                        pipeline: Optional[XDiffusionPipeline]) -> None:
-    """Refuse input labels a method would silently ignore, and labels that do not match the input slices."""
-    from .input_labels import check_labels_used
-
-    check_labels_used(method, pipeline is None or pipeline.model_config.label_conditioning)  # no model: refused below
+def _check_input_labels(inputs: InputSlices, labels: Sequence[np.ndarray]) -> None:
+    """Refuse labels that do not match the input slices."""
     shapes = [np.shape(image) for image in labels]
     if len(labels) != len(inputs.indices) or any(shape != inputs.images.shape[1:] for shape in shapes):
         raise InputError(f"--input-segmentation: {len(labels)} label slice(s) of shape(s) {shapes} do not match the "
@@ -188,8 +187,9 @@ def _check_input_labels(inputs: InputSlices, labels: Sequence[np.ndarray], metho
 
 def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str, progress: Optional[ProgressCallback],
                warnings: list[str], prior: str = "extrude", atlas: Optional[str] = None,
-               input_labels: Optional[Sequence[np.ndarray]] = None,
+               input_labels: Optional[Sequence[np.ndarray]] = None, model_labels: bool = True,
                **sampling) -> tuple[np.ndarray, Optional[np.ndarray], np.ndarray, int, str]:
+    """The model's image, its own tumour labels (None where ``model_labels`` is off or it draws none), uncertainty."""
     if prior not in PRIORS:
         raise InputError(f"unknown prior {prior!r}; use one of {', '.join(PRIORS)}")
     from .pipeline import check_strength  # loaded already: the pipeline is an XDiffusionPipeline
@@ -219,17 +219,17 @@ def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str,
     image = geometry.cube_to_grid(scale.restore(result.image), frame, inputs.geometry)
     spread = geometry.cube_to_grid(result.uncertainty * scale.scale / 2.0, frame, inputs.geometry)
     labels = None
-    if result.tumour_probability is not None:  # drawn by the denoiser in the cube (the shipped model)
+    if model_labels and result.tumour_probability is not None:  # drawn by the denoiser in the cube (the shipped model)
         probability = np.stack([geometry.cube_to_grid(p, frame, inputs.geometry) for p in result.tumour_probability])
         labels = np.where(probability.max(axis=0) >= 0.5, probability.argmax(axis=0) + 1, 0).astype(np.uint8)
-    elif pipeline.label_net is not None:  # in pixel space, on the input's own grid
+    elif model_labels and pipeline.label_net is not None:  # in pixel space, on the input's own grid
         from .tumour_labels import label_volume
 
         if progress is not None:
             progress(0.97, "tumour labels")
         labels = label_volume(pipeline.label_net, _paste_inputs(image, inputs).astype(np.float32), inputs.axis,
                               inputs.geometry.spacing, inputs.indices, list(inputs.images), scale,
-                              input_labels, device=pipeline.device)
+                              device=pipeline.device)
     return image, labels, spread.astype(np.float32), result.unet_evaluations, result.uncertainty_across
 
 
@@ -248,6 +248,16 @@ def sampling_used(pipeline: XDiffusionPipeline, sampling: dict[str, Any]) -> dic
     read = prior == "atlas" and pipeline.model_config.atlas_conditioning
     used["prior"] = prior if used["strength"] < 1.0 or read else None
     return used
+
+
+def tapered_input_labels(inputs: InputSlices, labels: Sequence[np.ndarray]) -> np.ndarray:
+    """The tumour the labels given on the input slices outline, in 3D: each region's outline tapered away from its
+    slice (`label_baselines.taper_from_slices`). With labels given, it scored above the label net reading the
+    reconstruction, on the validation split and on held-out lesions (docs/model.md, docs/results_tumour.md), so it
+    is what every method writes; it reads no image: a shape prior, not a detection."""
+    from .label_baselines import taper_from_slices
+
+    return taper_from_slices(inputs.geometry, inputs.axis, inputs.indices, np.stack(labels))
 
 
 def _paste_inputs(array: np.ndarray, inputs: InputSlices) -> np.ndarray:
@@ -280,10 +290,10 @@ def reconstruct(
     and refuses a strength below 1; ``atlas`` is the template for both: ``auto`` (None), ``brain``, ``head`` or a
     file, `atlas_templates.choose_template`). The result lists the fallbacks the atlas registration took
     (`Reconstruction.warnings`). ``input_labels`` (one BraTS label image per input slice,
-    `input_labels.read_input_labels`) condition a label-conditioned model; the baselines and other models refuse them
-    rather than ignore them."""
+    `input_labels.read_input_labels`) give every method its tumour labels (`tapered_input_labels`), and condition a
+    label-conditioned model's image as well."""
     if input_labels is not None:
-        _check_input_labels(inputs, input_labels, method, pipeline)
+        _check_input_labels(inputs, input_labels)
     description = f"{GENERATED_DESCRIPTION} ({method})"
     if method == "xdiffusion" and sampling.get("strength", 1.0) < 1.0:  # what sampling started from (fits NIfTI's 79 characters)
         description = f"{GENERATED_DESCRIPTION} ({sampling.get('prior', 'extrude')} prior {sampling['strength']:g})"
@@ -294,8 +304,10 @@ def reconstruct(
         if pipeline is None:
             raise InputError("the xdiffusion method needs a model")
         modality = modality or pipeline.modalities[0]
+        conditioning = input_labels if pipeline.model_config.label_conditioning else None
         image, labels, spread, evaluations, across = _diffusion(inputs, pipeline, modality, progress, warnings, atlas=atlas,
-                                                                input_labels=input_labels, **sampling)
+                                                                input_labels=conditioning,
+                                                                model_labels=input_labels is None, **sampling)
         if not (np.isfinite(image).all() and np.isfinite(spread).all()):  # never written as if it were an image
             raise ModelError("the model produced NaN or infinite values (damaged weights, or float16 overflow on a "
                              "GPU: try --device cpu); nothing was written")
@@ -303,12 +315,13 @@ def reconstruct(
             progress(1.0, "done")
         used = sampling_used(pipeline, sampling)
         spread_of = f"{used['samples']} samples" if across == "samples" else "views"
+        segmentation, labels_from = _labels_output(inputs, input_labels, labels, description)
         return Reconstruction(
-            Volume(_paste_inputs(image, inputs), inputs.geometry, {"description": description}),
-            Volume(labels, inputs.geometry, {"description": f"{description} tumour labels"}) if labels is not None else None,
+            Volume(_paste_inputs(image, inputs), inputs.geometry, {"description": description}), segmentation,
             Volume(spread, inputs.geometry, {"description": f"{description} uncertainty (std across {spread_of})"}),
             evaluations, method=method, sampling=used, model_card=pipeline.model_card,
-            template=_template_name(atlas, inputs) if used["prior"] == "atlas" else None, warnings=warnings, uncertainty_across=across,
+            template=_template_name(atlas, inputs) if used["prior"] == "atlas" else None, warnings=warnings,
+            uncertainty_across=across, labels_from=labels_from,
         )
     if method == "extrude":
         image = extrude(inputs)
@@ -323,8 +336,21 @@ def reconstruct(
         raise InputError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     if progress is not None:
         progress(1.0, method)
-    return Reconstruction(Volume(_paste_inputs(image, inputs), inputs.geometry, {"description": description}), method=method,
-                          template=_template_name(atlas, inputs) if method == "atlas" else None, warnings=warnings)
+    segmentation, labels_from = _labels_output(inputs, input_labels, None, description)
+    return Reconstruction(Volume(_paste_inputs(image, inputs), inputs.geometry, {"description": description}), segmentation,
+                          method=method, template=_template_name(atlas, inputs) if method == "atlas" else None,
+                          warnings=warnings, labels_from=labels_from)
+
+
+def _labels_output(inputs: InputSlices, input_labels: Optional[Sequence[np.ndarray]], model_labels: Optional[np.ndarray],
+                   description: str) -> tuple[Optional[Volume], Optional[str]]:
+    """The tumour labels written, and what drew them: the given labels tapered, else the model's own, else none."""
+    if input_labels is not None:
+        return (Volume(tapered_input_labels(inputs, input_labels), inputs.geometry,
+                       {"description": f"{GENERATED_DESCRIPTION} (labels tapered)"}), LABELS_TAPERED)
+    if model_labels is not None:
+        return Volume(model_labels, inputs.geometry, {"description": f"{description} tumour labels"}), LABELS_FROM_MODEL
+    return None, None
 
 
 def _template_name(atlas: Optional[str], inputs: InputSlices) -> str:

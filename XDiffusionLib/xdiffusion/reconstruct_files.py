@@ -52,27 +52,32 @@ def check_outputs(source: str | os.PathLike, output: str | os.PathLike, segmenta
                   uncertainty_output: Optional[str | os.PathLike], input_segmentation: Optional[str | os.PathLike],
                   method: str, model: Optional[str], atlas: Optional[str]) -> tuple[Path, Optional[Path], Optional[Path]]:
     """`xdiffusion reconstruct`'s request checked before any work: the outputs (distinct, writable, no input
-    overwritten, sidecars free), input labels and a segmentation only where the method and model use them, the atlas
-    choice. Returns the three output paths."""
+    overwritten, sidecars free), input labels only where they change an output, a segmentation only where labels are
+    given or the model draws its own, the atlas choice. Returns the three output paths."""
     from .provenance import check_sidecars
 
     sources = [Path(source)] + ([Path(input_segmentation)] if input_segmentation else [])
     outputs = [Path(p) for p in (output, segmentation_output, uncertainty_output) if p]
     if len({p.resolve() for p in outputs}) != len(outputs):
         raise InputError("the output, segmentation and uncertainty files must be different files")
-    if input_segmentation:
-        from .input_labels import check_input_segmentation
+    if input_segmentation and not segmentation_output:
+        from .input_labels import labels_read_for_image
 
-        check_input_segmentation(method, model)
-    if segmentation_output and method == "xdiffusion":
+        if not labels_read_for_image(method, model):
+            raise InputError("--input-segmentation: this method or model does not draw its image from input labels, so they "
+                             "only give the tumour labels: add --segmentation-output SEG, or drop --input-segmentation")
+    if segmentation_output and method == "xdiffusion" and not input_segmentation:
         from .model_card import check_segments_tumours
 
         check_segments_tumours(model, "--segmentation-output")
     checked = (check_output(output, sources, "-o"), check_output(segmentation_output, sources, "--segmentation-output"),
                check_output(uncertainty_output, sources, "--uncertainty-output"))
     check_sidecars(list(checked), sources)  # each output's provenance .json
-    if method != "xdiffusion" and (checked[1] or checked[2]):
-        raise InputError(f"--method {method} makes no segmentation or uncertainty; drop those outputs")
+    if method != "xdiffusion" and checked[2]:
+        raise InputError(f"--method {method} makes no uncertainty map; drop --uncertainty-output")
+    if method != "xdiffusion" and checked[1] and not input_segmentation:
+        raise InputError(f"--method {method} draws no tumour labels of its own: give --input-segmentation (the input "
+                         f"slice's labels, tapered into 3D) or drop --segmentation-output")
     if atlas is not None and method in ("extrude", "interpolate"):
         raise InputError(f"--atlas applies to --method atlas and to the xdiffusion atlas prior, not to --method {method}")
     if atlas is not None:
