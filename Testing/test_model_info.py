@@ -94,17 +94,23 @@ def test_segmentation_output_is_written_for_a_model_that_segments_or_says_nothin
     assert seg.is_file()
 
 
-def test_the_demo_writes_and_scores_no_labels_for_a_model_that_draws_none(tmp_path, models):
+def test_the_demo_scores_the_drawn_tumour_in_3d_with_a_model_that_draws_none(tmp_path, models):
+    """The outline on the input slice gives the labels: written, scored against the sample's own, and real."""
+    from xdiffusion.demo import SAMPLE_SEGMENTATION, tumour_slice
+    from xdiffusion.io import read_volume
+    from xdiffusion.reconstruct import LABELS_TAPERED
+
     demo = tmp_path / "demo"
-    demo.mkdir()
-    (demo / "reconstruction_seg.nii.gz").write_bytes(b"an earlier run's labels")
     assert main(["demo", "--output-dir", str(demo), "--model", str(models["no_tumours"])]) == 0
-    assert not (demo / "reconstruction_seg.nii.gz").exists() and not (demo / "reconstruction_seg.json").exists()
-    assert (demo / "reconstruction.nii.gz").is_file() and (demo / "demo_figure.png").is_file()
+    truth = read_volume(SAMPLE_SEGMENTATION)
+    labels = read_volume(demo / "reconstruction_seg.nii.gz")
     metrics = json.loads((demo / "metrics.json").read_text(encoding="utf-8"))
-    assert not {"dice_wt", "dice_tc", "dice_et", "tumour_volume_ml_err", "centroid_mm"} & set(metrics["xdiffusion"])
-    assert metrics["segmentation"].startswith("none: the model card says segments_tumours: false")
-    assert metrics["xdiffusion"]["psnr"] > 0
+    index = metrics["input"]["slice_index"]
+    assert index == tumour_slice(truth, "axial") and metrics["tumour_labels_from"] == LABELS_TAPERED
+    np.testing.assert_array_equal(labels.array[:, :, index], truth.array[:, :, index])  # the outline, as drawn
+    assert np.count_nonzero(labels.array) > 5 * np.count_nonzero(truth.array[:, :, index])  # and a tumour in 3D
+    assert 0.5 < metrics["xdiffusion"]["dice_wt"] < 1.0 and metrics["xdiffusion"]["psnr"] > 0
+    assert json.loads((demo / "reconstruction_seg.json").read_text())["LabelsFrom"] == LABELS_TAPERED
 
 
 def test_model_info_shows_the_measured_uncertainty_auroc(tmp_path, capsys):

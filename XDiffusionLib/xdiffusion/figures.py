@@ -7,7 +7,7 @@ patient's left on the right of the screen.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -40,11 +40,14 @@ def display_slice(volume: Volume, plane: str, index: Optional[int] = None) -> tu
     return np.ascontiguousarray(image), float(aspect)
 
 
-def _shown_index(volume: Volume, plane: str, input_plane: str, input_index: int) -> int:
-    """The middle slice, except in the input's plane: there, a slice 15 % of the axis away (the input is exact)."""
-    length = volume.geometry.shape[geometry.plane_axis(volume.geometry, plane)]
+def _shown_index(volume: Volume, plane: str, input_plane: str, input_index: int,
+                 focus: Optional[Sequence[int]] = None) -> int:
+    """The middle slice (or the one through ``focus``, a voxel), except in the input's plane: there, a slice 15 % of
+    the axis away (the input is exact)."""
+    axis = geometry.plane_axis(volume.geometry, plane)
+    length = volume.geometry.shape[axis]
     if plane != input_plane:
-        return length // 2
+        return length // 2 if focus is None else int(focus[axis])
     offset = max(1, round(0.15 * length))
     return input_index + offset if input_index + offset < length else max(0, input_index - offset)
 
@@ -65,8 +68,10 @@ def comparison_figure(
     reference_segmentation: Optional[Volume] = None,
     prediction_segmentation: Optional[Volume] = None,
     title: str = "",
+    focus: Optional[Sequence[int]] = None,
 ) -> Path:
-    """Input slice; reference vs reconstruction in three planes; absolute error; tumour overlays. Written atomically."""
+    """Input slice; reference vs reconstruction in three planes (through ``focus``, a voxel, where given: the tumour);
+    absolute error; tumour overlays. Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,7 +85,7 @@ def comparison_figure(
     grid[0, 0].imshow(image, cmap="gray", vmin=low, vmax=high, aspect=aspect)
     grid[0, 0].set_title(f"input: {input_plane} slice {input_index}")
     for column, plane in enumerate(geometry.PLANES, start=1):
-        index = _shown_index(reference, plane, input_plane, input_index)
+        index = _shown_index(reference, plane, input_plane, input_index, focus)
         for row, (name, volume, segmentation) in enumerate(rows):
             axes = grid[row, column]
             image, aspect = display_slice(volume, plane, index)
