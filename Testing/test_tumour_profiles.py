@@ -121,3 +121,16 @@ def test_without_labels_the_done_when_is_the_mean_dice_with_the_input_slice_foun
     rows[0]["metrics"]["dice_wt"] = 0.3
     assert "not met; mean Dice WT 0.550" in harness.without_labels_line(rows, "label net taper")
     assert harness.without_labels_line(rows, "xdiffusion") == "- xdiffusion: no scored case"
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--label-net", "."], "no config.json there"),
+    ([], "error: "),  # an empty cache: the held-out subjects are missing
+])
+def test_bad_options_and_a_missing_cache_are_one_line_and_exit_two(options, message, tmp_path: Path, capsys) -> None:
+    doc = tmp_path / "results.md"
+    assert harness.main([*options, "--cache", str(tmp_path), "--work", str(tmp_path / "work"), "--doc", str(doc)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: ") and message in error[0]
+    assert not doc.exists() and not (tmp_path / "work").exists()

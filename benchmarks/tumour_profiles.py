@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from held_out_individuals import PLANES, Scan, cases_from_scans, held_out_scans  # noqa: E402
 from xdiffusion.data.heldout_lesions import paint_heldout_lesion  # noqa: E402
 from xdiffusion.atomic_files import atomic_output  # noqa: E402
+from xdiffusion.errors import InputError  # noqa: E402
 from xdiffusion.evaluate import WHOLE_TUMOUR, tumour_metrics  # noqa: E402
 from xdiffusion.geometry import plane_axis  # noqa: E402
 from xdiffusion.io import Volume  # noqa: E402
@@ -135,7 +136,8 @@ def model_status(model: Optional[str]) -> tuple[bool, str]:
     from xdiffusion.input_labels import model_uses_input_labels
 
     if not model_uses_input_labels(model):
-        return False, f"{model}: its config has no label_conditioning true, so it cannot take input labels: the model rows were not run"
+        return False, (f"{model}: its config has no label_conditioning true, so its image does not read input labels and "
+                       f"its labels would be the taper's: the model rows were not run")
     help_text = subprocess.run(cli_command() + ["reconstruct", "--help"], capture_output=True, text=True).stdout
     if "--input-segmentation" not in help_text:
         return False, "this xdiffusion CLI has no --input-segmentation option: the model rows were not run"
@@ -321,7 +323,7 @@ def git_commit() -> Optional[str]:
     return (done.stdout.strip() + (" (with uncommitted changes)" if dirty else "")) if done.returncode == 0 else None
 
 
-def main(argv: Optional[Iterable[str]] = None) -> None:
+def main(argv: Optional[Iterable[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3, help="held-out lesions per subject (default 3)")
     parser.add_argument("--quick", action="store_true", help="one subject (SRI24), one lesion")
@@ -335,18 +337,26 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
     from xdiffusion.data.fetch import default_cache_dir
 
     started = time.perf_counter()
-    can_run, status = model_status(args.model)
+    try:  # every bad option or missing input: one error line, before any work
+        if args.seeds < 1:
+            raise InputError(f"--seeds must be at least 1, got {args.seeds}")
+        can_run, status = model_status(args.model)
+        label_net = None
+        if args.label_net:
+            from xdiffusion.model.label_net import TumourLabelNet
+
+            if not (Path(args.label_net) / TumourLabelNet.config_name).is_file():
+                raise InputError(f"--label-net {args.label_net}: no {TumourLabelNet.config_name} there; give a TumourLabelNet folder")
+            label_net = TumourLabelNet.from_pretrained(args.label_net, use_safetensors=True).eval()
+        scans = held_out_scans(Path(args.cache) if args.cache else default_cache_dir())
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(status, flush=True)
-    scans = held_out_scans(Path(args.cache) if args.cache else default_cache_dir())
     if args.quick:
         scans = [scan for scan in scans if scan.subject == "sri24"]
     cases = lesion_cases(scans, 1 if args.quick else args.seeds)
     print(f"{len(cases)} cases: " + ", ".join(f"{c.name} ({c.volume_ml:.1f} ml)" for c in cases), flush=True)
-    label_net = None
-    if args.label_net:
-        from xdiffusion.model.label_net import TumourLabelNet
-
-        label_net = TumourLabelNet.from_pretrained(args.label_net, use_safetensors=True).eval()
     rows = []
     for case in cases:
         rows += evaluate_case(case, Path(args.work), PLANES, str(args.model) if can_run else None,
@@ -361,7 +371,8 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
     with atomic_output(Path(args.doc)) as temporary:
         temporary.write_text(markdown(rows, written))
     print(f"{len(rows)} rows in {record['seconds']:.0f} s: {path}, {args.doc}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
