@@ -30,13 +30,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 
 def env(name: str, default: str = "") -> str:
     return os.environ.get(f"FAKE_XDIFFUSION_{name}", default)
 
 
-def sidecar(output: Path, warnings: list, method: str = "xdiffusion") -> None:
+def sidecar(output: Path, warnings: list, method: str = "xdiffusion", labels_from: Optional[str] = None) -> None:
     name = output.name
     for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
         if name.endswith(suffix):
@@ -45,6 +46,8 @@ def sidecar(output: Path, warnings: list, method: str = "xdiffusion") -> None:
     record = {"GeneratedNotMeasured": True, "Description": "fake reconstruction for tests", "Method": method,
               "Model": "fake model", "Sampling": {"views": 2, "steps": 8}, "Input": "input.nrrd", "Warnings": warnings,
               "Software": "fake-cli", "Created": "2026-01-01T00:00:00Z"}
+    if labels_from is not None:
+        record["LabelsFrom"] = labels_from
     output.with_name(name + ".json").write_text(json.dumps(record))
 
 
@@ -85,11 +88,12 @@ def reconstruct(args) -> int:
         k, j, i = (n // 2 for n in array.shape)
         labels[max(k - 1, 0):k + 2, j - 2:j + 2, i - 2:i + 2] = 2
         outputs.append((args.segmentation_output, labels))
+    tapered = "the input slices' labels, tapered" if args.input_segmentation else "the model"
     for path, values in outputs:
         written = sitk.GetImageFromArray(values)
         written.CopyInformation(image)
         sitk.WriteImage(written, path)
-        sidecar(Path(path), warnings)
+        sidecar(Path(path), warnings, labels_from=tapered if path == args.segmentation_output else None)
     print(json.dumps({"progress": 1.0, "eta_s": 0, "stage": "done"}), file=sys.stderr, flush=True)
     print(f"wrote {args.output} (generated; synthetic, not for diagnosis)", file=sys.stderr)
     return 0

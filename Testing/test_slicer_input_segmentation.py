@@ -134,7 +134,10 @@ def test_a_drawn_tumour_gives_tumour_labels_with_a_model_that_draws_none_and_wit
     assert run.state == DONE, run.error
     [command] = [json.loads(line) for line in log.read_text().splitlines()]
     assert "--input-segmentation" in command and "--segmentation-output" in command
-    assert "segmentation" in run.outputs
+    labels = run.outputs["segmentation"]
+    assert labels.GetAttribute("XDiffusion.LabelsFrom").startswith("the input slices' labels, tapered")
+    assert "Tumour labels from the input slices' labels, tapered" in labels.GetDescription()
+    assert labels.GetAttribute(xs.GENERATED_ATTRIBUTE) == "true"
 
 
 def test_without_a_drawing_a_model_that_draws_no_labels_is_not_asked_for_them(scene, input_node, tmp_path):
