@@ -96,7 +96,9 @@ def test_segmentation_output_is_written_for_a_model_that_segments_or_says_nothin
 
 def test_the_demo_scores_the_drawn_tumour_in_3d_with_a_model_that_draws_none(tmp_path, models):
     """The outline on the input slice gives the labels: written, scored against the sample's own, and real."""
-    from xdiffusion.demo import SAMPLE_SEGMENTATION, tumour_slice
+    from xdiffusion.demo import SAMPLE_SEGMENTATION
+    from xdiffusion.geometry import plane_axis
+    from xdiffusion.label_baselines import largest_cross_section
     from xdiffusion.io import read_volume
     from xdiffusion.reconstruct import LABELS_TAPERED
 
@@ -106,7 +108,7 @@ def test_the_demo_scores_the_drawn_tumour_in_3d_with_a_model_that_draws_none(tmp
     labels = read_volume(demo / "reconstruction_seg.nii.gz")
     metrics = json.loads((demo / "metrics.json").read_text(encoding="utf-8"))
     index = metrics["input"]["slice_index"]
-    assert index == tumour_slice(truth, "axial") and metrics["tumour_labels_from"] == LABELS_TAPERED
+    assert index == largest_cross_section(truth.array, plane_axis(truth.geometry, "axial")) and metrics["tumour_labels_from"] == LABELS_TAPERED
     np.testing.assert_array_equal(labels.array[:, :, index], truth.array[:, :, index])  # the outline, as drawn
     assert np.count_nonzero(labels.array) > 5 * np.count_nonzero(truth.array[:, :, index])  # and a tumour in 3D
     assert 0.5 < metrics["xdiffusion"]["dice_wt"] < 1.0 and metrics["xdiffusion"]["psnr"] > 0

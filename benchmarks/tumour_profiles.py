@@ -48,10 +48,11 @@ from held_out_individuals import PLANES, Scan, cases_from_scans, held_out_scans 
 from xdiffusion.data.heldout_lesions import paint_heldout_lesion  # noqa: E402
 from xdiffusion.atomic_files import atomic_output  # noqa: E402
 from xdiffusion.errors import InputError  # noqa: E402
-from xdiffusion.evaluate import WHOLE_TUMOUR, tumour_metrics  # noqa: E402
+from xdiffusion.evaluate import WHOLE_TUMOUR, dice, tumour_metrics  # noqa: E402
 from xdiffusion.geometry import plane_axis  # noqa: E402
 from xdiffusion.io import Volume  # noqa: E402
-from xdiffusion.label_baselines import copy_to_neighbours, ellipsoid_from_slices, input_labels, taper_from_slices  # noqa: E402
+from xdiffusion.label_baselines import (copy_to_neighbours, ellipsoid_from_slices, input_labels,  # noqa: E402
+                                        largest_cross_section, taper_from_slices)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "results_tumour.md"
@@ -100,12 +101,6 @@ def lesion_cases(scans: Iterable[Scan], seeds: int, min_ml: float = MIN_ML, moda
                 if found == seeds:
                     break
     return cases
-
-
-def largest_cross_section(labels: np.ndarray, axis: int) -> int:
-    """The index along ``axis`` of the slice with the most whole-tumour voxels (the first, on a tie)."""
-    tumour = np.isin(labels, WHOLE_TUMOUR)
-    return int(np.argmax(tumour.sum(axis=tuple(a for a in range(3) if a != axis))))
 
 
 def input_only(truth: Volume, axis: int, index: int) -> tuple[np.ndarray, Volume]:
@@ -192,11 +187,19 @@ def label_net_rows(case: LesionCase, plane: str, axis: int, index: int, given: n
     return rows
 
 
+def load_label_net(folder: str):
+    """A `TumourLabelNet` folder, refused in one line (`InputError`) when it holds no config."""
+    from xdiffusion.model.label_net import TumourLabelNet
+
+    if not (Path(folder) / TumourLabelNet.config_name).is_file():
+        raise InputError(f"--label-net {folder}: no {TumourLabelNet.config_name} there; give a TumourLabelNet folder")
+    return TumourLabelNet.from_pretrained(folder, use_safetensors=True).eval()
+
+
 def score_slice(truth: np.ndarray, prediction: np.ndarray) -> float:
     """Whole-tumour Dice on one slice (1 where both are empty): how well the input slice itself was segmented."""
-    a, b = np.isin(truth, WHOLE_TUMOUR), np.isin(prediction, WHOLE_TUMOUR)
-    total = int(a.sum() + b.sum())
-    return round(2.0 * float((a & b).sum()) / total, 4) if total else 1.0
+    overlap = dice(np.isin(truth, WHOLE_TUMOUR), np.isin(prediction, WHOLE_TUMOUR))
+    return 1.0 if overlap is None else round(overlap, 4)
 
 
 def evaluate_case(case: LesionCase, work: Path, planes: Sequence[str], model: Optional[str], log=print,
@@ -341,13 +344,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
         if args.seeds < 1:
             raise InputError(f"--seeds must be at least 1, got {args.seeds}")
         can_run, status = model_status(args.model)
-        label_net = None
-        if args.label_net:
-            from xdiffusion.model.label_net import TumourLabelNet
-
-            if not (Path(args.label_net) / TumourLabelNet.config_name).is_file():
-                raise InputError(f"--label-net {args.label_net}: no {TumourLabelNet.config_name} there; give a TumourLabelNet folder")
-            label_net = TumourLabelNet.from_pretrained(args.label_net, use_safetensors=True).eval()
+        label_net = load_label_net(args.label_net) if args.label_net else None
         scans = held_out_scans(Path(args.cache) if args.cache else default_cache_dir())
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import write_results  # noqa: E402
-from tumour_profiles import BASELINES, MIN_ML, LesionCase, label_net_rows, largest_cross_section, score  # noqa: E402
+from tumour_profiles import BASELINES, MIN_ML, LesionCase, label_net_rows, largest_cross_section, load_label_net, score  # noqa: E402
 from validation_split import validation_volumes  # noqa: E402
 from xdiffusion.data.tumour import paint_tumour  # noqa: E402
 from xdiffusion.errors import InputError  # noqa: E402
@@ -106,13 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for option, value in (("--lesions", args.lesions), ("--volumes", args.volumes)):
             if value is not None and value < 1:
                 raise InputError(f"{option} must be at least 1, got {value}")
-        label_net = None
-        if args.label_net:
-            from xdiffusion.model.label_net import TumourLabelNet
-
-            if not (Path(args.label_net) / TumourLabelNet.config_name).is_file():
-                raise InputError(f"--label-net {args.label_net}: no {TumourLabelNet.config_name} there; give a TumourLabelNet folder")
-            label_net = TumourLabelNet.from_pretrained(args.label_net, use_safetensors=True).eval()
+        label_net = load_label_net(args.label_net) if args.label_net else None
         volumes = validation_volumes(args.volumes, 160, Path(args.cache) if args.cache else None)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -20,7 +20,7 @@ from .evaluate import WHOLE_TUMOUR, evaluate_volumes
 from .figures import comparison_figure
 from .geometry import plane_axis
 from .io import Volume, atomic_output, read_volume
-from .label_baselines import input_labels
+from .label_baselines import input_labels, largest_cross_section
 from .pipeline import ProgressCallback, XDiffusionPipeline
 from .provenance import sidecar_path, write_reconstruction
 from .reconstruct import reconstruct, select_slices
@@ -39,13 +39,6 @@ def score_on_sample(pipeline: XDiffusionPipeline, **sampling) -> dict:
     return evaluate_volumes(reference, result.image)
 
 
-def tumour_slice(labels: Volume, plane: str) -> int:
-    """The slice of ``plane`` where the whole tumour's cross-section is largest: where one would outline it."""
-    axis = plane_axis(labels.geometry, plane)
-    tumour = np.isin(np.asarray(labels.array), WHOLE_TUMOUR)
-    return int(np.argmax(tumour.sum(axis=tuple(a for a in range(3) if a != axis))))
-
-
 def run_demo(output_dir: Path, pipeline: XDiffusionPipeline, sampling: dict, progress: Optional[ProgressCallback] = None,
              model_dir: Optional[Path] = None, warn: Optional[Callable[[str], None]] = None) -> dict[str, Path]:
     """Reconstruct the sample from the slice through its tumour, with the tumour's outline there; score the volume
@@ -56,7 +49,8 @@ def run_demo(output_dir: Path, pipeline: XDiffusionPipeline, sampling: dict, pro
     output_dir.mkdir(parents=True, exist_ok=True)
     reference = read_volume(SAMPLE_IMAGE)
     reference_segmentation = read_volume(SAMPLE_SEGMENTATION)
-    inputs = select_slices(reference, DEMO_PLANE, [tumour_slice(reference_segmentation, DEMO_PLANE)])
+    axis = plane_axis(reference_segmentation.geometry, DEMO_PLANE)
+    inputs = select_slices(reference, DEMO_PLANE, [largest_cross_section(reference_segmentation.array, axis)])
     outline = list(input_labels(reference_segmentation, inputs.axis, inputs.indices))  # as drawn on the input slice
     result = reconstruct(inputs, "xdiffusion", pipeline, "t1", progress, input_labels=outline, **sampling)
     for message in result.warnings if warn is not None else ():

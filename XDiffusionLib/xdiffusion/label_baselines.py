@@ -54,6 +54,13 @@ def input_labels(labels: Volume, axis: int, indices: Sequence[int]) -> np.ndarra
     return slices
 
 
+def largest_cross_section(labels: np.ndarray, axis: int) -> int:
+    """The index along ``axis`` of the slice with the most whole-tumour voxels (the first, on a tie): where one would
+    outline the tumour."""
+    tumour = np.isin(np.asarray(labels), WHOLE_TUMOUR)
+    return int(np.argmax(tumour.sum(axis=tuple(a for a in range(3) if a != axis))))
+
+
 def _check(geometry: Geometry, axis: int, indices: Sequence[int], slices: np.ndarray) -> tuple[list[int], np.ndarray]:
     if not 0 <= axis < 3:
         raise InputError(f"input axis {axis}: an array axis is 0, 1 or 2")
