@@ -35,6 +35,13 @@ def flip_axis(volume: Volume, axis: int) -> Volume:
     return Volume(np.ascontiguousarray(np.flip(volume.array, axis)), flipped)
 
 
+@pytest.fixture(autouse=True)
+def float32_on_every_cpu(monkeypatch):
+    """`--precision auto` takes bfloat16 on a CPU that runs it natively: pinned to float32 here, so that the suite's
+    numbers are the same on every CI machine (test_precision covers bfloat16)."""
+    monkeypatch.setattr("xdiffusion.compute.cpu_runs_bfloat16", lambda *args: False)
+
+
 @pytest.fixture
 def head_volume() -> Volume:
     return oriented_volume(smooth_head((40, 44, 36)), np.eye(3))

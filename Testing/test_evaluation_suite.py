@@ -235,6 +235,12 @@ def test_individuals_grid_and_report_end_to_end_on_a_tiny_model(tmp_path, model_
     for case in ("subj-a-head", "subj-a-brain", "subj-b"):
         assert (docs / "images" / f"individuals_gallery_{case}.png").stat().st_size > 1000
     assert not (docs / "images" / "individuals_gallery_subj-b-cropped.png").exists()
+    assert "Against the previous default" not in text
+    make_individuals_report.main(["--results", str(out), "--docs", str(docs), "--previous", str(out)])  # a model against itself
+    text = (docs / "results_individuals.md").read_text(encoding="utf-8")
+    section = text.split("## Against the previous default", 1)[1].split("## Gallery", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| default") or line.startswith("| model alone")]
+    assert rows and all(line.count("+0.00 [+0.00, +0.00]") >= 2 for line in rows), section
 
 
 def test_tumour_label_baselines_score_only_tumour_cases_on_the_suite_s_inputs():

@@ -64,7 +64,8 @@ def test_every_output_of_the_model_gets_a_sidecar(tmp_path, model_dir, volume_pa
         assert sidecar["Content"] == content and sidecar["Method"] == "xdiffusion"
         assert sidecar["Model"] == {"path": str(model_dir.absolute()), "id": "tiny", "sha256": card["sha256"]}
         assert sidecar["Sampling"] == {"views": 2, "steps": 1, "guidance": 1.0, "solver": "dpmsolver++", "strength": 1.0,
-                                       "prior": None, "seed": 3, "samples": 1, "coherent": False}  # the card's views and steps, the CLI's other defaults
+                                       "prior": None, "seed": 3, "samples": 1, "coherent": False,
+                                       "precision": "float32"}  # the card's views and steps, the CLI's other defaults
         assert sidecar["Seed"] == 3 and sidecar["Template"] is None and sidecar["Warnings"] == []
         assert sidecar["Input"] == {"path": str(volume_path.absolute()), "plane": "coronal", "axis": 1, "slice_indices": [5, 15],
                                     "slice_position": None, "segmentation": None}

@@ -118,6 +118,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--work-side", type=int, default=160, help="voxels along each axis of the variants' grid")
     parser.add_argument("--plane", choices=("axial", "coronal", "sagittal"), default="axial", help="the input slice's plane (its middle slice)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared 2-core machine)")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="what the networks compute in (bfloat16: native on AMX / AVX512-BF16 CPUs)")
     parser.add_argument("--output", default="validation_split", help="results name under benchmarks/results/")
     args = parser.parse_args(argv)
     try:
@@ -127,7 +129,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         models = parse_models(args.model)
         settings = parse_settings(args.settings)
         volumes = validation_volumes(args.volumes, args.work_side)
-        pipelines = {name: XDiffusionPipeline.from_pretrained(folder) for name, folder in models.items()}
+        dtype = getattr(torch, args.precision)
+        pipelines = {name: XDiffusionPipeline.from_pretrained(folder, dtype=dtype) for name, folder in models.items()}
     except (InputError, ModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -145,7 +148,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "model_steps": {name: pipeline.model_card.get("steps") for name, pipeline in pipelines.items()},
             "what": f"one validation variant per training subject of the '{SUBJECT_SET}' set (seed {VALIDATION_SEED}, "
                     f"{args.work_side}-voxel grid), the middle {args.plane} slice; {args.views} views, {args.steps} "
-                    f"DPM-Solver++ steps, seed 0, {args.threads} torch thread(s)",
+                    f"DPM-Solver++ steps, seed 0, {args.threads} torch thread(s), {args.precision}",
+            "precision": args.precision,
             "volumes": [label for label, _, _, _ in volumes], "rows": rows})
     print(f"written to {path}")
     return 0

@@ -24,7 +24,10 @@ VIEWS_HELP = "rotations whose volumes are fused (default: the model card's, or t
 STEPS_HELP = "solver steps per slice (default: the model card's, or the preset's)"
 GUIDANCE_HELP = "classifier-free guidance scale; 1: none (default: the model card's)"
 SEED_HELP = "on the CPU the same seed, input, model and options give byte-identical files (default 0)"
-DEVICE_HELP = "auto: a CUDA GPU when PyTorch sees one (bfloat16), else the CPU (float32)"
+DEVICE_HELP = "auto: a CUDA GPU when PyTorch sees one, else the CPU"
+PRECISIONS = ("auto", "float32", "bfloat16")  # compute.PRECISIONS, written here so that --help imports no torch
+PRECISION_HELP = ("auto: bfloat16 on a GPU (float16 where it lacks bfloat16) and on a CPU that computes it natively "
+                  "(AMX or AVX512-BF16), else float32; the sidecar records which ran")
 MODEL_HELP = "a model folder with model_index.json, as xdiffusion train writes (default: XDIFFUSION_MODEL_DIR, else the packaged model)"
 PROGRESS_HELP = "progress on stderr as text, or as JSON lines for scripts"
 
@@ -75,7 +78,7 @@ def _load_model(args: argparse.Namespace):
     folder = resolve_model_dir(args.model)
     explicit = {key: getattr(args, key, None) for key in DEFAULT_SAMPLING}
     sampling = resolve_sampling(read_model_card(folder), DEFAULT_SAMPLING, getattr(args, "preset", None), explicit)  # before loading
-    device, dtype = choose_device(args.device)
+    device, dtype = choose_device(args.device, getattr(args, "precision", "auto"))
     pipeline = XDiffusionPipeline.from_pretrained(folder, device=device, dtype=dtype)
     sampling["seed"] = getattr(args, "seed", 0)
     modality = getattr(args, "modality", None) or pipeline.model_card.get("default_modality", pipeline.modalities[0])
@@ -252,6 +255,7 @@ def _add_sampling_options(command: argparse.ArgumentParser) -> None:
                          help="fuse the views at every solver step: one coherent volume (slower; docs/model.md)")
     command.add_argument("--seed", type=_seed, default=0, help=SEED_HELP)
     command.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=DEVICE_HELP)
+    command.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     command.add_argument("--model", default=None, metavar="DIR", help=MODEL_HELP)
 
 
@@ -320,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="xdiffusion: bspline (the B-spline upsampling, noised to --strength) or none (pure noise, strength 1)")
     up.add_argument("--seed", type=_seed, default=0, help=SEED_HELP)
     up.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=DEVICE_HELP)
+    up.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     up.add_argument("--model", default=None, metavar="DIR",
                     help="xdiffusion: a model folder; learned: a through-plane network folder (default: the packaged one)")
     up.add_argument("--quiet", action="store_true", help="no progress output")
@@ -330,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="xdiffusion-demo", metavar="DIR",
                       help="where the reconstruction, its metrics and the comparison figure go")
     demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=DEVICE_HELP)
+    demo.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     demo.add_argument("--model", default=None, metavar="DIR", help=MODEL_HELP)
     demo.add_argument("--progress", choices=("text", "json"), default="text", help=PROGRESS_HELP)
     demo.set_defaults(func=run_demo)

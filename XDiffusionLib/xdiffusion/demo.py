@@ -65,7 +65,7 @@ def run_demo(output_dir: Path, pipeline: XDiffusionPipeline, sampling: dict, pro
     metrics = {
         "input": {"plane": DEMO_PLANE, "slice_index": inputs.indices[0], "sample": SAMPLE_IMAGE.name,
                   "labels": f"the sample's labels on the input slice, as drawn there ({SAMPLE_SEGMENTATION.name})"},
-        "sampling": sampling,
+        "sampling": {**sampling, "precision": result.sampling["precision"]},
         "xdiffusion": scores,
         "tumour_labels_from": result.labels_from,
         **{method: evaluate_volumes(reference, image) for method, image in baselines.items()},

@@ -247,6 +247,7 @@ def sampling_used(pipeline: XDiffusionPipeline, sampling: dict[str, Any]) -> dic
     prior = sampling.get("prior", "extrude")
     read = prior == "atlas" and pipeline.model_config.atlas_conditioning
     used["prior"] = prior if used["strength"] < 1.0 or read else None
+    used["precision"] = str(pipeline.dtype).removeprefix("torch.")  # bfloat16 and float32 differ in the last bits
     return used
 
 
