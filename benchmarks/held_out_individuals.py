@@ -386,6 +386,12 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
     parser.add_argument("--baselines-only", action="store_true", help="make only the baseline runs (no model needed)")
     parser.add_argument("--plan", action="store_true", help="print the runs and a time estimate, then stop")
     parser.add_argument("--no-report", action="store_true", help="skip make_individuals_report.py at the end")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="what the model computes in (bfloat16: native on AMX / AVX512-BF16 CPUs); part of the runs' owner")
+    parser.add_argument("--results", default=str(RESULTS_DIR), metavar="DIR",
+                        help="where the runs go (a candidate model beside the shipped one: its own folder)")
+    parser.add_argument("--docs", default=None, metavar="DIR", help="where the report goes (default docs/)")
+    parser.add_argument("--previous", default=None, metavar="DIR", help="the report compares with this grid's model runs (the previous default)")
     args = parser.parse_args(argv)
 
     import torch
@@ -403,7 +409,7 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
     if sigma is None:
         raise SystemExit(f"no blur sigma chosen yet: run `python benchmarks/atlas_blur.py` first (writes {atlas_blur.CHOICE_FILE})")
     folder = None if args.baselines_only else resolve_model_dir(args.model)
-    pipeline = None if folder is None else XDiffusionPipeline.from_pretrained(folder)
+    pipeline = None if folder is None else XDiffusionPipeline.from_pretrained(folder, dtype=getattr(torch, args.precision))
     card = pipeline.model_card if pipeline is not None else {}
     defaults = {**DEFAULT_SAMPLING, **card.get("default_sampling", {}), "solver": "dpmsolver++"}
     cases = cases_from_scans(held_out_scans(Path(args.cache) if args.cache else default_cache_dir()), shifted=grid.shifted)
@@ -412,19 +418,23 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
           f"{estimate_minutes(plan, cases, SECONDS_PER_MEGAVOXEL):.0f} min on 2 shared cores; blur sigma {sigma:g} mm; sampling {defaults}", flush=True)
     if args.plan:
         return
-    summary = run_grid(grid, cases, pipeline, defaults, model_identity(pipeline, folder) if pipeline is not None else BASELINE_OWNER, sigma,
-                       log=lambda line: print(line, flush=True), limit_s=None if args.limit_minutes is None else 60 * args.limit_minutes)
+    owner = BASELINE_OWNER if pipeline is None else model_identity(pipeline, folder)
+    owner += "" if pipeline is None or args.precision == "float32" else f"-{args.precision}"  # never reused across precisions
+    results = Path(args.results)
+    summary = run_grid(grid, cases, pipeline, defaults, owner, sigma, out_dir=results, log=lambda line: print(line, flush=True),
+                       limit_s=None if args.limit_minutes is None else 60 * args.limit_minutes)
     from common import machine
 
-    summary.update(model_dir=str(folder), wall_seconds_total=round(time.perf_counter() - started, 1), machine=machine(),
+    summary.update(model_dir=str(folder), precision=args.precision, threads=args.threads, wall_seconds_total=round(time.perf_counter() - started, 1), machine=machine(),
                    load_average_at_end=[round(v, 2) for v in os.getloadavg()], replace_last=True)
-    write_summary(RESULTS_DIR, summary)
+    write_summary(results, summary)
     print(f"grid {grid.name}: {summary['made']} made, {summary['reused']} reused, {summary['skipped']} skipped, "
           f"{summary['wall_seconds_total']:.0f} s")
     if not args.no_report:
         import make_individuals_report
 
-        make_individuals_report.main([])
+        make_individuals_report.main(["--results", str(results)] + (["--docs", args.docs] if args.docs else [])
+                                     + (["--previous", args.previous] if args.previous else []))
 
 
 if __name__ == "__main__":

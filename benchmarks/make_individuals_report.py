@@ -57,6 +57,14 @@ def load(results: Path) -> tuple[dict, list[dict]]:
     return suite, records
 
 
+def previous_model_runs(previous: Path) -> tuple[dict, list[dict]]:
+    """Another model's grid on the same cases (the previous default): its model runs, methods renamed
+    ``previous-xdiffusion`` / ``previous-pure`` so that they pair with this model's on the same inputs."""
+    suite, records = load(previous)
+    return suite, [{**r, "run": {**r["run"], "method": f"previous-{r['run']['method']}"}}
+                   for r in records if r["run"]["method"] in ("xdiffusion", "pure")]
+
+
 def pick(records: list[dict], **where) -> list[dict]:
     return [r for r in records if all(r["run"].get(key) == value for key, value in where.items())]
 
@@ -187,7 +195,7 @@ def plot_gallery(results: Path, case: str, path: Path) -> Optional[Path]:
 # the report
 
 
-def build(results: Path, docs: Path) -> Document:
+def build(results: Path, docs: Path, previous: Optional[Path] = None) -> Document:
     suite, records = load(results)
     images = docs / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -198,7 +206,7 @@ def build(results: Path, docs: Path) -> Document:
     machine = suite.get("machine", {})
     status = (f"{len(records)} of {planned} planned runs made" + ("" if len(records) == planned else
               " (**a labelled subset**: the rest were skipped for time; missing cells are –)") + f"; model id `{suite['model']}`"
-              f" (`{suite.get('model_dir', '?')}`), sampling {suite.get('defaults')}.")
+              f" (`{suite.get('model_dir', '?')}`), sampling {suite.get('defaults')}, {suite.get('precision', 'float32')}.")
     if not model_runs:
         status += " **No model runs yet: baselines only.**"
     doc.text(status)
@@ -210,9 +218,12 @@ def build(results: Path, docs: Path) -> Document:
                   f"({machine.get('cpu', '?')}), torch threads {machine.get('torch_threads', '?')}; load average at the end "
                   f"{suite.get('load_average_at_end', '?')} (other work shared the machine)")
     doc.bullets(timing)
+    shown = results.resolve().relative_to(ROOT) if results.resolve().is_relative_to(ROOT) else results
+    options = "" if results.resolve() == RESULTS_DIR else f" --model {suite.get('model_dir')} --results {shown}"
+    options += f" --precision {suite['precision']}" if suite.get("precision", "float32") != "float32" else ""
     doc.text("Regenerate: `XDIFFUSION_CACHE=<fetched data> python benchmarks/atlas_blur.py` (once: the blur), then "
-             f"`python benchmarks/held_out_individuals.py --grid {suite['grid']}`; runs are cached in "
-             "`benchmarks/results/individuals/runs/`.")
+             f"`python benchmarks/held_out_individuals.py --grid {suite['grid']}{options}`; runs are cached in "
+             f"`{shown}/runs/`.")
 
     doc.heading("Set-up")
     blur = json.loads((results / "atlas_blur.json").read_text()) if (results / "atlas_blur.json").exists() else {}
@@ -299,6 +310,26 @@ def build(results: Path, docs: Path) -> Document:
     if rows:
         doc.table(["group", "subjects", "whole PSNR dB, K = 3 minus K = 1"], rows, caption="Three input slices against one (default sampling)")
 
+    if previous is not None:
+        before, earlier = previous_model_runs(previous)
+        doc.heading("Against the previous default")
+        doc.text(f"The previous default (model id `{before['model']}`, `{before.get('model_dir', '?')}`, sampling "
+                 f"{before.get('defaults')}) on the same cases and inputs (`{previous.name}/runs/`): this model minus it, as "
+                 "paired gains with bootstrap intervals as above.")
+        rows = []
+        for method in ("xdiffusion", "pure"):
+            for kind in KIND_ORDER:
+                for k in (1, 3):
+                    where = {"kind": kind, "k": k}
+                    found = [pairs_by_subject(records + earlier, method, f"previous-{method}", key, gain, **where) for key, _, _, gain in METRICS]
+                    cells = [_interval(paired_difference(pairs), digits, key == "brain_volume_rel_err")
+                             for pairs, (key, _, digits, _) in zip(found, METRICS)]
+                    if any(c != "–" for c in cells):
+                        rows.append([METHOD_LABEL[method], kind, str(k), str(len(found[0]))] + cells)
+        if rows:
+            doc.table(["method", "group", "K", "subjects"] + [label for _, label, _, _ in METRICS], rows,
+                      caption="This model minus the previous default, same method and input")
+
     doc.heading("Gallery")
     for case in ordered:
         figure = plot_gallery(results, case, images / f"individuals_gallery_{case}.png")
@@ -311,9 +342,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--results", default=str(RESULTS_DIR))
     parser.add_argument("--docs", default=str(ROOT / "docs"))
+    parser.add_argument("--previous", default=None, metavar="DIR", help="the previous default's runs, compared on the same inputs")
     args = parser.parse_args(argv)
     docs = Path(args.docs)
-    build(Path(args.results), docs).write(docs, "results_individuals", "XDiffusion on held-out individuals")
+    build(Path(args.results), docs, Path(args.previous) if args.previous else None).write(docs, "results_individuals", "XDiffusion on held-out individuals")
 
 
 if __name__ == "__main__":
