@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import flip_axis, oriented_volume, smooth_head
+from fuzz_helpers import save_tiny_model
 from xdiffusion.cli import main
 from xdiffusion.cohort import list_cohort
 from xdiffusion.errors import InputError
@@ -26,6 +29,12 @@ from xdiffusion.reconstruct import (LABELS_FROM_MODEL, LABELS_TAPERED, reconstru
 
 SHAPE = (20, 18, 14)
 ROTATION = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])  # no array axis is its own LPS axis
+
+
+@pytest.fixture(scope="module")
+def unconditioned_model(tmp_path_factory) -> Path:
+    """A tiny model that does not read input labels (the shipped one does)."""
+    return save_tiny_model(tmp_path_factory.mktemp("unconditioned") / "tiny")
 
 
 @pytest.fixture
@@ -116,6 +125,7 @@ class LabelConditionedStub:
         self.model_config = dataclasses.replace(preset("tiny"), cube_size=16, label_conditioning=conditioned)
         self.modalities = ["t1"]
         self.model_card = {"id": "stub"}
+        self.dtype = torch.float32
         self.received: dict = {}
 
     def __call__(self, slices, modality, progress=None, prior=None, views=1, steps=1, guidance=1.0, solver="ddim",
@@ -184,14 +194,15 @@ def test_every_method_and_model_tapers_the_input_labels_into_its_tumour_labels(h
         reconstruct(inputs, "xdiffusion", LabelConditionedStub(), "t1", input_labels=labels * 2)
 
 
-def test_the_cli_tapers_input_labels_for_any_method_and_refuses_them_where_they_would_change_nothing(head, tmp_path, capsys):
-    assert not model_uses_input_labels(PACKAGED_MODEL)
+def test_the_cli_tapers_input_labels_for_any_method_and_refuses_them_where_they_would_change_nothing(head, tmp_path, capsys,
+                                                                                                   unconditioned_model):
+    assert not model_uses_input_labels(unconditioned_model) and model_uses_input_labels(PACKAGED_MODEL)
     write_volume(head, tmp_path / "in.nii.gz")
     drawn = np.zeros(SHAPE, np.uint8)
     inputs = select_slices(head, "axial", None)
     np.moveaxis(drawn, inputs.axis, 0)[inputs.indices[0]] = _drawn_tumour(inputs)[0]
     write_volume(labels_like(head, drawn), tmp_path / "seg.nii.gz")
-    for extra in ([], ["--method", "extrude"]):  # neither draws its image from labels: without a label output, refused
+    for extra in (["--model", str(unconditioned_model)], ["--method", "extrude"]):  # neither draws its image from labels: without a label output, refused
         code = main(["reconstruct", str(tmp_path / "in.nii.gz"), "-o", str(tmp_path / "out.nii.gz"),
                      "--input-segmentation", str(tmp_path / "seg.nii.gz"), *extra])
         lines = capsys.readouterr().err.strip().splitlines()
@@ -213,14 +224,14 @@ def test_the_cli_tapers_input_labels_for_any_method_and_refuses_them_where_they_
     assert record["LabelsFrom"] == LABELS_TAPERED and record["GeneratedNotMeasured"] is True
 
 
-def test_a_cohort_csv_takes_an_optional_segmentation_column(head, tmp_path, capsys):
+def test_a_cohort_csv_takes_an_optional_segmentation_column(head, tmp_path, capsys, unconditioned_model):
     write_volume(head, tmp_path / "a.nii.gz")
     write_volume(head, tmp_path / "b.nii.gz")
     table = tmp_path / "cohort.csv"
     table.write_text("input,segmentation\na.nii.gz,labels/a_seg.nii.gz\nb.nii.gz,\n")
     items = list_cohort(table, tmp_path / "out")
     assert [item.segmentation for item in items] == [str(tmp_path / "labels" / "a_seg.nii.gz"), None]
-    code = main(["reconstruct-cohort", str(table), "-o", str(tmp_path / "out")])
+    code = main(["reconstruct-cohort", str(table), "-o", str(tmp_path / "out"), "--model", str(unconditioned_model)])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "needs a label-conditioned model" in lines[0]
     assert not (tmp_path / "out").exists()

@@ -58,7 +58,7 @@ def test_model_info_json_answers_segments_tumours(models, capsys):
 def test_model_info_of_the_shipped_model(capsys):
     info = _info(capsys)  # no --model: the packaged default
     assert info["model_dir"] == str(PACKAGED_MODEL) and info["sha256_ok"] is True
-    assert info["segments_tumours"] is False and info["cube_size"] == 64 and info["latent"] is True
+    assert info["segments_tumours"] is False and info["cube_size"] == 128 and info["latent"] is True
     assert info["autoencoder"]["held_out_slices"] > 0
     assert main(["model-info"]) == 0
     text = capsys.readouterr().out

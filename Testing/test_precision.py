@@ -5,6 +5,8 @@ The rest of the suite pins auto to float32 (conftest), so that its numbers do no
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +84,13 @@ def test_bfloat16_runs_close_to_float32_and_the_sidecar_says_which_ran(tmp_path,
 def test_a_precision_the_cpu_cannot_run_is_refused_in_one_line(tmp_path, model_dir, volume_path):
     assert_refused(["reconstruct", volume_path, "-o", tmp_path / "out.nii.gz", "--model", model_dir, "--precision", "float16"],
                    tmp_path, fragments=["--precision"])
+
+
+def test_a_bfloat16_run_writes_nothing_but_its_progress_to_stderr(tmp_path, model_dir, volume_path):
+    """diffusers warns on every dtype cast; in a fresh process that line would reach the user (and break JSON progress)."""
+    run = subprocess.run([sys.executable, "-m", "xdiffusion.cli", "reconstruct", str(volume_path), "-o", str(tmp_path / "out.nii.gz"),
+                          "--model", str(model_dir), "--precision", "bfloat16", "--progress", "json"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("wrote ") and all(json.loads(line)["stage"] for line in lines[:-1]), run.stderr

@@ -67,9 +67,15 @@ def test_a_card_without_presets_gets_them_from_its_default_sampling():
     assert partial == {"views": 8, "steps": 12, "samples": 5, "coherent": True}
 
 
-def test_the_derivation_rule_gives_the_shipped_presets_from_the_shipped_default_sampling():
+def test_the_shipped_presets_are_the_cards_own_and_name_the_validation_run_they_were_chosen_on():
     card = read_model_card(PACKAGED_MODEL)
-    assert card_presets({"default_sampling": card["default_sampling"]}, DEFAULT_SAMPLING) == card_presets(card, DEFAULT_SAMPLING)
+    presets = card_presets(card, DEFAULT_SAMPLING)
+    assert {name: {key: card["presets"][name][key] for key in presets[name]} for name in PRESETS} == presets  # nothing derived
+    assert presets["balanced"] == {**presets["balanced"], "views": card["default_sampling"]["views"], "steps": card["default_sampling"]["steps"]}
+    fast_file = card["validation_split"]["files"]["fast_bfloat16"]
+    assert fast_file in card["presets_basis"]
+    recorded = json.loads((Path(__file__).resolve().parents[1] / fast_file).read_text(encoding="utf-8"))
+    assert f"{presets['fast']['views']} views, {presets['fast']['steps']} DPM-Solver++ steps" in recorded["what"]
 
 
 def test_prior_none_is_pure_noise_and_refuses_a_starting_strength():

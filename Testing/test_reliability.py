@@ -178,7 +178,7 @@ def test_three_concurrent_reconstructions_into_one_folder_equal_the_sequential_o
     def argv(seed, plane, name):
         return ["reconstruct", volume_path, "-o", folder / f"{name}.nii.gz", "--uncertainty-output",
                 folder / f"{name}_unc.nrrd", "--model", model_dir, "--seed", seed, "--plane", plane, "--quiet",
-                "--device", "cpu"]
+                "--device", "cpu", "--precision", "float32"]  # the child processes are not pinned by conftest
 
     for seed, plane in jobs:
         code, _, err = run_main(argv(seed, plane, f"sequential{seed}"))

@@ -41,8 +41,9 @@ def test_the_reference_itself_is_sane():
     assert max(psnr) - min(psnr) < 1.0, f"the solvers disagree by more than 1 dB on the default sampling: {psnr}"
     assert all(abs(case["brain_volume_rel_err"]) < 0.25 for case in default), default
     for case in default:
-        assert {key: value for key, value in case["sampling"].items() if key not in ("views", "solver", "seed")} == \
+        assert {key: case["sampling"][key] for key in REFERENCE["default_sampling"] if key != "views"} == \
             {key: value for key, value in REFERENCE["default_sampling"].items() if key != "views"}, case["name"]
+        assert case["sampling"]["views"] == 1 and case["sampling"].get("samples", 1) == 1 and not case["sampling"].get("coherent")
 
 
 @pytest.fixture(scope="module")

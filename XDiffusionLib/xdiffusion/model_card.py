@@ -76,7 +76,7 @@ def _uncertainty_auroc(card: dict[str, Any]) -> Optional[float]:
 def card_presets(card: dict[str, Any], default_sampling: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The card's ``presets`` ({fast, balanced, best} -> {views, steps, samples, coherent}); a card without them (or
     missing one, or a key of one) gets them derived from its default sampling (``default_sampling``: the caller's
-    defaults, the card's over them) by the rule docs/model.md states, the shipped model's measured choice: balanced =
+    defaults, the card's over them) by the rule docs/model.md states, measured on the first (64³) default: balanced =
     the default sampling; fast = a quarter of the views and half the steps; best = twice the views; one sample, the
     views averaged, in all three."""
     sampling = {**default_sampling, **(card.get("default_sampling") or {})}

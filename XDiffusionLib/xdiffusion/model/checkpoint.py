@@ -13,6 +13,7 @@ truncated download or an edited file is refused with one line instead of produci
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -167,6 +168,20 @@ def _load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], what: st
         raise ModelError(f"the {what} weights in {folder} do not match its config: {detail}") from None
 
 
+@contextlib.contextmanager
+def _diffusers_errors_only():
+    """diffusers warns on a dtype cast that "modules ... should be kept in float32: []" even when none are: on every
+    bfloat16 run that line would reach the user's stderr (and break JSON progress)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
 def load_model(folder: Union[str, Path], device: Union[str, torch.device] = "cpu",
                dtype: torch.dtype = torch.float32) -> XDiffusionModel:
     """Load a folder written by `save_model`, refusing (ModelError) anything whose hashes or configs do not match."""
@@ -227,6 +242,7 @@ def load_model(folder: Union[str, Path], device: Union[str, torch.device] = "cpu
     for part in parts:
         part.to(device).eval().requires_grad_(False)
         if dtype != torch.float32:  # diffusers warns on every dtype cast, float32 included: cast only when needed
-            part.to(dtype)
+            with _diffusers_errors_only():
+                part.to(dtype)
     scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
     return XDiffusionModel(config, unet, encoder, autoencoder, scheduler_config, card, label_net)
