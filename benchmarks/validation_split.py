@@ -118,6 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--work-side", type=int, default=160, help="voxels along each axis of the variants' grid")
     parser.add_argument("--plane", choices=("axial", "coronal", "sagittal"), default="axial", help="the input slice's plane (its middle slice)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared 2-core machine)")
+    parser.add_argument("--coherent", action="store_true", help="fuse the views at every solver step (`reconstruct --coherent`)")
     parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
                         help="what the networks compute in (bfloat16: native on AMX / AVX512-BF16 CPUs)")
     parser.add_argument("--output", default="validation_split", help="results name under benchmarks/results/")
@@ -138,7 +139,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     jobs = [(name, lambda inputs, modality, method=name: reconstruct(inputs, method, None, modality)) for name in BASELINES]
     for model, pipeline in pipelines.items():
         for prior, strength in settings:
-            sampling = {"views": args.views, "steps": args.steps, "seed": 0, "prior": prior, "strength": strength}
+            sampling = {"views": args.views, "steps": args.steps, "seed": 0, "prior": prior, "strength": strength, "coherent": args.coherent}
             jobs.append((f"{model} {prior} {strength:g}", lambda inputs, modality, p=pipeline, s=sampling:
                          reconstruct(inputs, "xdiffusion", p, modality, **s)))
     for name, run in jobs:
@@ -148,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "model_steps": {name: pipeline.model_card.get("steps") for name, pipeline in pipelines.items()},
             "what": f"one validation variant per training subject of the '{SUBJECT_SET}' set (seed {VALIDATION_SEED}, "
                     f"{args.work_side}-voxel grid), the middle {args.plane} slice; {args.views} views, {args.steps} "
-                    f"DPM-Solver++ steps, seed 0, {args.threads} torch thread(s), {args.precision}",
+                    f"DPM-Solver++ steps{', coherent' if args.coherent else ''}, seed 0, {args.threads} torch thread(s), {args.precision}",
             "precision": args.precision,
             "volumes": [label for label, _, _, _ in volumes], "rows": rows})
     print(f"written to {path}")
