@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs per setting (the median is reported)")
     parser.add_argument("--output", default="speed_budget", help="results name under benchmarks/results/")
     args = parser.parse_args()
+    if args.repeats < 1:
+        raise SystemExit(f"error: --repeats must be at least 1, got {args.repeats}")
     from xdiffusion.compute import cpu_runs_bfloat16
 
     folder = model_dir(args.model)
@@ -68,12 +70,13 @@ def main() -> None:
                     raise SystemExit(f"error: reconstruct {' '.join(options)} failed: {run['stderr'].strip().splitlines()[-1:]}")
                 runs.append(run)
             seconds = [run["seconds"] for run in runs]
+            median = statistics.median(seconds)
             peak = max(run["peak_rss_mb"] or 0 for run in runs)
             target = TARGETS[f"{preset}_seconds"]
-            rows.append({"preset": preset, "precision": precision, "seconds": seconds, "median_seconds": statistics.median(seconds),
+            rows.append({"preset": preset, "precision": precision, "seconds": seconds, "median_seconds": median,
                          "peak_rss_mb": peak, "target_seconds": target,
-                         "within_budget": statistics.median(seconds) <= target and peak <= TARGETS["peak_memory_gb"] * 1024})
-            print(f"{preset:<8}{precision:<10}{statistics.median(seconds):7.1f} s (runs {seconds}), peak {peak:.0f} MB "
+                         "within_budget": median <= target and peak <= TARGETS["peak_memory_gb"] * 1024})
+            print(f"{preset:<8}{precision:<10}{median:7.1f} s (runs {seconds}), peak {peak:.0f} MB "
                   f"(target <= {target:g} s, <= {TARGETS['peak_memory_gb']:g} GB)", flush=True)
     path = write_results(args.output, {"model": str(folder), "scan": f"{SOURCE} T1 cut to {SHAPE} at 1 mm, middle axial slice",
                                        "targets": TARGETS, "rows": rows})
