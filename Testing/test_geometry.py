@@ -173,3 +173,56 @@ def test_average_spread_is_the_disagreement_between_views():
     mean, spread, _ = geometry.realign_and_average([low, geometry.rotate_cube(high[0], rotations[1])[None].repeat(2, 0)], rotations)
     np.testing.assert_allclose(mean, 1.0)
     np.testing.assert_allclose(spread, 1.0, atol=1e-6)
+
+
+def _smooth_cube(side: int, seed: int) -> np.ndarray:
+    return ndimage.gaussian_filter(np.random.default_rng(seed).normal(size=(side,) * 3), 2.0).astype(np.float32)
+
+
+def test_in_plane_fusion_of_agreeing_views_is_the_volume():
+    cube = _smooth_cube(20, 0)
+    rotations = geometry.view_rotations(3)  # axis views: exact permutations, so the views agree exactly
+    views = [geometry.rotate_cube(cube, r) for r in rotations]
+    fused, spread, coverage = geometry.realign_and_average(views, rotations, "in-plane")
+    np.testing.assert_allclose(fused, cube, atol=1e-5)
+    assert spread.max() < 1e-5 and coverage.min() == 3
+    alone, _, _ = geometry.realign_and_average(views[:1], rotations[:1], "in-plane")
+    np.testing.assert_allclose(alone, cube, atol=1e-5)  # one view is itself, whatever its weights
+
+
+def test_in_plane_fusion_leaves_out_each_views_streaks_across_its_slices():
+    """Slices sampled independently differ by a per-slice offset along their view's stacking axis: the plain mean keeps
+    a third of every view's streaks, the in-plane fusion takes those frequencies from the other views."""
+    side = 32
+    truth = _smooth_cube(side, 1)
+    rng = np.random.default_rng(2)
+    rotations = geometry.view_rotations(3)
+    views = [geometry.rotate_cube(truth, r) + rng.normal(0.0, truth.std(), side).astype(np.float32) for r in rotations]
+    mean, spread_mean, _ = geometry.realign_and_average(views, rotations)
+    fused, spread_fused, _ = geometry.realign_and_average(views, rotations, "in-plane")
+    error_mean, error_fused = (float(np.sqrt(np.mean((v - truth) ** 2))) for v in (mean, fused))
+    assert error_fused < 0.4 * error_mean
+    np.testing.assert_allclose(spread_fused, spread_mean)  # the uncertainty stays the views' spread about their mean
+    channels, _, _ = geometry.realign_and_average([np.stack([v, v]) for v in views], rotations, "in-plane")
+    assert channels.shape == (2, side, side, side)
+    np.testing.assert_allclose(channels[1], fused, atol=1e-5)
+
+
+def test_in_plane_fusion_fills_a_views_uncovered_corners_from_the_mean():
+    cube = np.full((16, 16, 16), 5.0, np.float32)
+    rotations = geometry.view_rotations(4)
+    views = [geometry.rotate_cube(cube, r, fill=0.0) for r in rotations]
+    fused, _, _ = geometry.realign_and_average(views, rotations, "in-plane")
+    assert np.abs(fused - 5.0).max() < 0.05
+
+
+def test_unknown_fusion_is_refused():
+    rotations = geometry.view_rotations(1)
+    with pytest.raises(InputError, match="view fusion"):
+        geometry.realign_and_average([np.zeros((4, 4, 4), np.float32)], rotations, "median")
+
+
+def test_the_cli_offers_every_fusion():
+    from xdiffusion import cli
+
+    assert cli.FUSIONS == geometry.FUSIONS and cli.DEFAULT_SAMPLING["fusion"] in geometry.FUSIONS

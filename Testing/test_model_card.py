@@ -136,12 +136,15 @@ def test_the_shipped_card_is_the_shipped_models():
     assert card["autoencoder_training"]["tumour_weight"] is None and "image only" in card["autoencoder_training"]["loss"]
     assert card["autoencoder"]["held_out_slices"] > 0 and card["steps"] == card["campaign_snapshot"]["step"]
     validation = card["validation_split"]
-    for name in ("default_float32", "default_bfloat16", "fast_bfloat16"):
+    for name in ("default_float32", "default_bfloat16", "fast_bfloat16", "default_in_plane_bfloat16", "fast_in_plane_bfloat16"):
         recorded = json.loads((Path(__file__).resolve().parents[1] / validation["files"][name]).read_text(encoding="utf-8"))
-        row = next(r for r in recorded["rows"] if r["name"] == "detail_atlas atlas 1")
+        row = next(r for r in recorded["rows"] if r["name"].endswith(" atlas 1"))
         assert validation[name] == {key: row[key] for key in validation[name]}, name
-    for key in ("psnr", "psnr_mask", "ssim"):  # why it replaced the previous default
+        assert recorded.get("fusion", "mean") == ("in-plane" if "in_plane" in name else "mean"), name
+    for key in ("psnr", "psnr_mask", "ssim"):  # why it replaced the previous default, and why its views are fused in-plane
         assert validation["default_float32"][key] > max(validation["previous_default"][key], validation["atlas"][key]), key
+        assert validation["default_in_plane_bfloat16"][key] > validation["default_bfloat16"][key], key
+    assert card["default_sampling"]["fusion"] == "in-plane" and "validation split" in card["default_sampling_basis"]
 
 
 def test_training_batch_metrics_are_gone_from_train_autoencoder():

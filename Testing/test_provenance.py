@@ -65,7 +65,7 @@ def test_every_output_of_the_model_gets_a_sidecar(tmp_path, model_dir, volume_pa
         assert sidecar["Model"] == {"path": str(model_dir.absolute()), "id": "tiny", "sha256": card["sha256"]}
         assert sidecar["Sampling"] == {"views": 2, "steps": 1, "guidance": 1.0, "solver": "dpmsolver++", "strength": 1.0,
                                        "prior": None, "seed": 3, "samples": 1, "coherent": False,
-                                       "precision": "float32"}  # the card's views and steps, the CLI's other defaults
+                                       "fusion": "mean", "precision": "float32"}  # the card's views and steps, the CLI's other defaults
         assert sidecar["Seed"] == 3 and sidecar["Template"] is None and sidecar["Warnings"] == []
         assert sidecar["Input"] == {"path": str(volume_path.absolute()), "plane": "coronal", "axis": 1, "slice_indices": [5, 15],
                                     "slice_position": None, "segmentation": None}
@@ -91,6 +91,21 @@ def test_the_atlas_prior_and_the_baselines_are_recorded(tmp_path, model_dir, vol
         assert sidecar["Method"] == method and sidecar["Model"] is None and sidecar["Sampling"] is None and sidecar["Seed"] is None
         assert sidecar["Content"] == "image" and sidecar["Input"]["slice_indices"] == [9] and sidecar["Input"]["plane"] == "axial"
         assert (sidecar["Template"] is not None) == (method == "atlas")
+
+
+def test_the_view_fusion_is_recorded_and_a_model_card_can_set_it(tmp_path, model_dir, volume_path):
+    code, _, err = run_main(["reconstruct", volume_path, "-o", tmp_path / "in_plane.nii.gz", "--model", model_dir,
+                             "--fusion", "in-plane", "--quiet"])
+    assert code == 0, err
+    assert read_sidecar(tmp_path / "in_plane.nii.gz")["Sampling"]["fusion"] == "in-plane"
+    in_plane_card = save_tiny_model(tmp_path / "in_plane_card", default_sampling={"views": 2, "steps": 1, "fusion": "in-plane"})
+    for options, expected in (([], "in-plane"), (["--fusion", "mean"], "mean")):  # an explicit option wins over the card
+        output = tmp_path / f"card_{expected}.nii.gz"
+        code, _, err = run_main(["reconstruct", volume_path, "-o", output, "--model", in_plane_card, "--quiet", *options])
+        assert code == 0, err
+        assert read_sidecar(output)["Sampling"]["fusion"] == expected
+    assert_refused(["reconstruct", volume_path, "-o", tmp_path / "bad.nii.gz", "--model", model_dir, "--fusion", "median"],
+                   tmp_path, fragments=["--fusion"])
 
 
 def test_a_2d_input_records_its_slice_position(tmp_path):

@@ -48,6 +48,13 @@ def machine() -> dict[str, object]:
     }
 
 
+def add_precision_option(parser, note: str = "") -> None:
+    """``--precision float32|bfloat16`` (default float32, so numbers stay comparable across CPUs), the same in every
+    benchmark that loads a model; ``note`` says what else the choice touches."""
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="what the networks compute in (bfloat16: native on AMX / AVX512-BF16 CPUs)" + (f"; {note}" if note else ""))
+
+
 def write_results(name: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

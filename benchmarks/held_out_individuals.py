@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import atlas_blur  # noqa: E402
+from common import add_precision_option, machine  # noqa: E402
 from evaluation_suite import BASELINE_OWNER, PURE, _json_safe, model_identity  # noqa: E402
 from xdiffusion.errors import InputError  # noqa: E402
 from xdiffusion.evaluate import evaluate_volumes, scale_to_reference  # noqa: E402
@@ -386,8 +387,7 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
     parser.add_argument("--baselines-only", action="store_true", help="make only the baseline runs (no model needed)")
     parser.add_argument("--plan", action="store_true", help="print the runs and a time estimate, then stop")
     parser.add_argument("--no-report", action="store_true", help="skip make_individuals_report.py at the end")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                        help="what the model computes in (bfloat16: native on AMX / AVX512-BF16 CPUs); part of the runs' owner")
+    add_precision_option(parser, "part of the runs' owner")
     parser.add_argument("--results", default=str(RESULTS_DIR), metavar="DIR",
                         help="where the runs go (a candidate model beside the shipped one: its own folder)")
     parser.add_argument("--docs", default=None, metavar="DIR", help="where the report goes (default docs/)")
@@ -423,8 +423,6 @@ def main(argv: Optional[Iterable[str]] = None) -> None:
     results = Path(args.results)
     summary = run_grid(grid, cases, pipeline, defaults, owner, sigma, out_dir=results, log=lambda line: print(line, flush=True),
                        limit_s=None if args.limit_minutes is None else 60 * args.limit_minutes)
-    from common import machine
-
     summary.update(model_dir=str(folder), precision=args.precision, threads=args.threads, wall_seconds_total=round(time.perf_counter() - started, 1), machine=machine(),
                    load_average_at_end=[round(v, 2) for v in os.getloadavg()], replace_last=True)
     write_summary(results, summary)

@@ -224,7 +224,8 @@ def main() -> None:
     if sq:
         o = sq["official_style"]
         lines += ["## Our sampler against the official-style loop", "",
-                  f"Same model, machine, sample input (middle axial slice) and {o['views']} views, one run, seed {sq['seed']}. "
+                  f"Same model, machine, sample input (middle axial slice) and {o['views']} views, one run, seed {sq['seed']}; "
+                  f"{sq.get('precision', 'float32')}, the views fused by {sq.get('fusion', 'mean')} in every row. "
                   f"Official style: one slice at a time, DDIM {o['steps']} steps, guidance {o['guidance']} (conditional and "
                   f"unconditional halves as one batch of 2), timed on {o['slices_timed']} slices: {o['seconds_per_slice']} s per slice, "
                   f"{o['seconds_per_volume_sampling_only']} s per volume (sampling and decoding only, so the comparison favours it)"
@@ -234,7 +235,8 @@ def main() -> None:
         default_first = [sq["ours_default"]] if sq["ours_default"] not in sq["curve"] else []
         for r in default_first + sq["curve"] + [v for v in sq["views_curve"] if v not in sq["curve"]]:
             loss = "n/a" if r.get("psnr_loss_db") is None else f"{r['psnr_loss_db']:+.2f}"
-            start = "noise" if r.get("strength", 1.0) >= 1.0 else f"{r.get('prior', 'extrude')} prior, strength {r['strength']}"
+            start = f"{r.get('prior', 'extrude')} prior, strength {r['strength']}" if r.get("strength", 1.0) < 1.0 else \
+                ("noise, atlas-conditioned" if r.get("prior") == "atlas" else "noise")
             lines.append(f"| {start} | {r['solver']} | {r['steps']} | {r['views']} | {r['seconds']} | {r['unet_evaluations']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['speedup']}× | {loss} |")
         best = sq.get("fastest_meeting_target")
         if best:

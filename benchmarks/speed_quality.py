@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from common import model_dir, timed, write_results
+from common import add_precision_option, model_dir, timed, write_results
 from xdiffusion import geometry
 from xdiffusion.demo import SAMPLE_IMAGE
 from xdiffusion.evaluate import evaluate_volumes
@@ -48,17 +48,22 @@ def main() -> None:
     parser.add_argument("--naive-slices", type=int, default=6)
     parser.add_argument("--skip-official-quality", action="store_true", help="time the official loop only")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    add_precision_option(parser, "both samplers alike")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
 
     folder = model_dir(args.model)
-    pipeline = XDiffusionPipeline.from_pretrained(folder)
+    pipeline = XDiffusionPipeline.from_pretrained(folder, dtype=getattr(torch, args.precision))
     from xdiffusion.cli import DEFAULT_SAMPLING
 
     defaults = {**DEFAULT_SAMPLING, **pipeline.model_card.get("default_sampling", {})}
     args.views = args.views or int(defaults["views"])
     args.steps = args.steps or int(defaults["steps"])
     side = pipeline.model_config.cube_size
+    fusion = str(defaults["fusion"])  # every row, the official style's quality too, fuses its views the card's way
     modality = "t1"
     truth = read_volume(SAMPLE_IMAGE)
     inputs = select_slices(truth, "axial")
@@ -66,7 +71,8 @@ def main() -> None:
 
     def measure(solver: str, steps: int, views: int, guidance: float, strength: float = 1.0, prior: str = "extrude") -> dict:
         result, seconds = timed(lambda: reconstruct(inputs, "xdiffusion", pipeline, modality, views=views, steps=steps,
-                                                    guidance=guidance, solver=solver, seed=args.seed, strength=strength, prior=prior))
+                                                    guidance=guidance, solver=solver, seed=args.seed, strength=strength, prior=prior,
+                                                    fusion=fusion))
         metrics = evaluate_volumes(truth, result.image)
         row = {"solver": solver, "steps": steps, "views": views, "guidance": guidance, "strength": strength, "prior": prior, "seconds": round(seconds, 2),
                "unet_evaluations": result.unet_evaluations, "psnr": round(metrics["psnr"], 3), "ssim": round(metrics["ssim"], 4)}
@@ -131,7 +137,7 @@ def main() -> None:
     passing = [r for r in candidates if r["meets_target"]]
     best = min(passing, key=lambda r: r["seconds"]) if passing else None
     results = {
-        "model": str(folder), "model_cube": side, "sample": SAMPLE_IMAGE.name, "seed": args.seed,
+        "model": str(folder), "model_cube": side, "precision": args.precision, "fusion": fusion, "sample": SAMPLE_IMAGE.name, "seed": args.seed,
         "ours_default": verdict(ours), "ours_pure_noise": verdict(pure), "official_style": official, "curve": candidates,
         "views_curve": [verdict(r) for r in views_curve], "fastest_meeting_target": best,
     }

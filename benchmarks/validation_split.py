@@ -13,7 +13,7 @@ say nothing about new people, which is the held-out report's job.
 
 Rows: ``extrude`` and ``atlas`` (the baselines), then every model with every ``PRIOR:STRENGTH`` setting (``none:1``
 is the model alone, from pure noise), 4 views and 12 DPM-Solver++ steps unless ``--views``/``--steps`` say
-otherwise, seed 0, one torch thread unless ``--threads``. Scores: `evaluate.evaluate_volumes` with the variant's
+otherwise, the views fused by their mean unless ``--fusion``, seed 0, one torch thread unless ``--threads``. Scores: `evaluate.evaluate_volumes` with the variant's
 brain mask and the input slice (whole and brain PSNR, SSIM, sharpness with the input slice and its neighbours left
 out, brain-volume error), means over the volumes (of the brain-volume error's size) and each volume. Written to
 benchmarks/results/``--output``.json after every row, so a stopped run keeps what it measured.
@@ -35,7 +35,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_results  # noqa: E402
+from common import add_precision_option, write_results  # noqa: E402
 from xdiffusion.data.fetch import default_cache_dir  # noqa: E402
 from xdiffusion.data.loaders import load_training_subjects  # noqa: E402
 from xdiffusion.data.validation_split import augmented_validation_subjects  # noqa: E402
@@ -119,8 +119,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--plane", choices=("axial", "coronal", "sagittal"), default="axial", help="the input slice's plane (its middle slice)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared 2-core machine)")
     parser.add_argument("--coherent", action="store_true", help="fuse the views at every solver step (`reconstruct --coherent`)")
-    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                        help="what the networks compute in (bfloat16: native on AMX / AVX512-BF16 CPUs)")
+    parser.add_argument("--fusion", choices=("mean", "in-plane"), default="mean", help="how the finished views are fused (`reconstruct --fusion`)")
+    add_precision_option(parser)
     parser.add_argument("--output", default="validation_split", help="results name under benchmarks/results/")
     args = parser.parse_args(argv)
     try:
@@ -139,7 +139,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     jobs = [(name, lambda inputs, modality, method=name: reconstruct(inputs, method, None, modality)) for name in BASELINES]
     for model, pipeline in pipelines.items():
         for prior, strength in settings:
-            sampling = {"views": args.views, "steps": args.steps, "seed": 0, "prior": prior, "strength": strength, "coherent": args.coherent}
+            sampling = {"views": args.views, "steps": args.steps, "seed": 0, "prior": prior, "strength": strength, "coherent": args.coherent,
+                        "fusion": args.fusion}
             jobs.append((f"{model} {prior} {strength:g}", lambda inputs, modality, p=pipeline, s=sampling:
                          reconstruct(inputs, "xdiffusion", p, modality, **s)))
     for name, run in jobs:
@@ -149,8 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "model_steps": {name: pipeline.model_card.get("steps") for name, pipeline in pipelines.items()},
             "what": f"one validation variant per training subject of the '{SUBJECT_SET}' set (seed {VALIDATION_SEED}, "
                     f"{args.work_side}-voxel grid), the middle {args.plane} slice; {args.views} views, {args.steps} "
-                    f"DPM-Solver++ steps{', coherent' if args.coherent else ''}, seed 0, {args.threads} torch thread(s), {args.precision}",
-            "precision": args.precision,
+                    f"DPM-Solver++ steps{', coherent' if args.coherent else ''}, {args.fusion} fusion, seed 0, {args.threads} torch thread(s), {args.precision}",
+            "precision": args.precision, "fusion": args.fusion,
             "volumes": [label for label, _, _, _ in volumes], "rows": rows})
     print(f"written to {path}")
     return 0

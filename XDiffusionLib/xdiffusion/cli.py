@@ -18,7 +18,8 @@ from .errors import Cancelled, InputError, XDiffusionError, commit_started, rese
 from .progress import end_progress_line
 
 DEFAULT_SAMPLING = {"views": 4, "steps": 12, "guidance": 1.0, "strength": 1.0, "prior": "extrude", "samples": 1,
-                    "coherent": False}  # the model card may override, then a --preset, then explicit options
+                    "coherent": False, "fusion": "mean"}  # the model card may override, then a --preset, then explicit options
+FUSIONS = ("mean", "in-plane")  # geometry.FUSIONS, written here so that --help imports no numpy
 PRIOR_HELP = "what --strength < 1 starts from; none: the model alone, from pure noise (strength 1)"
 VIEWS_HELP = "rotations whose volumes are fused (default: the model card's, or the preset's)"
 STEPS_HELP = "solver steps per slice (default: the model card's, or the preset's)"
@@ -253,6 +254,9 @@ def _add_sampling_options(command: argparse.ArgumentParser) -> None:
                          help="average N samples (posterior mean); the uncertainty becomes their spread")
     command.add_argument("--coherent", action=argparse.BooleanOptionalAction, default=None,
                          help="fuse the views at every solver step: one coherent volume (slower; docs/model.md)")
+    command.add_argument("--fusion", choices=FUSIONS, default=None,
+                         help="how the finished views are fused: mean, or in-plane (each detail from the views whose slices "
+                              "hold it, leaving out each view's streaks across its slices); default: the model card's")
     command.add_argument("--seed", type=_seed, default=0, help=SEED_HELP)
     command.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help=DEVICE_HELP)
     command.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)

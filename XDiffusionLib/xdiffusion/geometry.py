@@ -292,15 +292,27 @@ def realign_view(view_volume: np.ndarray, rotation: np.ndarray, order: int = 1) 
     return realigned.astype(view_volume.dtype), (covered >= 1.0 - 1e-5).astype(np.float32)
 
 
-def realign_and_average(
-    view_volumes: Sequence[np.ndarray], rotations: Sequence[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Average N view volumes in the cube frame, weighting each voxel by the views that covered it.
+FUSIONS = ("mean", "in-plane")
+# Where the in-plane weighting takes over, in cycles per cube voxel: below the first edge every view counts alike (the
+# views agree on coarse anatomy), above the second each frequency is taken from the views whose slice planes hold it.
+IN_PLANE_BAND = (0.03, 0.10)
+IN_PLANE_FLOOR = 0.02  # a view's weight along its own stacking axis: small, never zero (one view alone stays itself)
 
-    ``view_volumes`` are (S, S, S) or (C, S, S, S). Returns the mean, the standard deviation across the covering
-    views (the uncertainty map) and the number of covering views per voxel.
+
+def realign_and_average(
+    view_volumes: Sequence[np.ndarray], rotations: Sequence[np.ndarray], fusion: str = "mean"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fuse N view volumes in the cube frame, weighting each voxel by the views that covered it.
+
+    ``view_volumes`` are (S, S, S) or (C, S, S, S). ``fusion="mean"`` averages the covering views. ``"in-plane"``
+    (`fuse_in_plane`) takes each spatial frequency from the views whose slices contain it. Returns the fused
+    volume, the standard deviation across the covering views about their mean (the uncertainty map) and the number
+    of covering views per voxel.
     """
+    if fusion not in FUSIONS:
+        raise InputError(f"unknown view fusion {fusion!r}; use one of {', '.join(FUSIONS)}")
     total = total_squares = coverage = None
+    realigned_views = []
     for volume, rotation in zip(view_volumes, rotations):
         channels = volume if volume.ndim == 4 else volume[None]
         realigned = [realign_view(channel, np.asarray(rotation)) for channel in channels]
@@ -309,14 +321,43 @@ def realign_and_average(
         total = values if total is None else total + values
         total_squares = values * values if total_squares is None else total_squares + values * values
         coverage = valid if coverage is None else coverage + valid
+        if fusion == "in-plane":
+            realigned_views.append((values, valid))
     if total is None or total_squares is None or coverage is None:
         raise ValueError("no views to average")
     weight = np.maximum(coverage, 1.0)
     mean = total / weight
     variance = np.maximum(total_squares / weight - mean * mean, 0.0)
+    spread = np.sqrt(variance).astype(np.float32)
+    fused = fuse_in_plane(realigned_views, [np.asarray(r)[2] for r in rotations], mean) if fusion == "in-plane" else mean
     squeeze = view_volumes[0].ndim == 3
-    mean, spread = mean.astype(np.float32), np.sqrt(variance).astype(np.float32)
-    return (mean[0] if squeeze else mean), (spread[0] if squeeze else spread), coverage.astype(np.float32)
+    fused = fused.astype(np.float32)
+    return (fused[0] if squeeze else fused), (spread[0] if squeeze else spread), coverage.astype(np.float32)
+
+
+def fuse_in_plane(realigned_views: Sequence[tuple[np.ndarray, np.ndarray]], normals: Sequence[np.ndarray],
+                  mean: np.ndarray) -> np.ndarray:
+    """Fuse realigned views frequency by frequency, each weighted by how far the frequency lies in its slice plane.
+
+    A view's slices are sampled independently of each other, so its detail along its own stacking axis is noise
+    (streaks), while its detail within its slices is drawn by the model; averaging all views keeps both, blurred
+    together. Here the weight of view v at spatial frequency k is 1 - cos²(k, n_v) (n_v its stacking axis) above
+    `IN_PLANE_BAND`, 1 below it, never below `IN_PLANE_FLOOR`. ``realigned_views`` are ((C, S, S, S) values, coverage)
+    pairs; voxels a view did not cover take ``mean`` (the plain average) before the transform.
+    """
+    shape = mean.shape[-3:]
+    frequencies = np.meshgrid(np.fft.fftfreq(shape[0]), np.fft.fftfreq(shape[1]), np.fft.rfftfreq(shape[2]), indexing="ij", sparse=True)
+    squared = sum(f * f for f in frequencies)
+    low, high = IN_PLANE_BAND
+    directional = np.clip((np.sqrt(squared) - low) / (high - low), 0.0, 1.0)
+    numerator = denominator = 0.0
+    for (values, valid), normal in zip(realigned_views, normals):
+        filled = values + (1.0 - valid) * mean
+        along = sum(f * n for f, n in zip(frequencies, normal)) ** 2 / np.maximum(squared, 1e-12)
+        weight = (1.0 - directional) + directional * np.maximum(1.0 - along, IN_PLANE_FLOOR)
+        numerator = numerator + weight * np.fft.rfftn(filled, axes=(-3, -2, -1))
+        denominator = denominator + weight
+    return np.fft.irfftn(numerator / denominator, s=shape, axes=(-3, -2, -1))
 
 
 def _as_signed_permutation(rotation: np.ndarray) -> tuple[list[int], list[int]] | None:

@@ -66,7 +66,8 @@ def estimate_memory(config, unet: torch.nn.Module, condition_encoder: torch.nn.M
     cube = side**3
     latents = count * config.target_channels * s * s * 4 * 4  # latents, model output, scheduler history
     conditioning = count * 2 * side * side * 4 + 40 * cube  # guess + known distance; sample points, extruded cube
-    volumes = views * 3 * 16 * cube + 130 * cube if views else count * 4 * side * side * 4  # decoded, per-view copies, averaging
+    # decoded, per-view copies, fusing (the in-plane fusion keeps every realigned view, float64)
+    volumes = views * (3 * 16 + 8) * cube + 130 * cube if views else count * 4 * side * side * 4
     return MemoryEstimate(int(unet_bytes), int(decode), int(weights + latents + conditioning + volumes))
 
 

@@ -220,6 +220,7 @@ class XDiffusionPipeline(DiffusionPipeline):
         input_label_maps: Optional[Sequence[np.ndarray]] = None,
         slab_thickness: Optional[float] = None,
         atlas: Optional[np.ndarray] = None,
+        fusion: str = "mean",
     ) -> CubeReconstruction:
         """Generate the cube from input slices already placed in it (``geometry.slice_to_cube``, normalised).
 
@@ -228,7 +229,9 @@ class XDiffusionPipeline(DiffusionPipeline):
 
         ``coherent`` fuses the views at every solver step (`ViewFusion`): one coherent volume rather than an average
         of independent ones. ``samples`` > 1 averages that many samples (sample 0 seeded ``seed``, `sample_seed`)
-        into a posterior mean, and the uncertainty becomes their spread.
+        into a posterior mean, and the uncertainty becomes their spread. ``fusion`` is how the finished views are
+        fused without ``coherent`` (`geometry.realign_and_average`: ``mean``, or ``in-plane``, each spatial frequency
+        from the views whose slices contain it); the uncertainty is the views' spread about their mean either way.
 
         ``input_label_maps``, ``slab_thickness`` and ``atlas`` (the atlas registered to the inputs, an S³ cube in model
         units) reach label-, slab- and atlas-conditioned models (`_conditioning`); other models refuse an atlas."""
@@ -238,6 +241,8 @@ class XDiffusionPipeline(DiffusionPipeline):
             raise InputError(f"modality {modality!r} is not known to this model (it knows {', '.join(self.model_config.modalities)})")
         if steps < 1 or views < 1 or samples < 1 or (chunk_size is not None and chunk_size < 1):
             raise InputError("steps, views, samples and chunk size must be at least 1")
+        if fusion not in geometry.FUSIONS:
+            raise InputError(f"unknown view fusion {fusion!r}; use one of {', '.join(geometry.FUSIONS)}")
         side = self.model_config.cube_size
         if atlas is not None and (not self.model_config.atlas_conditioning or atlas.shape != (side,) * 3 or not np.isfinite(atlas).all()):
             raise InputError(f"an atlas to condition on needs an atlas-conditioned model and a finite {side}^3 cube "
@@ -261,17 +266,17 @@ class XDiffusionPipeline(DiffusionPipeline):
         evaluations = 0
         for number in range(samples):
             sample_progress = progress if samples == 1 else self._sample_progress(progress, number, samples)
-            fusion = ViewFusion(rotations, partial(self._decode, progress=sample_progress), partial(self._encode, progress=sample_progress),
-                                planes) if coherent else None
+            step_fusion = ViewFusion(rotations, partial(self._decode, progress=sample_progress), partial(self._encode, progress=sample_progress),
+                                     planes) if coherent else None
             generated, count = self.generate_slices(conditioning, steps, guidance, sample_seed(seed, number), solver, chunk_size,
-                                                    known_rows, known_images, sample_progress, strength, prior, fusion,
-                                                    decode=fusion is None)
+                                                    known_rows, known_images, sample_progress, strength, prior, step_fusion,
+                                                    decode=step_fusion is None)
             evaluations += count
-            if fusion is not None:  # the last fused estimate is the sample; the views' spread just before that fusion
-                mean, spread, coverage = np.clip(fusion.fused, -1.0, 2.0), fusion.spread[None], fusion.coverage
+            if step_fusion is not None:  # the last fused estimate is the sample; the views' spread just before that fusion
+                mean, spread, coverage = np.clip(step_fusion.fused, -1.0, 2.0), step_fusion.spread[None], step_fusion.coverage
             else:
-                self._report(sample_progress, 0.95, "averaging views")
-                mean, spread, coverage = geometry.realign_and_average(view_volumes(generated.numpy(), views), rotations)
+                self._report(sample_progress, 0.95, "fusing views")
+                mean, spread, coverage = geometry.realign_and_average(view_volumes(generated.numpy(), views), rotations, fusion)
             total = mean.astype(np.float64) if total is None else total + mean
             squares = mean[0].astype(np.float64) ** 2
             total_squares = squares if total_squares is None else total_squares + squares

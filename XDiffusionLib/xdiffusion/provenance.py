@@ -10,8 +10,9 @@ segmentation and uncertainty outputs get one each. The top-level keys:
 - ``Model``: ``{"path", "id" (the model card's id, else the folder name), "sha256": {file: hash}}`` (the hashes
   the weights were verified against); null for a baseline.
 - ``Sampling``: ``{"views", "steps", "guidance", "solver", "strength", "prior", "seed", "samples", "coherent",
-  "precision"}`` as actually used, after the model card's defaults and a preset (``prior`` null at strength 1: pure
-  noise; ``precision``: float32, bfloat16 or float16, what the networks computed in); null for a baseline. ``Seed``: the seed, or null.
+  "fusion", "precision"}`` as actually used, after the model card's defaults and a preset (``prior`` null at strength
+  1: pure noise; ``fusion``: mean or in-plane, how the finished views were fused; ``precision``: float32, bfloat16 or
+  float16, what the networks computed in); null for a baseline. ``Seed``: the seed, or null.
 - ``Template``: the atlas template file when the atlas was used (``--method atlas`` or the atlas prior), else null.
 - ``Input``: ``{"path", "plane", "axis", "slice_indices", "slice_position", "segmentation"}`` (``slice_position``: a
   2D input's place in the output depth, 0-1; null for a 3D input; ``segmentation``: ``{"path", "labels_present"}``

@@ -233,7 +233,8 @@ def _diffusion(inputs: InputSlices, pipeline: XDiffusionPipeline, modality: str,
     return image, labels, spread.astype(np.float32), result.unet_evaluations, result.uncertainty_across
 
 
-SAMPLING_RECORD = ("views", "steps", "guidance", "solver", "strength", "prior", "seed", "samples", "coherent")  # what a sidecar records
+SAMPLING_RECORD = ("views", "steps", "guidance", "solver", "strength", "prior", "seed", "samples", "coherent",
+                   "fusion")  # what a sidecar records
 
 
 def sampling_used(pipeline: XDiffusionPipeline, sampling: dict[str, Any]) -> dict[str, Any]:
@@ -285,7 +286,7 @@ def reconstruct(
     **sampling,
 ) -> Reconstruction:
     """Reconstruct the volume on ``inputs.geometry`` with the model or a baseline (``views``, ``steps``, ``guidance``,
-    ``seed``, ``solver``, ``strength``, ``coherent``, ``samples`` go to the pipeline; ``prior="atlas"`` with
+    ``seed``, ``solver``, ``strength``, ``coherent``, ``samples``, ``fusion`` go to the pipeline; ``prior="atlas"`` with
     ``strength`` < 1 starts sampling from the `atlas` guess, and an atlas-conditioned model reads that guess as
     conditioning at any strength (other priors withhold it); ``prior="none"`` is the model alone, from pure noise,
     and refuses a strength below 1; ``atlas`` is the template for both: ``auto`` (None), ``brain``, ``head`` or a

@@ -39,7 +39,7 @@ METHODS = ("bspline", "linear", "learned", "xdiffusion")
 DEFAULT_METHOD = "learned"  # the best measured method: above bspline on every held-out case (docs/upsample.md)
 HEADER_LABELS = {"bspline": "B-spline upsample", "linear": "linear upsample", "learned": "learned upsample",
                  "xdiffusion": "diffusion upsample"}
-SAMPLING_RECORD = ("views", "steps", "guidance", "solver", "strength", "samples", "coherent", "seed")
+SAMPLING_RECORD = ("views", "steps", "guidance", "solver", "strength", "samples", "coherent", "fusion", "seed")
 
 
 @dataclass
