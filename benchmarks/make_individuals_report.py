@@ -313,9 +313,14 @@ def build(results: Path, docs: Path, previous: Optional[Path] = None) -> Documen
     if previous is not None:
         before, earlier = previous_model_runs(previous)
         doc.heading("Against the previous default")
+        earlier_sampling = {"fusion": "mean", **(before.get("defaults") or {})}  # grids before view fusion was a choice averaged
+        same_weights = before["model"] == suite["model"]
         doc.text(f"The previous default (model id `{before['model']}`, `{before.get('model_dir', '?')}`, sampling "
-                 f"{before.get('defaults')}) on the same cases and inputs (`{previous.name}/runs/`): this model minus it, as "
-                 "paired gains with bootstrap intervals as above.")
+                 f"{earlier_sampling}) on the same cases and inputs (`{previous.name}/runs/`): this model minus it, as "
+                 "paired gains with bootstrap intervals as above."
+                 + (" The weights are the same: only the sampling differs (" + ", ".join(
+                     f"{key} {earlier_sampling.get(key)} → {value}" for key, value in (suite.get("defaults") or {}).items()
+                     if earlier_sampling.get(key) != value) + ")." if same_weights else ""))
         rows = []
         for method in ("xdiffusion", "pure"):
             for kind in KIND_ORDER:
