@@ -205,7 +205,10 @@ def main() -> None:
                   f"({fl['unet_parameters'] / 1e6:.1f} M parameters, {fl['unet_size']}² latents), the decoder "
                   f"{fl['decoder_gflop_per_slice']:.3f} GFLOP per slice. A 2048³ fp32 matmul runs at **{fl['matmul_gflops']} GFLOP/s** "
                   "on this machine: the practical ceiling.", ""]
-        if sq:
+        if sq and ("flops" in older) != ("speed_quality" in older):  # one model's FLOPs times another's evaluations
+            lines += ["The floor of the default reconstruction is not computed: the FLOP count and the sampler comparison "
+                      "below were measured on different default models.", ""]
+        elif sq:
             d = sq["ours_default"]
             slices = d["views"] * sq["model_cube"]
             total = d["unet_evaluations"] * fl["unet_gflop_per_slice"] + slices * fl["decoder_gflop_per_slice"]

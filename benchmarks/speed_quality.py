@@ -5,9 +5,11 @@ and the speed/quality curve (solver x steps x views).
   unconditional halves in one batch of 2 per step, as the official code does), decoded slice by slice. Timed on
   `--naive-slices` slices spread over the views and scaled to the whole volume (it is exactly linear in slices: each
   slice is an independent chain of batch-2 calls); its quality comes from the same sampler settings run batched over
-  the whole volume (same arithmetic, so the same quality), then realigned, averaged and resampled like ours.
+  the whole volume (same arithmetic, so the same quality), then realigned, fused and resampled like ours, with the
+  same conditioning as our default (an atlas-conditioned model reads the registered atlas; every row starts from
+  noise).
 - Ours: every slice of every view in one batch per solver step, a multistep solver with few steps, guidance 1 (no
-  unconditional call at all), the end-to-end `reconstruct` timed (conditioning, sampling, decoding, averaging and the
+  unconditional call at all), the end-to-end `reconstruct` timed (conditioning, sampling, decoding, fusing and the
   resampling onto the input grid all included, so the comparison is conservative for us).
 Quality: PSNR and SSIM of the reconstructed sample (xdiffusion/sample_data/sample_t1.nii.gz) against its truth.
 Writes results/speed_quality.json.
@@ -84,6 +86,9 @@ def main() -> None:
     print("ours, default settings:")
     strength, prior = float(defaults.get("strength", 1.0)), str(defaults.get("prior", "extrude"))
     ours = measure(args.solver, args.steps, args.views, 1.0, strength, prior)
+    # the official sampling starts from noise: so do the curves, with the default's conditioning (an atlas-conditioned
+    # model reads its atlas at strength 1; an SDEdit prior below 1 is dropped)
+    curve_prior = prior if strength >= 1.0 else "extrude"
     print("ours from pure noise (the curves below start from noise, like the official sampling):")
     pure = ours if strength >= 1.0 else measure(args.solver, args.steps, args.views, 1.0)
 
@@ -108,7 +113,7 @@ def main() -> None:
           f"(sampling and decoding only; timed on {len(rows)} slices)")
     if not args.skip_official_quality:
         print("official-style quality (same settings, batched):")
-        quality = measure("ddim", args.naive_steps, args.views, args.naive_guidance)
+        quality = measure("ddim", args.naive_steps, args.views, args.naive_guidance, 1.0, curve_prior)
         official.update(psnr=quality["psnr"], ssim=quality["ssim"], batched_seconds=quality["seconds"])
 
     print("curve: solvers x steps")
@@ -119,12 +124,12 @@ def main() -> None:
             if (solver, steps, args.views) == (args.solver, args.steps, args.views):
                 curve.append(pure)
                 continue
-            curve.append(measure(solver, steps, args.views, 1.0))
+            curve.append(measure(solver, steps, args.views, 1.0, 1.0, curve_prior))
     print("curve: views")
     views_curve = []
     for views in integers(args.curve_views):
         if views != args.views:
-            views_curve.append(measure(args.solver, args.steps, views, 1.0))
+            views_curve.append(measure(args.solver, args.steps, views, 1.0, 1.0, curve_prior))
     views_curve = sorted(views_curve + [pure], key=lambda row: row["views"])
 
     def verdict(row: dict) -> dict:
