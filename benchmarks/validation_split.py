@@ -40,6 +40,7 @@ from xdiffusion.data.fetch import default_cache_dir  # noqa: E402
 from xdiffusion.data.loaders import load_training_subjects  # noqa: E402
 from xdiffusion.data.validation_split import augmented_validation_subjects  # noqa: E402
 from xdiffusion.errors import InputError, ModelError  # noqa: E402
+from xdiffusion.geometry import FUSIONS  # noqa: E402
 from xdiffusion.evaluate import evaluate_volumes  # noqa: E402
 from xdiffusion.io import Volume  # noqa: E402
 from xdiffusion.pipeline import XDiffusionPipeline  # noqa: E402
@@ -119,7 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--plane", choices=("axial", "coronal", "sagittal"), default="axial", help="the input slice's plane (its middle slice)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: a shared 2-core machine)")
     parser.add_argument("--coherent", action="store_true", help="fuse the views at every solver step (`reconstruct --coherent`)")
-    parser.add_argument("--fusion", choices=("mean", "in-plane"), default="mean", help="how the finished views are fused (`reconstruct --fusion`)")
+    parser.add_argument("--fusion", choices=FUSIONS, default="mean", help="how the finished views are fused (`reconstruct --fusion`)")
     add_precision_option(parser)
     parser.add_argument("--output", default="validation_split", help="results name under benchmarks/results/")
     args = parser.parse_args(argv)

@@ -299,6 +299,12 @@ IN_PLANE_BAND = (0.03, 0.10)
 IN_PLANE_FLOOR = 0.02  # a view's weight along its own stacking axis: small, never zero (one view alone stays itself)
 
 
+def check_fusion(fusion: str) -> str:
+    if fusion not in FUSIONS:
+        raise InputError(f"unknown view fusion {fusion!r}; use one of {', '.join(FUSIONS)}")
+    return fusion
+
+
 def realign_and_average(
     view_volumes: Sequence[np.ndarray], rotations: Sequence[np.ndarray], fusion: str = "mean"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -309,8 +315,7 @@ def realign_and_average(
     volume, the standard deviation across the covering views about their mean (the uncertainty map) and the number
     of covering views per voxel.
     """
-    if fusion not in FUSIONS:
-        raise InputError(f"unknown view fusion {fusion!r}; use one of {', '.join(FUSIONS)}")
+    check_fusion(fusion)
     total = total_squares = coverage = None
     realigned_views = []
     for volume, rotation in zip(view_volumes, rotations):
@@ -329,7 +334,8 @@ def realign_and_average(
     mean = total / weight
     variance = np.maximum(total_squares / weight - mean * mean, 0.0)
     spread = np.sqrt(variance).astype(np.float32)
-    fused = fuse_in_plane(realigned_views, [np.asarray(r)[2] for r in rotations], mean) if fusion == "in-plane" else mean
+    normals = [np.asarray(r)[2] for r in rotations]  # R^T e2, the stacking normal, is R's last row
+    fused = fuse_in_plane(realigned_views, normals, mean) if fusion == "in-plane" else mean
     squeeze = view_volumes[0].ndim == 3
     fused = fused.astype(np.float32)
     return (fused[0] if squeeze else fused), (spread[0] if squeeze else spread), coverage.astype(np.float32)

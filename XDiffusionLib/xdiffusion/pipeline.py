@@ -241,8 +241,7 @@ class XDiffusionPipeline(DiffusionPipeline):
             raise InputError(f"modality {modality!r} is not known to this model (it knows {', '.join(self.model_config.modalities)})")
         if steps < 1 or views < 1 or samples < 1 or (chunk_size is not None and chunk_size < 1):
             raise InputError("steps, views, samples and chunk size must be at least 1")
-        if fusion not in geometry.FUSIONS:
-            raise InputError(f"unknown view fusion {fusion!r}; use one of {', '.join(geometry.FUSIONS)}")
+        geometry.check_fusion(fusion)  # before minutes of sampling, not after
         side = self.model_config.cube_size
         if atlas is not None and (not self.model_config.atlas_conditioning or atlas.shape != (side,) * 3 or not np.isfinite(atlas).all()):
             raise InputError(f"an atlas to condition on needs an atlas-conditioned model and a finite {side}^3 cube "
